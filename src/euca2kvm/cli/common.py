@@ -1,0 +1,47 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Helpers shared by the commands: consoles, sources, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from ..eucalyptus.discovery import VOLUMES_DIR, Discovery, discover
+
+console = Console(highlight=False, soft_wrap=True)
+console_err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def add_sources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", "-s", action="append", metavar="PATH",
+                   help=f"volumes directory, container file or block device (repeatable; default {VOLUMES_DIR})")
+
+
+def sources(args: argparse.Namespace) -> list[str]:
+    return list(args.source or [VOLUMES_DIR])
+
+
+def discover_sources(paths: list[str], quiet: bool = False) -> Discovery:
+    d = discover(paths)
+    if not quiet:
+        for w in d.warnings:
+            console_err.print(f"[yellow]warning:[/] {_esc(w)}")
+    return d
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def _esc(s: str) -> str:
+    from rich.markup import escape
+
+    return escape(s)
+
+
+esc = _esc

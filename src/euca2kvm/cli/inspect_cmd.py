@@ -1,0 +1,94 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``euca2kvm inspect ID``: VG, PV and LV details and the extent map of one volume."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from typing import Any
+
+from ..eucalyptus.discovery import Volume
+from ..lvm.extents import ExtentMap
+from ..units import human
+from .common import add_sources, console, discover_sources, esc, print_json, sources
+
+# An LV striped in 64 KiB chunks has millions of extents; print the first ones only.
+MAX_EXTENTS_SHOWN = 64
+
+
+def build_parser(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="show VG/PV/LV details and the extent map of a volume")
+    p.add_argument("id", metavar="ID", help="volume id, VG/LV, or container file path")
+    add_sources(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--extents", type=int, default=MAX_EXTENTS_SHOWN, metavar="N",
+                   help=f"how many extents to list (default {MAX_EXTENTS_SHOWN})")
+    p.set_defaults(func=do_inspect)
+
+
+def describe(vol: Volume, max_extents: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"volume": vol.to_json()}
+    g = vol.group
+    if g is not None:
+        vg = g.vg
+        out["vg"] = {"name": vg.name, "id": vg.id, "seqno": vg.seqno, "extent_size": vg.extent_size,
+                     "status": list(vg.status), "metadata_from": g.copy.origin,
+                     "metadata_wrapped": g.copy.wrapped, "warnings": g.warnings}
+        out["pvs"] = [{"name": pv.name, "id": pv.id, "file": (d.path if (d := g.devices.get(pv.name)) else None),
+                       "missing": g.missing.get(pv.name), "pe_start": pv.pe_start, "pe_count": pv.pe_count,
+                       "dev_size": pv.dev_size, "status": list(pv.status)} for pv in vg.pvs.values()]
+        assert vol.lv is not None
+        lv = vg.lvs[vol.lv]
+        out["lv"] = {"name": lv.name, "id": lv.id, "status": list(lv.status), "tags": list(lv.tags),
+                     "size": vg.lv_size(lv),
+                     "segments": [{"index": s.index, "start_extent": s.start_extent,
+                                   "extent_count": s.extent_count, "type": s.type, "flags": list(s.flags),
+                                   "params": {k: v for k, v in s.params.items() if not isinstance(v, dict)}}
+                                  for s in lv.segments]}
+    if vol.problem is None:
+        emap: ExtentMap = vol.extent_map()
+        out["extent_map"] = emap.describe()
+        shown = list(itertools.islice(emap.extents(), max_extents + 1))
+        out["extents"] = [e.to_json() for e in shown[:max_extents]]
+        out["extents_truncated"] = len(shown) > max_extents
+    return out
+
+
+def do_inspect(args: argparse.Namespace) -> int:
+    d = discover_sources(sources(args), quiet=args.json)
+    vol = d.find(args.id)
+    info = describe(vol, args.extents)
+    if args.json:
+        print_json(info)
+        return 0
+    v = info["volume"]
+    console.print(f"[bold]{esc(vol.id)}[/]  kind={vol.kind}  size={human(vol.size)} ({vol.size} bytes)")
+    if vol.in_use:
+        console.print("[red]in use:[/] " + esc("; ".join(h.what for h in vol.in_use)))
+    if "vg" in info:
+        g = info["vg"]
+        console.print(f"VG {esc(g['name'])} id={g['id']} seqno={g['seqno']} extent_size={human(g['extent_size'])}")
+        console.print(f"   metadata from {esc(g['metadata_from'])}{' (wrapped in the ring)' if g['metadata_wrapped'] else ''}")
+        for w in g["warnings"]:
+            console.print(f"   [yellow]warning:[/] {esc(w)}")
+        for pv in info["pvs"]:
+            where = pv["file"] or f"MISSING ({pv['missing']})"
+            console.print(f"PV {pv['name']} {pv['id']} pe_start={pv['pe_start']} pe_count={pv['pe_count']} "
+                          f"-> {esc(where)}")
+        lv = info["lv"]
+        console.print(f"LV {esc(lv['name'])} id={lv['id']} tags={lv['tags']} status={lv['status']}")
+        for s in lv["segments"]:
+            console.print(f"   segment{s['index']}: extents {s['start_extent']}+{s['extent_count']} "
+                          f"type={'+'.join([s['type'], *s['flags']])} {esc(str(s['params']))}")
+    if v["problem"]:
+        console.print(f"[red]cannot be exported:[/] {esc(v['problem'])}")
+        return 0
+    console.print("extent map:")
+    for e in info["extents"]:
+        if e["kind"] == "data":
+            console.print(f"   {e['start']:>14} +{e['length']:<12} data  {esc(e['path'])} @ {e['offset']}")
+        else:
+            console.print(f"   {e['start']:>14} +{e['length']:<12} {e['kind']}")
+    if info["extents_truncated"]:
+        console.print(f"   ... (first {args.extents} extents shown; --extents N for more)")
+    return 0

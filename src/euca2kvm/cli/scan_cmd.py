@@ -1,0 +1,44 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``euca2kvm scan [PATH ...] [--json]``: list the volumes found."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.table import Table
+
+from ..eucalyptus.discovery import VOLUMES_DIR
+from ..units import human
+from .common import console, console_err, discover_sources, esc, print_json
+
+
+def build_parser(sub: Any) -> None:
+    p = sub.add_parser("scan", help="list volumes in volumes directories, container files or block devices",
+                       description="List every volume found, with its kind, VG/LV, size, segment types and "
+                                   "whether anything holds it.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help=f"sources (default {VOLUMES_DIR})")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=do_scan)
+
+
+def do_scan(args: argparse.Namespace) -> int:
+    d = discover_sources(args.paths or [VOLUMES_DIR], quiet=args.json)
+    if args.json:
+        print_json([v.to_json() for v in d.volumes])
+        return 0
+    t = Table(title=None, show_lines=False)
+    for col in ("ID", "KIND", "VG/LV", "SIZE", "TYPES", "IN USE", "FILES"):
+        t.add_column(col, overflow="fold")
+    for v in d.volumes:
+        state = "; ".join(h.what for h in v.in_use) or "no"
+        types = ",".join(v.segment_types)
+        if v.problem:
+            types += f" [red](refused: {esc(v.problem)})[/]"
+        t.add_row(esc(v.id), v.kind, esc(f"{v.vg}/{v.lv}" if v.vg else "-"), human(v.size), types,
+                  esc(state), esc(", ".join(v.files)))
+    console.print(t)
+    for n in d.notes:
+        console_err.print(f"note: {esc(n)}")
+    console_err.print(f"{len(d.volumes)} volume(s)")
+    return 0

@@ -1,0 +1,229 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Find Eucalyptus volumes in source paths: directories, container files, block devices.
+
+* Overlay volumes: one container file per volume, named by the volume id (``vol-XXXXXXXX``, or
+  ``volume-XXXXXXXX`` on some installs), holding one VG with one LV. Names inside vary by
+  release (``euca-ebs-storage-vg-<id>/euca-<id>``, legacy ``vg-XXXX../lv-XXXX..``), so the id
+  comes from the LV's tag, then the ``euca-<id>`` LV name, then the container file's name.
+* VGs spread over several files (an interrupted snapshot leaves the volume's VG extended onto
+  a temporary ``<id><6 chars>`` file) and DAS volume groups (one LV per volume, tagged with
+  the volume id) are found the same way: PVs are matched by uuid, not by file name.
+* Snapshot files ``snap-XXXXXXXX`` carry no LVM label: the file is the disk.
+* Temporary files named like an id plus a suffix are not volumes; they are noted and only used
+  as PVs when a VG needs them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..errors import Euca2kvmError, FormatError, UsageError
+from ..lvm.device import Device, file_size
+from ..lvm.extents import ExtentMap, LinearMapper
+from ..lvm.model import LV
+from ..lvm.scan import VolumeGroup, scan
+from .inuse import Holder, holders
+
+VOLUMES_DIR = "/var/lib/eucalyptus/volumes"
+# Eucalyptus ids: 8 hex digits (short) or 17 (long), treated as opaque otherwise.
+ID_RE = re.compile(r"^(?:vol|volume|snap)-(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{17})$")
+STRAY_RE = re.compile(r"^(?:vol|volume|snap)-(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{17})[0-9A-Za-z]{1,16}$")
+EUCA_LV_PREFIX = "euca-"
+# A directory with more entries than this is not a volumes directory; refuse rather than
+# open a million files.
+MAX_DIR_ENTRIES = 100_000
+
+
+@dataclass
+class Volume:
+    id: str
+    kind: str  # overlay | das | lvm | snapshot | raw
+    size: int
+    files: list[str]
+    vg: str | None = None
+    lv: str | None = None
+    segment_types: list[str] = field(default_factory=list)
+    group: VolumeGroup | None = None
+    problem: str | None = None  # why it cannot be exported
+    problem_error: Euca2kvmError | None = None
+    in_use: list[Holder] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+    def extent_map(self) -> ExtentMap:
+        if self.problem_error is not None:
+            raise self.problem_error
+        if self.group is not None:
+            assert self.lv is not None
+            return self.group.lv_map(self.lv)
+        return ExtentMap(self.size, [LinearMapper(0, self.size, self.files[0], 0)] if self.size else [])
+
+    @property
+    def name(self) -> str:
+        return f"{self.vg}/{self.lv}" if self.vg else self.id
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "vg": self.vg,
+            "lv": self.lv,
+            "size": self.size,
+            "files": self.files,
+            "segment_types": self.segment_types,
+            "tags": self.tags,
+            "in_use": [h.what for h in self.in_use],
+            "problem": self.problem,
+        }
+
+
+@dataclass
+class Discovery:
+    volumes: list[Volume] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def find(self, ident: str) -> Volume:
+        """A volume by id, ``VG/LV`` or container path; UsageError with close matches otherwise."""
+        hits = [v for v in self.volumes if v.id == ident or v.name == ident]
+        if not hits and os.path.exists(ident):
+            real = os.path.realpath(ident)
+            hits = [v for v in self.volumes if real in v.files]
+            if len(hits) > 1:
+                # A multi-LV VG on this file: only unambiguous when one LV is named after it.
+                named = [v for v in hits if v.id == os.path.basename(real)]
+                hits = named or hits
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UsageError(f"{ident!r} is ambiguous: " + ", ".join(f"{v.id} ({v.name} in "
+                             f"{', '.join(v.files)})" for v in hits) + "; name it as VG/LV")
+        names = sorted({v.id for v in self.volumes} | {v.name for v in self.volumes})
+        close = difflib.get_close_matches(ident, names, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        known = f" ({len(self.volumes)} volumes found)" if self.volumes else " (no volumes found)"
+        raise UsageError(f"unknown volume {ident!r}{known}{hint}")
+
+
+def _expand(paths: Iterable[str], notes: list[str]) -> tuple[list[str], set[str]]:
+    """Files to scan, and the subset named explicitly by the user."""
+    files: list[str] = []
+    explicit: set[str] = set()
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise UsageError(f"source {p}: {e.strerror}") from e
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                names = sorted(os.listdir(p))
+            except OSError as e:
+                raise UsageError(f"cannot list {p}: {e.strerror}") from e
+            if len(names) > MAX_DIR_ENTRIES:
+                raise UsageError(f"{p} has {len(names)} entries; not a volumes directory")
+            for n in names:
+                full = os.path.join(p, n)
+                if n.startswith("."):
+                    continue  # our own partial outputs and other hidden files
+                try:
+                    est = os.stat(full)
+                except OSError:
+                    continue
+                if stat.S_ISREG(est.st_mode) or stat.S_ISBLK(est.st_mode):
+                    files.append(os.path.realpath(full))
+        elif stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            real = os.path.realpath(p)
+            files.append(real)
+            explicit.add(real)
+        else:
+            raise UsageError(f"source {p} is not a directory, regular file or block device")
+    seen: set[str] = set()
+    uniq = [f for f in files if not (f in seen or seen.add(f))]  # type: ignore[func-returns-value]
+    return uniq, explicit
+
+
+def _lv_id(group: VolumeGroup, lv: LV) -> str:
+    for t in lv.tags:
+        if ID_RE.match(t):
+            return t
+    if lv.name.startswith(EUCA_LV_PREFIX) and ID_RE.match(lv.name[len(EUCA_LV_PREFIX):]):
+        return lv.name[len(EUCA_LV_PREFIX):]
+    if len(group.visible_lvs()) == 1:
+        named = [os.path.basename(f) for f in group.files() if ID_RE.match(os.path.basename(f))]
+        if len(named) == 1:
+            return named[0]
+    return f"{group.name}/{lv.name}"
+
+
+def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
+    out = Discovery()
+    files, explicit = _expand(paths, out.notes)
+    devices: list[Device] = []
+    for f in files:
+        try:
+            devices.append(Device(f, 0, file_size(f)))
+        except Euca2kvmError as e:
+            out.warnings.append(f"{f}: {e}")
+    res = scan(devices)
+    out.warnings.extend(res.warnings)
+    for dev_name, err in res.errors.items():
+        out.warnings.append(f"{dev_name}: unusable: {err.reason}")
+    used_by_vg: set[str] = set()
+    for g in res.vgs:
+        used_by_vg.update(g.files())
+        out.warnings.extend(g.warnings)
+        visible = g.visible_lvs()
+        ids = [_lv_id(g, lv) for lv in visible]
+        tagged = sum(1 for i in ids if ID_RE.match(i))
+        for lv, vid in zip(visible, ids, strict=True):
+            kind = "das" if tagged > 1 else "overlay" if ID_RE.match(vid) else "lvm"
+            vol = Volume(id=vid, kind=kind, size=g.vg.lv_size(lv), files=g.files(), vg=g.name,
+                         lv=lv.name, segment_types=lv.segment_types, group=g, tags=list(lv.tags))
+            try:
+                emap = g.lv_map(lv)
+                vol.files = sorted(emap.paths())
+            except Euca2kvmError as e:
+                vol.problem = e.reason if isinstance(e, FormatError) else str(e)
+                vol.problem_error = e
+            out.volumes.append(vol)
+        if not visible:
+            out.notes.append(f"VG {g.name} in {', '.join(g.files())} has no visible LV")
+    for label in res.orphans:
+        out.notes.append(f"{label.device.path}: PV {label.uuid_dashed} without VG metadata (orphan PV)")
+    for dev in res.plain:
+        base = os.path.basename(dev.path)
+        if ID_RE.match(base) and base.startswith("snap-"):
+            out.volumes.append(Volume(id=base, kind="snapshot", size=dev.size, files=[dev.path],
+                                      segment_types=["raw"]))
+        elif dev.path in explicit:
+            out.volumes.append(Volume(id=base, kind="raw", size=dev.size, files=[dev.path],
+                                      segment_types=["raw"]))
+        elif STRAY_RE.match(base):
+            out.notes.append(f"ignored {dev.path}: a temporary file left by an interrupted Eucalyptus "
+                             "snapshot (name is a volume id plus a suffix)")
+        elif ID_RE.match(base):
+            out.notes.append(f"ignored {dev.path}: named like a volume but has no LVM label")
+        else:
+            out.notes.append(f"ignored {dev.path}: not a Eucalyptus volume or snapshot")
+    for f in sorted(used_by_vg):
+        base = os.path.basename(f)
+        if STRAY_RE.match(base) and not ID_RE.match(base):
+            out.notes.append(f"{f}: temporary file left by an interrupted snapshot; it is a PV of a "
+                             "volume's VG and is read as such")
+    if check_in_use:
+        mark_in_use(out.volumes)
+    out.volumes.sort(key=lambda v: (v.id, v.name))
+    return out
+
+
+def mark_in_use(volumes: list[Volume]) -> None:
+    """Fill each volume's ``in_use`` with whatever holds its files or its LV."""
+    files = sorted({f for v in volumes for f in v.files})
+    lvs = sorted({(v.vg, v.lv) for v in volumes if v.vg and v.lv})
+    found = holders(files, lvs)  # type: ignore[arg-type]
+    for v in volumes:
+        v.in_use = [h for h in found if h.path in v.files or h.path == v.name]

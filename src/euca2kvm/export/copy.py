@@ -1,0 +1,255 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The block mover: reads an extent map block by block, digests it, and writes a sparse copy.
+
+Work is cut into digest blocks (4 MiB). A block whose extents are all ZERO, or whose source
+bytes are holes (SEEK_DATA), is neither read nor written: its digest is known. Other blocks are
+read with ``preadv`` into a per-worker buffer, hashed (hashlib releases the GIL, so workers hash
+in parallel), and written with ``pwrite`` except for runs of zeros, which stay holes in the
+destination. Results are consumed in block order, so the block digest and the optional plain
+sha256 fold in order with at most ``MAX_INFLIGHT`` buffers alive: memory stays bounded whatever
+the disk size.
+
+With no destination the same code verifies: it computes the digest of what it reads.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..errors import FormatError, IOFailure
+from ..lvm.extents import Extent, ExtentMap, Kind
+from ..units import KiB
+from .digest import DIGEST_BLOCK, BlockDigest, zero_block_digest
+
+# Two cores hash and copy at once; a third and fourth worker keep a core busy while another
+# waits on a read that misses the page cache. More only costs memory (4 MiB each).
+DEFAULT_WORKERS = min(4, (os.cpu_count() or 2) * 2)
+# In-flight blocks beyond the workers let readers run ahead of the in-order consumer.
+EXTRA_INFLIGHT = 2
+# Zero runs shorter than this are written as data: the filesystem block size, as qemu-img's
+# default -S 4k; a finer grain cannot save space.
+SPARSE_GRAIN = 4 * KiB
+_ZEROS = bytes(DIGEST_BLOCK)
+
+ProgressFn = Callable[[int], None]
+
+
+@dataclass
+class CopyResult:
+    digest: str
+    sha256: str | None
+    size: int
+    bytes_read: int  # bytes actually read from sources
+    bytes_written: int  # bytes written (data; zeros and holes are skipped)
+
+
+class _Sources:
+    """Per-worker read-only descriptors, shared across workers (pread has no file position)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.can_seek_data: dict[str, bool] = {}
+
+    def fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is not None:
+            return fd
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as e:
+                    raise IOFailure(f"cannot open {path} read-only: {e.strerror}") from e
+                self._fds[path] = fd
+            return fd
+
+    def data_ranges(self, ext: Extent) -> list[tuple[int, int]]:
+        """Sub-ranges (file offsets) of a DATA extent that are not holes in the source file."""
+        assert ext.path is not None
+        fd = self.fd(ext.path)
+        start, end = ext.offset, ext.offset + ext.length
+        if not self.can_seek_data.get(ext.path, True):
+            return [(start, end)]
+        out: list[tuple[int, int]] = []
+        pos = start
+        try:
+            while pos < end:
+                try:
+                    data = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError as e:
+                    if e.errno == errno.ENXIO:  # only a hole remains up to EOF
+                        break
+                    raise
+                if data >= end:
+                    break
+                hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+                out.append((data, hole))
+                pos = hole
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                # Block devices and some filesystems: everything counts as data. Remember it.
+                self.can_seek_data[ext.path] = False
+                return [(start, end)]
+            raise IOFailure(f"cannot map holes of {ext.path}: {e.strerror}") from e
+        return out
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+@dataclass
+class _Block:
+    index: int
+    lo: int
+    hi: int
+    digest: bytes
+    buf: bytearray | None  # kept only when the plain sha256 needs the bytes in order
+    read: int
+    written: int
+
+
+def _block_job(emap: ExtentMap, src: _Sources, out_fd: int | None, lo: int, hi: int, index: int,
+               buffers: queue.Queue[bytearray], keep: bool, name: str) -> _Block:
+    n = hi - lo
+    runs: list[tuple[int, int, str, int]] = []  # (offset in block, file offset, path, length)
+    for ext in emap.extents(lo, hi):
+        if ext.kind is Kind.ERROR:
+            raise IOFailure(f"{name}: bytes {ext.start}..{ext.end} map to an 'error' segment; "
+                            "the device-mapper would fail these reads, refusing to invent data")
+        if ext.kind is Kind.ZERO:
+            continue
+        assert ext.path is not None
+        for a, b in src.data_ranges(ext):
+            runs.append((ext.start - lo + (a - ext.offset), a, ext.path, b - a))
+    if not runs and not keep:
+        return _Block(index, lo, hi, zero_block_digest(n), None, 0, 0)
+    buf = buffers.get()
+    try:
+        view = memoryview(buf)[:n]
+        covered = 0
+        for boff, foff, path, length in runs:
+            if boff > covered:
+                view[covered:boff] = _ZEROS[: boff - covered]
+            try:
+                got = os.preadv(src.fd(path), [view[boff : boff + length]], foff)
+            except OSError as e:
+                raise IOFailure(f"read of {length} bytes at offset {foff} of {path} failed: "
+                                f"{e.strerror}") from e
+            if got != length:
+                raise FormatError(f"short read ({got} of {length} bytes): file shrank while reading?",
+                                  path, foff + got)
+            covered = boff + length
+        if covered < n:
+            view[covered:n] = _ZEROS[: n - covered]
+        read = sum(r[3] for r in runs)
+        if _ZEROS.startswith(view):
+            digest = zero_block_digest(n)
+            written = 0
+        else:
+            digest = hashlib.sha256(view).digest()
+            written = _write_sparse(out_fd, view, lo) if out_fd is not None else 0
+        if keep:
+            out = _Block(index, lo, hi, digest, buf, read, written)
+            buf = None  # ownership passes to the consumer
+            return out
+        return _Block(index, lo, hi, digest, None, read, written)
+    finally:
+        if buf is not None:
+            buffers.put(buf)
+
+
+def _write_sparse(fd: int, view: memoryview, lo: int) -> int:
+    """Write the non-zero grains of ``view`` at ``lo``; zero grains stay holes."""
+    n = len(view)
+    written = 0
+    pos = 0
+    while pos < n:
+        # skip zero grains
+        while pos < n and _ZEROS.startswith(view[pos : pos + SPARSE_GRAIN]):
+            pos += SPARSE_GRAIN
+        if pos >= n:
+            break
+        start = pos
+        while pos < n and not _ZEROS.startswith(view[pos : pos + SPARSE_GRAIN]):
+            pos += SPARSE_GRAIN
+        end = min(pos, n)
+        _pwrite_all(fd, view[start:end], lo + start)
+        written += end - start
+    return written
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        try:
+            n = os.pwrite(fd, data, offset)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise IOFailure(f"no space left on device writing {len(data)} bytes at offset {offset}") from e
+            raise IOFailure(f"write at offset {offset} failed: {e.strerror}") from e
+        data = data[n:]
+        offset += n
+
+
+def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
+                workers: int = DEFAULT_WORKERS, progress: ProgressFn | None = None,
+                name: str = "LV") -> CopyResult:
+    """Digest (and when ``out_fd`` is given, sparsely write) every byte of ``emap``."""
+    workers = max(1, workers)
+    size = emap.size
+    inflight_max = workers + EXTRA_INFLIGHT
+    buffers: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(inflight_max if sha256 else workers):
+        buffers.put(bytearray(DIGEST_BLOCK))
+    src = _Sources()
+    bd = BlockDigest()
+    plain = hashlib.sha256() if sha256 else None
+    total_read = total_written = 0
+    pending: deque[Future[_Block]] = deque()
+
+    def consume(fut: Future[_Block]) -> None:
+        nonlocal total_read, total_written
+        blk = fut.result()
+        bd.add(blk.digest)
+        total_read += blk.read
+        total_written += blk.written
+        if plain is not None:
+            n = blk.hi - blk.lo
+            if blk.buf is not None:
+                plain.update(memoryview(blk.buf)[:n])
+                buffers.put(blk.buf)
+            else:
+                plain.update(_ZEROS[:n])
+        if progress is not None:
+            progress(blk.hi - blk.lo)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy")
+    try:
+        index = 0
+        for lo in range(0, size, DIGEST_BLOCK):
+            hi = min(size, lo + DIGEST_BLOCK)
+            while len(pending) >= inflight_max:
+                consume(pending.popleft())
+            pending.append(pool.submit(_block_job, emap, src, out_fd, lo, hi, index, buffers, sha256, name))
+            index += 1
+        while pending:
+            consume(pending.popleft())
+    except BaseException:
+        for f in pending:
+            f.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        src.close()
+    return CopyResult(bd.hexdigest(), plain.hexdigest() if plain else None, size, total_read, total_written)

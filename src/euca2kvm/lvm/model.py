@@ -1,0 +1,214 @@
+# SPDX-License-Identifier: Apache-2.0
+"""VG, PV, LV and segment model built from parsed metadata text.
+
+Everything is validated on the way in (types, ranges, contiguous segments), so code past this
+module can trust the model. Sizes are converted to bytes; LVM's own units (sectors, extents)
+stay available where a formula needs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import FormatError
+from ..units import SECTOR
+from .textfmt import Section, Value, parse
+
+MAX_EXTENTS = 1 << 40  # more extents than any device can hold: a garbage number
+
+
+@dataclass(frozen=True)
+class PV:
+    name: str  # "pv0": the key used by segment areas
+    id: str  # dashed uuid
+    device_hint: str
+    status: tuple[str, ...]
+    dev_size: int  # bytes (0 when absent)
+    pe_start: int  # bytes
+    pe_count: int
+
+    @property
+    def uuid(self) -> str:
+        return self.id.replace("-", "")
+
+    @property
+    def missing_flag(self) -> bool:
+        return "MISSING" in self.status
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int  # 1-based, as in "segment1"
+    start_extent: int
+    extent_count: int
+    type: str  # base type, e.g. "striped", "thin"
+    flags: tuple[str, ...]  # "+FLAG" suffixes of the type
+    params: Section  # every key of the segment section, for type-specific readers
+
+    def param(self, key: str) -> Value | Section | None:
+        return self.params.get(key)
+
+
+@dataclass(frozen=True)
+class LV:
+    name: str
+    id: str
+    status: tuple[str, ...]
+    tags: tuple[str, ...]
+    segments: tuple[Segment, ...]
+    creation_time: int | None = None
+
+    @property
+    def extent_count(self) -> int:
+        return sum(s.extent_count for s in self.segments)
+
+    @property
+    def visible(self) -> bool:
+        return "VISIBLE" in self.status
+
+    @property
+    def segment_types(self) -> list[str]:
+        seen: list[str] = []
+        for s in self.segments:
+            base = "linear" if s.type == "striped" and s.param("stripe_count") == 1 else s.type
+            t = "+".join((base, *s.flags))
+            if t not in seen:
+                seen.append(t)
+        return seen
+
+
+@dataclass(frozen=True)
+class VG:
+    name: str
+    id: str
+    seqno: int
+    extent_size: int  # bytes
+    status: tuple[str, ...]
+    pvs: dict[str, PV]
+    lvs: dict[str, LV]
+    tags: tuple[str, ...] = ()
+    system_id: str = ""
+    creation_host: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def lv_size(self, lv: LV) -> int:
+        return lv.extent_count * self.extent_size
+
+
+class _Ctx:
+    """Where a value came from, for error messages."""
+
+    def __init__(self, path: str | None, offset: int | None) -> None:
+        self.path = path
+        self.offset = offset
+
+    def error(self, msg: str) -> FormatError:
+        return FormatError(f"metadata: {msg}", self.path, self.offset)
+
+    def section(self, sec: Section, key: str, where: str) -> Section:
+        v = sec.get(key)
+        if not isinstance(v, dict):
+            raise self.error(f"{where}: missing section {key!r}")
+        return v
+
+    def int_(self, sec: Section, key: str, where: str, default: int | None = None,
+             lo: int = 0, hi: int = 1 << 63) -> int:
+        v = sec.get(key)
+        if v is None and default is not None:
+            return default
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise self.error(f"{where}: {key} must be an integer, found {v!r}")
+        if not lo <= v <= hi:
+            raise self.error(f"{where}: {key} = {v} out of range [{lo}, {hi}]")
+        return v
+
+    def str_(self, sec: Section, key: str, where: str, default: str | None = None) -> str:
+        v = sec.get(key)
+        if v is None and default is not None:
+            return default
+        if not isinstance(v, str):
+            raise self.error(f"{where}: {key} must be a string, found {v!r}")
+        return v
+
+    def strs(self, sec: Section, key: str, where: str) -> tuple[str, ...]:
+        v = sec.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self.error(f"{where}: {key} must be a list of strings, found {v!r}")
+        return tuple(str(x) for x in v)
+
+
+def vg_from_text(text: str, path: str | None = None, offset: int | None = None) -> VG:
+    """Parse and validate one copy of VG metadata text."""
+    root = parse(text, path, offset)
+    ctx = _Ctx(path, offset)
+    sections = [(k, v) for k, v in root.items() if isinstance(v, dict)]
+    if len(sections) != 1:
+        raise ctx.error(f"expected one volume group section, found {len(sections)}")
+    name, sec = sections[0]
+    where = f"VG {name}"
+    extent_size = ctx.int_(sec, "extent_size", where, lo=1, hi=1 << 40) * SECTOR
+    pvs: dict[str, PV] = {}
+    for pv_name, pv_sec in ctx.section(sec, "physical_volumes", where).items():
+        if not isinstance(pv_sec, dict):
+            raise ctx.error(f"{where}: physical_volumes/{pv_name} is not a section")
+        pvs[pv_name] = _pv(ctx, pv_name, pv_sec, f"{where} PV {pv_name}")
+    lvs: dict[str, LV] = {}
+    lv_secs = sec.get("logical_volumes", {})
+    if not isinstance(lv_secs, dict):
+        raise ctx.error(f"{where}: logical_volumes is not a section")
+    for lv_name, lv_sec in lv_secs.items():
+        if not isinstance(lv_sec, dict):
+            raise ctx.error(f"{where}: logical_volumes/{lv_name} is not a section")
+        lvs[lv_name] = _lv(ctx, lv_name, lv_sec, f"{where} LV {lv_name}")
+    creation_host = root.get("creation_host", "")
+    return VG(
+        name=name,
+        id=ctx.str_(sec, "id", where),
+        seqno=ctx.int_(sec, "seqno", where),
+        extent_size=extent_size,
+        status=ctx.strs(sec, "status", where),
+        pvs=pvs,
+        lvs=lvs,
+        tags=ctx.strs(sec, "tags", where),
+        system_id=ctx.str_(sec, "system_id", where, default=""),
+        creation_host=creation_host if isinstance(creation_host, str) else "",
+    )
+
+
+def _pv(ctx: _Ctx, name: str, sec: Section, where: str) -> PV:
+    return PV(
+        name=name,
+        id=ctx.str_(sec, "id", where),
+        device_hint=ctx.str_(sec, "device", where, default=""),
+        status=ctx.strs(sec, "status", where),
+        dev_size=ctx.int_(sec, "dev_size", where, default=0, hi=1 << 56) * SECTOR,
+        pe_start=ctx.int_(sec, "pe_start", where, hi=1 << 56) * SECTOR,
+        pe_count=ctx.int_(sec, "pe_count", where, hi=MAX_EXTENTS),
+    )
+
+
+def _lv(ctx: _Ctx, name: str, sec: Section, where: str) -> LV:
+    count = ctx.int_(sec, "segment_count", where, lo=0, hi=1 << 20)
+    segs: list[Segment] = []
+    next_extent = 0
+    for i in range(1, count + 1):
+        s = ctx.section(sec, f"segment{i}", where)
+        swhere = f"{where} segment{i}"
+        start = ctx.int_(s, "start_extent", swhere, hi=MAX_EXTENTS)
+        n = ctx.int_(s, "extent_count", swhere, lo=1, hi=MAX_EXTENTS)
+        if start != next_extent:
+            raise ctx.error(f"{swhere}: start_extent {start}, expected {next_extent} (segments must be "
+                            "contiguous)")
+        next_extent = start + n
+        full = ctx.str_(s, "type", swhere)
+        base, *flags = full.split("+")
+        segs.append(Segment(i, start, n, base, tuple(flags), s))
+    ctime = sec.get("creation_time")
+    return LV(
+        name=name,
+        id=ctx.str_(sec, "id", where),
+        status=ctx.strs(sec, "status", where),
+        tags=ctx.strs(sec, "tags", where),
+        segments=tuple(segs),
+        creation_time=ctime if isinstance(ctime, int) else None,
+    )
