@@ -5,7 +5,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from euca2kvm.lvm.extents import Extent, ExtentMap, FillMapper, Kind, LinearMapper, ShiftedMapper, StripedMapper
+from euca2kvm.lvm.extents import (
+    Extent,
+    ExtentMap,
+    FillMapper,
+    Kind,
+    LinearMapper,
+    ShiftedMapper,
+    StripedMapper,
+)
 
 
 def naive_striped(b: int, chunk: int, areas: list[tuple[str, int]]) -> tuple[str, int]:

@@ -218,13 +218,14 @@ def test_btree_cycle_is_refused_not_a_hang(fx: dict[str, object]) -> None:
 def test_child_keys_outside_parent_interval_are_refused(fx: dict[str, object]) -> None:
     buf = tmeta_bytes(fx)
     root = _device_root(buf, 1)
-    # A new internal root in an unused block, claiming its only child starts at key 1000.
+    # A new internal root in an unused block, claiming its only child starts at key 20
+    # (the child leaf starts at block 16: 1 MiB / 64 KiB).
     free = ThinMetadata(Mem(buf)).sb.metadata_nr_blocks - 1
     assert buf[free * META_BLOCK : (free + 1) * META_BLOCK].count(0) == META_BLOCK
     b = free * META_BLOCK
     cap = 126
     struct.pack_into("<IIQIII", buf, b, 0, 1, free, 1, cap, 8)
-    struct.pack_into("<Q", buf, b + 32, 1000)
+    struct.pack_into("<Q", buf, b + 32, 20)
     struct.pack_into("<Q", buf, b + 32 + cap * 8, root)
     reseal(buf, free, BTREE_CSUM_XOR)
     info = fx["truth"]["lvs"]["vgthin/thin1"]  # type: ignore[index]

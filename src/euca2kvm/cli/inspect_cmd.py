@@ -68,7 +68,8 @@ def do_inspect(args: argparse.Namespace) -> int:
     if "vg" in info:
         g = info["vg"]
         console.print(f"VG {esc(g['name'])} id={g['id']} seqno={g['seqno']} extent_size={human(g['extent_size'])}")
-        console.print(f"   metadata from {esc(g['metadata_from'])}{' (wrapped in the ring)' if g['metadata_wrapped'] else ''}")
+        wrapped = " (wrapped in the ring)" if g["metadata_wrapped"] else ""
+        console.print(f"   metadata from {esc(g['metadata_from'])}{wrapped}")
         for w in g["warnings"]:
             console.print(f"   [yellow]warning:[/] {esc(w)}")
         for pv in info["pvs"]:

@@ -223,7 +223,7 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
 def mark_in_use(volumes: list[Volume]) -> None:
     """Fill each volume's ``in_use`` with whatever holds its files or its LV."""
     files = sorted({f for v in volumes for f in v.files})
-    lvs = sorted({(v.vg, v.lv) for v in volumes if v.vg and v.lv})
-    found = holders(files, lvs)  # type: ignore[arg-type]
+    lvs = sorted({(v.vg or '', v.lv or '') for v in volumes if v.vg and v.lv})
+    found = holders(files, [(vg, lv) for vg, lv in lvs if vg and lv])
     for v in volumes:
         v.in_use = [h for h in found if h.path in v.files or h.path == v.name]

@@ -135,7 +135,8 @@ def _block_job(emap: ExtentMap, src: _Sources, out_fd: int | None, lo: int, hi: 
             runs.append((ext.start - lo + (a - ext.offset), a, ext.path, b - a))
     if not runs and not keep:
         return _Block(index, lo, hi, zero_block_digest(n), None, 0, 0)
-    buf = buffers.get()
+    buf: bytearray | None = buffers.get()
+    assert buf is not None
     try:
         view = memoryview(buf)[:n]
         covered = 0
@@ -236,13 +237,11 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy")
     try:
-        index = 0
-        for lo in range(0, size, DIGEST_BLOCK):
+        for index, lo in enumerate(range(0, size, DIGEST_BLOCK)):
             hi = min(size, lo + DIGEST_BLOCK)
             while len(pending) >= inflight_max:
                 consume(pending.popleft())
             pending.append(pool.submit(_block_job, emap, src, out_fd, lo, hi, index, buffers, sha256, name))
-            index += 1
         while pending:
             consume(pending.popleft())
     except BaseException:

@@ -58,8 +58,15 @@ class Extent:
 class Mapper(Protocol):
     """Maps LV bytes [start, start + length) to extents. Implemented per segment type."""
 
-    start: int
-    length: int
+    @property
+    def start(self) -> int:
+        """LV byte offset of the first byte this mapper covers."""
+        ...
+
+    @property
+    def length(self) -> int:
+        """Bytes covered."""
+        ...
 
     def extents(self, lo: int, hi: int) -> Iterator[Extent]:
         """Extents covering LV bytes [lo, hi), in order, where start <= lo < hi <= start + length."""

@@ -113,7 +113,8 @@ def _parse_pv_header(dev: Device, sector: int, raw: bytes, offset_xl: int) -> PV
             # Not an extension lvm2 knows: old PVs leave zeros here; treat unknown as absent.
             ext_version = ext_flags = 0
         elif ext_version >= 1:
-            boot, pos = _locn_list(dev, raw, pos + 8, where, "bootloader area")
+            boot_list, pos = _locn_list(dev, raw, pos + 8, where, "bootloader area")
+            boot = tuple(boot_list)
     if not data:
         raise FormatError("pv_header lists no data area", dev.path, where + offset_xl)
     return PVLabel(dev, sector, uuid, device_size, tuple(data), tuple(meta), ext_version, ext_flags, boot)

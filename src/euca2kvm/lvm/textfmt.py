@@ -19,16 +19,16 @@ input is hostile.
 from __future__ import annotations
 
 import re
-from typing import Union
 
 from ..errors import FormatError
 
-Value = Union[int, float, str, list["Value"]]
-Section = dict[str, Union["Section", Value]]
+Value = int | float | str | list["Value"]
+Section = dict[str, "Section | Value"]
 
 MAX_DEPTH = 32  # lvm2 metadata nests 5 deep (vg/logical_volumes/lv/segment); room for growth
-MAX_LIST = 1 << 20
-MAX_NUMBER_CHARS = 64  # 2**64 has 20 digits; longer numerals are garbage, and int() of huge ones is slow  # a stripes/raids list of a huge VG has thousands of items, never a million
+MAX_LIST = 1 << 20  # a stripes/raids list of a huge VG has thousands of items, never a million
+# 2**64 has 20 digits; a longer numeral is garbage (and int() of a huge one is slow)
+MAX_NUMBER_CHARS = 64
 
 _TOKEN = re.compile(
     r"""
