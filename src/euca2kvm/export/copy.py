@@ -18,6 +18,7 @@ import errno
 import hashlib
 import os
 import queue
+import stat
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -78,6 +79,11 @@ class _Sources:
         assert ext.path is not None
         fd = self.fd(ext.path)
         start, end = ext.offset, ext.offset + ext.length
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size < end:
+            # SEEK_DATA past EOF looks like a hole: a shrunk source must fail, not read as zeros.
+            raise FormatError(f"file is {st.st_size} bytes but the LV needs bytes up to {end} "
+                              "(truncated, or changed while reading?)", ext.path, st.st_size)
         if not self.can_seek_data.get(ext.path, True):
             return [(start, end)]
         out: list[tuple[int, int]] = []

@@ -1,0 +1,3 @@
+from euca2kvm.cli import run
+
+run()

@@ -1,0 +1,158 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Raw export: exact bytes, holes stay holes, documented digest, nothing half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+from _env import need_root, need_tools
+
+from euca2kvm.errors import FormatError, IOFailure
+from euca2kvm.export.copy import copy_blocks
+from euca2kvm.export.digest import ALGORITHM, DIGEST_BLOCK
+from euca2kvm.export.raw import export_raw, partial_name
+from euca2kvm.lvm.extents import ExtentMap, FillMapper, Kind, LinearMapper, StripedMapper
+
+MiB = 1 << 20
+
+
+def documented_digest(data: bytes) -> str:
+    """The recipe printed in euca2kvm.export.digest's docstring."""
+    h = hashlib.sha256()
+    for i in range(0, len(data), 4 << 20):
+        h.update(hashlib.sha256(data[i : i + (4 << 20)]).digest())
+    return f"{ALGORITHM}:{h.hexdigest()}"
+
+
+def sparse_source(path: Path, size: int, islands: list[tuple[int, bytes]]) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off, data in islands:
+            f.seek(off)
+            f.write(data)
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> tuple[ExtentMap, bytes]:
+    """A 3-segment LV: linear from a sparse file, zeros, and a 2-way stripe; data at start/middle/end."""
+    rnd = random.Random(7)
+    a, b = tmp_path / "pv-a", tmp_path / "pv-b"
+    islands_a = [(MiB, rnd.randbytes(300_000)), (9 * MiB + 4097, rnd.randbytes(70_000)),
+                 (17 * MiB - 5000, rnd.randbytes(5000))]
+    sparse_source(a, 40 * MiB, islands_a)
+    sparse_source(b, 8 * MiB, [(0, rnd.randbytes(2 * MiB)), (3 * MiB, rnd.randbytes(MiB))])
+    # extend a with stripe area data
+    with open(a, "r+b") as f:
+        f.seek(20 * MiB)
+        f.write(rnd.randbytes(2 * MiB))
+    emap = ExtentMap(16 * MiB + 3 * MiB + 8 * MiB, [
+        LinearMapper(0, 16 * MiB, str(a), MiB),
+        FillMapper(16 * MiB, 3 * MiB, Kind.ZERO),
+        StripedMapper(19 * MiB, 8 * MiB, 64 * 1024, ((str(a), 20 * MiB), (str(b), 0))),
+    ])
+    fa, fb = a.read_bytes(), b.read_bytes()
+    expected = bytearray(fa[MiB : 17 * MiB]) + bytes(3 * MiB)
+    for c in range(8 * MiB // 65536):
+        src, base = ((fa, 20 * MiB), (fb, 0))[c % 2]
+        off = base + (c // 2) * 65536
+        expected += src[off : off + 65536]
+    return emap, bytes(expected)
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_export_exact_sparse_and_digests(tmp_path: Path, layout: tuple[ExtentMap, bytes], workers: int) -> None:
+    emap, expected = layout
+    out = tmp_path / "out.raw"
+    out.write_bytes(b"garbage!" * (4 * MiB))  # a previous file with the final name: must be replaced
+    res = export_raw(emap, out, sha256=True, workers=workers)
+    data = out.read_bytes()
+    assert data == expected
+    assert res.sha256 == hashlib.sha256(expected).hexdigest()
+    assert res.digest == documented_digest(expected)
+    nonzero = sum(1 for i in range(0, len(expected), 4096) if expected[i : i + 4096].strip(b"\0"))
+    allocated = os.stat(out).st_blocks * 512
+    assert allocated <= nonzero * 4096 * 1.01 + 64 * 1024, (allocated, nonzero * 4096)
+    assert not partial_name(out).exists()
+
+
+def test_verify_mode_reads_without_writing(layout: tuple[ExtentMap, bytes]) -> None:
+    emap, expected = layout
+    res = copy_blocks(emap, None)
+    assert res.digest == documented_digest(expected) and res.bytes_written == 0
+
+
+def test_all_zero_lv_costs_no_reads(tmp_path: Path) -> None:
+    src = tmp_path / "hole"
+    sparse_source(src, 64 * MiB, [])
+    emap = ExtentMap(64 * MiB, [LinearMapper(0, 64 * MiB, str(src), 0)])
+    res = export_raw(emap, tmp_path / "z.raw")
+    assert res.bytes_read == 0 and res.bytes_written == 0
+    assert res.digest == documented_digest(bytes(64 * MiB))
+    assert os.stat(tmp_path / "z.raw").st_blocks == 0
+
+
+def test_error_extent_refused_and_nothing_left(tmp_path: Path) -> None:
+    src = tmp_path / "s"
+    sparse_source(src, 8 * MiB, [(0, b"x" * MiB)])
+    emap = ExtentMap(8 * MiB, [LinearMapper(0, 4 * MiB, str(src), 0), FillMapper(4 * MiB, 4 * MiB, Kind.ERROR)])
+    out = tmp_path / "e.raw"
+    with pytest.raises(IOFailure, match="error"):
+        export_raw(emap, out)
+    assert not out.exists() and not partial_name(out).exists()
+
+
+def test_interrupt_leaves_no_partial_and_keeps_old_output(tmp_path: Path, layout: tuple[ExtentMap, bytes]) -> None:
+    emap, _ = layout
+    out = tmp_path / "i.raw"
+    out.write_bytes(b"previous complete export")
+    calls = 0
+
+    def boom(n: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_raw(emap, out, progress=boom)
+    assert out.read_bytes() == b"previous complete export"
+    assert not partial_name(out).exists()
+
+
+def test_source_shrinking_is_an_error_not_zeros(tmp_path: Path) -> None:
+    src = tmp_path / "s"
+    sparse_source(src, 8 * MiB, [(0, os.urandom(8 * MiB))])
+    emap = ExtentMap(8 * MiB, [LinearMapper(0, 8 * MiB, str(src), 0)])
+    os.truncate(src, 6 * MiB + 5)
+    out = tmp_path / "t.raw"
+    with pytest.raises(FormatError, match="truncated") as ei:
+        export_raw(emap, out)
+    assert str(src) in str(ei.value)
+    assert not out.exists() and not partial_name(out).exists()
+
+
+def test_enospc_clear_error_and_no_partial(tmp_path: Path) -> None:
+    need_root()
+    need_tools("mount", "umount")
+    src = tmp_path / "s"
+    sparse_source(src, 8 * MiB, [(0, os.urandom(8 * MiB))])
+    emap = ExtentMap(8 * MiB, [LinearMapper(0, 8 * MiB, str(src), 0)])
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True, timeout=30)
+    try:
+        out = mnt / "full.raw"
+        with pytest.raises(IOFailure, match="no space left"):
+            export_raw(emap, out)
+        assert os.listdir(mnt) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+
+
+def test_digest_block_constant() -> None:
+    assert DIGEST_BLOCK == 4 * MiB and ALGORITHM == "blksha256-4m"
