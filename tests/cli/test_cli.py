@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _env import need_root, need_tools
 
+from _env import need_root, need_tools
 from euca2kvm.errors import EXIT_FORMAT, EXIT_IN_USE, EXIT_USAGE
 
 Fixtures = tuple[Path, dict[str, Any]]

@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _env import need_root, need_tools
 
+from _env import need_root, need_tools
 from euca2kvm.errors import FormatError, IOFailure
 from euca2kvm.export.copy import copy_blocks
 from euca2kvm.export.digest import ALGORITHM, DIGEST_BLOCK
@@ -155,4 +155,4 @@ def test_enospc_clear_error_and_no_partial(tmp_path: Path) -> None:
 
 
 def test_digest_block_constant() -> None:
-    assert DIGEST_BLOCK == 4 * MiB and ALGORITHM == "blksha256-4m"
+    assert 4 * MiB == DIGEST_BLOCK and ALGORITHM == "blksha256-4m"

@@ -67,7 +67,8 @@ class Mem:
         return self.data[offset : offset + length]
 
 
-def snap(fx: dict[str, object], lv: str, cow_reader: object = None, chunk: int | None = None) -> CowSnapshotMapper:
+def snap(fx: dict[str, object], lv: str, cow_reader: object = None,
+         chunk: int | None = None) -> CowSnapshotMapper:
     info = fx["truth"]["lvs"][lv]  # type: ignore[index]
     origin = lv_map(fx, "vgcow/" + info["origin"])
     cow = lv_map(fx, lv)
@@ -139,7 +140,8 @@ def test_uninitialised_store_reads_as_origin(fx: dict[str, object]) -> None:
     buf[:16] = bytes(16)
     m = snap(fx, "vgcow/csnap", Mem(buf))
     assert m.exceptions == 0
-    assert sha(ExtentMap(m.length, [m])) == fx["truth"]["lvs"]["vgcow/origin"]["sha256"]  # type: ignore[index]
+    origin = fx["truth"]["lvs"]["vgcow/origin"]  # type: ignore[index]
+    assert sha(ExtentMap(m.length, [m])) == origin["sha256"]
 
 
 def test_exception_outside_store_is_refused(fx: dict[str, object]) -> None:

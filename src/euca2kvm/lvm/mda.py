@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import FormatError
-from ..units import MiB, SECTOR
+from ..units import SECTOR, MiB
 from .crc import calc_crc
 from .device import Device
 from .label import Area
