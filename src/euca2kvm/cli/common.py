@@ -12,7 +12,9 @@ from rich.console import Console
 
 from ..eucalyptus.discovery import VOLUMES_DIR, Discovery, discover
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output is read by people too (logs, mails): do not fold tables to 80 columns.
+PIPE_WIDTH = 200
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 console_err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

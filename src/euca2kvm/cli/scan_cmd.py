@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from rich.table import Table
@@ -36,7 +37,7 @@ def do_scan(args: argparse.Namespace) -> int:
         if v.problem:
             types += f" [red](refused: {esc(v.problem)})[/]"
         t.add_row(esc(v.id), v.kind, esc(f"{v.vg}/{v.lv}" if v.vg else "-"), human(v.size), types,
-                  esc(state), esc(", ".join(v.files)))
+                  esc(state), esc(", ".join(os.path.basename(f) for f in v.files)))
     console.print(t)
     for n in d.notes:
         console_err.print(f"note: {esc(n)}")
