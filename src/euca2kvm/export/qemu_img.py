@@ -1,0 +1,243 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Thin typed wrappers around ``qemu-img``: every call is a subprocess with a timeout.
+
+Failures raise :class:`ToolError` carrying the tail of qemu-img's stderr; ``compare`` returns
+``False`` for "images differ" (exit 1) so callers can raise :class:`VerifyError` themselves.
+The binary is ``$QEMU_IMG`` if set, else ``qemu-img`` on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import selectors
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..errors import FormatError, ToolError, UnsupportedError
+from ..units import MiB
+
+ENV_BINARY = "QEMU_IMG"
+# Metadata commands (info, map, measure, --version) on local images finish in well under a second;
+# a minute only trips on a hung NFS mount or a wedged NBD server.
+QUICK_TIMEOUT = 60.0
+# convert/compare can legitimately run for hours on TiB volumes, so by default they have no total
+# limit; instead they die when qemu-img prints no progress (-p) for this long. qemu-img prints every
+# 1 %, so this allows about 1 % of a volume per 30 minutes (20 GiB of a 2 TiB volume at 11 MiB/s).
+STALL_TIMEOUT = 1800.0
+# How much of stderr a ToolError keeps (the last lines carry qemu's reason).
+STDERR_TAIL = 4096
+# stdout is JSON for info/map/measure; a map of a heavily fragmented TiB image is a few MiB.
+MAX_STDOUT = 64 * MiB
+# qemu requires the raw driver's size to be a multiple of the sector size ("Specified size is
+# not multiple of 512").
+RAW_SIZE_ALIGN = 512
+# Exit statuses of ``qemu-img compare`` beyond 0 (identical) and 1 (different).
+_COMPARE_ERRORS = {2: "error opening an image", 3: "error checking sector allocation",
+                   4: "error reading an image"}
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+_VERSION = re.compile(r"qemu-img version (\d+)\.(\d+)\.(\d+)")
+
+ProgressCallback = Callable[[float], None]
+
+
+def binary() -> str:
+    return os.environ.get(ENV_BINARY) or "qemu-img"
+
+
+def _run(args: Sequence[str], *, timeout: float | None = QUICK_TIMEOUT, stall_timeout: float | None = None,
+         progress_cb: ProgressCallback | None = None, ok: Sequence[int] = (0,)) -> tuple[int, bytes]:
+    """Run ``qemu-img args``; (exit status, stdout). Raises ToolError unless the status is in ``ok``.
+
+    ``timeout`` bounds the whole run, ``stall_timeout`` the time between two stdout writes
+    (progress lines when ``-p`` is given). On expiry the process is killed.
+    """
+    argv = [binary(), *args]
+    cmd = " ".join(argv[:2])
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, close_fds=True)
+    except OSError as e:
+        hint = f"set ${ENV_BINARY} or install qemu-utils"
+        raise ToolError(f"cannot run {argv[0]}: {e.strerror} ({hint})") from e
+    out, err = bytearray(), bytearray()
+    start = last = time.monotonic()
+    expired: str | None = None
+    with proc, selectors.DefaultSelector() as sel:
+        assert proc.stdout is not None and proc.stderr is not None
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        while sel.get_map() and expired is None:
+            now = time.monotonic()
+            due: tuple[float, str] | None = None
+            if timeout is not None:
+                due = (start + timeout, f"timed out after {timeout:g} s")
+            if stall_timeout is not None and (due is None or last + stall_timeout < due[0]):
+                due = (last + stall_timeout, f"made no progress for {stall_timeout:g} s")
+            if due is not None and due[0] <= now:
+                expired = due[1]
+                proc.kill()
+                break
+            for key, _ in sel.select(None if due is None else due[0] - now):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                buf: bytearray = key.data
+                buf += chunk
+                if buf is err:
+                    del err[:-STDERR_TAIL]
+                    continue
+                last = time.monotonic()
+                if progress_cb is not None:
+                    for m in _PROGRESS.finditer(chunk):
+                        progress_cb(float(m.group(1)))
+                if len(out) > MAX_STDOUT:
+                    expired = f"wrote more than {MAX_STDOUT} bytes to stdout"
+                    proc.kill()
+        rc = proc.wait()
+    tail = bytes(err[-STDERR_TAIL:]).decode("utf-8", "replace").strip()
+    if expired:
+        raise ToolError(f"{cmd} {expired}: {tail}".rstrip(": "))
+    if rc not in ok:
+        raise ToolError(f"{cmd} failed with exit status {rc}: {tail or '(no message)'}")
+    return rc, bytes(out)
+
+
+def _json(args: Sequence[str]) -> Any:
+    _, out = _run([*args, "--output", "json"])
+    try:
+        return json.loads(out)
+    except ValueError as e:
+        raise ToolError(f"qemu-img {args[0]} printed invalid JSON: {e}") from e
+
+
+def _source(spec: str, fmt: str | None, image_opts: bool) -> list[str]:
+    if image_opts:
+        return ["--image-opts", spec]
+    return (["-f", fmt] if fmt else []) + [spec]
+
+
+def _options(options: Mapping[str, object]) -> str:
+    """``-o`` value: ``k=v`` pairs joined by commas; commas in values are doubled (qemu escaping)."""
+    parts = []
+    for k, v in options.items():
+        value = ("on" if v else "off") if isinstance(v, bool) else str(v)
+        parts.append(f"{k}={value.replace(',', ',,')}")
+    return ",".join(parts)
+
+
+@functools.lru_cache(maxsize=8)
+def _version(path: str) -> tuple[int, int, int]:
+    _, out = _run(["--version"])
+    m = _VERSION.search(out.decode("utf-8", "replace"))
+    if m is None:
+        raise ToolError(f"{path} --version printed no version: {out[:200]!r}")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def version() -> tuple[int, int, int]:
+    """(major, minor, micro) of the qemu-img in use, e.g. (7, 2, 22)."""
+    return _version(binary())
+
+
+def convert(src_spec: str, dst: str, out_fmt: str, options: Mapping[str, object] | None = None,
+            compress: bool = False, src_image_opts: bool = False,
+            progress_cb: ProgressCallback | None = None, *, src_fmt: str = "raw",
+            coroutines: int | None = None, timeout: float | None = None,
+            stall_timeout: float | None = STALL_TIMEOUT) -> None:
+    """``qemu-img convert`` ``src_spec`` (a path, ``json:`` spec, NBD URI or, with
+    ``src_image_opts``, an ``--image-opts`` string) to a new ``dst`` image of ``out_fmt``.
+
+    Arguments:
+        options (dict): ``-o`` creation options, e.g. ``{"subformat": "streamOptimized"}``.
+        compress (bool): ``-c`` (qcow2 and streamOptimized vmdk only).
+        progress_cb (callable): called with the percentage (0.0-100.0) as qemu-img reports it.
+        coroutines (int): ``-m``, parallel requests (qemu default 8).
+    """
+    args = ["convert", "-p"]
+    args += _source(src_spec, None if src_image_opts else src_fmt, src_image_opts)
+    args += ["-O", out_fmt]
+    if options:
+        args += ["-o", _options(options)]
+    if compress:
+        args.append("-c")
+    if coroutines is not None:
+        args += ["-m", str(coroutines)]
+    args.append(dst)
+    _run(args, timeout=timeout, stall_timeout=stall_timeout, progress_cb=progress_cb)
+
+
+def compare(a: str, b: str, strict: bool = False, *, fmt_a: str | None = None, fmt_b: str | None = None,
+            image_opts: bool = False, timeout: float | None = None,
+            stall_timeout: float | None = STALL_TIMEOUT) -> bool:
+    """True when the guest-visible contents are identical, False when they differ.
+
+    ``strict`` (``-s``) also fails on different sizes or allocation (use it for raw vs raw).
+    Other exit statuses (open/allocation/read errors) raise :class:`ToolError`.
+    """
+    args = ["compare", "-p"]
+    if strict:
+        args.append("-s")
+    if image_opts:
+        args += ["--image-opts", a, b]
+    else:
+        args += (["-f", fmt_a] if fmt_a else []) + (["-F", fmt_b] if fmt_b else []) + [a, b]
+    try:
+        rc, _ = _run(args, timeout=timeout, stall_timeout=stall_timeout, ok=(0, 1))
+    except ToolError as e:
+        m = re.search(r"exit status (\d+)", str(e))
+        meaning = _COMPARE_ERRORS.get(int(m.group(1))) if m else None
+        if meaning:
+            raise ToolError(f"qemu-img compare: {meaning}: {e}") from e
+        raise
+    return rc == 0
+
+
+def measure(src: str, out_fmt: str, *, src_fmt: str | None = None, src_image_opts: bool = False,
+            options: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """``qemu-img measure``: ``{"required": bytes, "fully-allocated": bytes, ...}`` for ``out_fmt``."""
+    args = ["measure", "-O", out_fmt]
+    if options:
+        args += ["-o", _options(options)]
+    result = _json([*args, *_source(src, src_fmt, src_image_opts)])
+    if not isinstance(result, dict) or "required" not in result:
+        raise ToolError(f"qemu-img measure printed an unexpected result: {str(result)[:200]}")
+    return result
+
+
+def info(path: str, *, fmt: str | None = None, image_opts: bool = False) -> dict[str, Any]:
+    """``qemu-img info --output json`` (``virtual-size``, ``format``, ``format-specific``...)."""
+    result = _json(["info", *_source(path, fmt, image_opts)])
+    if not isinstance(result, dict):
+        raise ToolError(f"qemu-img info printed an unexpected result: {str(result)[:200]}")
+    return result
+
+
+def map(path: str, *, fmt: str | None = None, image_opts: bool = False) -> list[dict[str, Any]]:
+    """``qemu-img map --output json``: ``[{start, length, data, zero, present, depth, offset?}]``."""
+    result = _json(["map", *_source(path, fmt, image_opts)])
+    if not isinstance(result, list):
+        raise ToolError(f"qemu-img map printed an unexpected result: {str(result)[:200]}")
+    return result
+
+
+def raw_range_spec(path: str, offset: int, size: int) -> str:
+    """A ``json:`` filename making qemu read bytes [offset, offset + size) of ``path`` as a raw image.
+
+    qemu refuses a ``size`` that is not a multiple of 512 ("Specified size is not multiple of
+    512"), so such a range raises :class:`UnsupportedError` here instead of failing later;
+    serve the range over NBD (:mod:`euca2kvm.export.nbd`) then. Any ``offset`` works.
+    """
+    if offset < 0 or size <= 0:
+        raise FormatError(f"bad byte range: offset {offset}, size {size}", path)
+    if size % RAW_SIZE_ALIGN:
+        raise UnsupportedError(f"qemu-img can only read raw ranges whose size is a multiple of "
+                               f"{RAW_SIZE_ALIGN} bytes, not {size}", path, offset)
+    spec = {"driver": "raw", "offset": offset, "size": size,
+            "file": {"driver": "file", "filename": os.path.abspath(path)}}
+    return "json:" + json.dumps(spec, separators=(",", ":"))
