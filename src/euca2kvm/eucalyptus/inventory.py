@@ -1,0 +1,400 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Cloud inventory: instances, volumes, snapshots and SC storage rows, with a versioned JSON form.
+
+An :class:`Inventory` is produced by :mod:`euca2kvm.eucalyptus.db` (PostgreSQL) or
+:mod:`euca2kvm.eucalyptus.api` (EC2 Query API) and can be saved so that an export can be
+planned on one host and run on another. The JSON envelope is::
+
+    {"format": "euca2kvm-inventory", "version": 1, "source": ..., "captured_at": ..., ...}
+
+``version`` is the format's major version; readers refuse majors they do not know. A string
+``"1.N"`` is accepted as major 1 (a later minor version only adds keys, which are ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypeVar
+
+from ..errors import FormatError, IOFailure, UsageError
+
+FORMAT_NAME = "euca2kvm-inventory"
+FORMAT_VERSION = 1
+# An inventory of a large cloud is a few MiB; anything far beyond is not ours (bounded read).
+MAX_INVENTORY_BYTES = 64 << 20
+
+AttachmentKind = Literal["boot", "runtime"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class VmType:
+    name: str
+    cpus: int | None = None
+    memory_mib: int | None = None
+    disk_gib: int | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    volume_id: str
+    device: str | None
+    is_root: bool
+    kind: AttachmentKind
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    state: str | None
+    vm_type: VmType | None
+    root_device: str | None
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
+    image_id: str | None = None
+    platform: str | None = None
+    virtualization_type: str | None = None
+    attachments: list[Attachment] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Volume:
+    id: str
+    size_gib: int | None
+    status: str | None
+    zone: str | None = None
+    sc_name: str | None = None
+    snapshot_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    volume_id: str | None
+    status: str | None
+    size_gib: int | None = None
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class StorageVolume:
+    """One ``iscsivolumeinfo`` row (a volume or a snapshot on the SC), plus export evidence."""
+
+    name: str
+    lodev_name: str | None = None
+    lofile_name: str | None = None
+    vg_name: str | None = None
+    lv_name: str | None = None
+    pv_name: str | None = None
+    size: int | None = None  # GiB, as the SC records it
+    status: str | None = None
+    snapshot_of: str | None = None
+    export_active: bool = False  # an active ``volume_exports`` row exists for this volume
+    sc_name: str | None = None
+    storename: str | None = None
+    tid: int | None = None
+
+
+_DEV_RE = re.compile(r"^(?P<prefix>xvd|vd|sd|hd)(?P<letters>[a-z]+)(?P<part>[0-9]*)$")
+_CHUNK_RE = re.compile(r"([0-9]+)")
+
+
+def _short_device(device: str) -> str:
+    return device[5:] if device.startswith("/dev/") else device
+
+
+def device_sort_key(device: str | None) -> tuple[Any, ...]:
+    """Natural device order: sda < sdb < ... < sdz < sdaa; xvdf/vdb/sdf ordered by their letter.
+
+    Disk letters are compared as bijective base-26 numbers, so the prefix (sd, vd, xvd, hd) does
+    not matter and ``/dev/sdb`` precedes ``vdc``. Names of any other shape sort after, naturally.
+    """
+    if device is None:
+        return (2,)
+    short = _short_device(device)
+    m = _DEV_RE.match(short)
+    if m:
+        index = 0
+        for ch in m.group("letters"):
+            index = index * 26 + (ord(ch) - ord("a") + 1)
+        part = int(m.group("part")) if m.group("part") else 0
+        return (0, index, part, m.group("prefix"))
+    chunks = tuple((0, int(c), "") if c.isdigit() else (1, 0, c) for c in _CHUNK_RE.split(short) if c)
+    return (1, chunks)
+
+
+def _same_device(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and _short_device(a) == _short_device(b)
+
+
+@dataclass
+class Inventory:
+    version: int
+    source: str
+    captured_at: str
+    volumes_dir: str | None
+    instances: list[Instance] = field(default_factory=list)
+    volumes: list[Volume] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    storage_volumes: list[StorageVolume] = field(default_factory=list)
+    das_devices: list[str] = field(default_factory=list)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def instance(self, instance_id: str) -> Instance:
+        for inst in self.instances:
+            if inst.id == instance_id:
+                return inst
+        raise UsageError(f"unknown instance id {instance_id!r} (not in the inventory from {self.source})")
+
+    def volume(self, volume_id: str) -> Volume | None:
+        return next((v for v in self.volumes if v.id == volume_id), None)
+
+    def snapshot(self, snapshot_id: str) -> Snapshot | None:
+        return next((s for s in self.snapshots if s.id == snapshot_id), None)
+
+    def storage_volume(self, name: str) -> StorageVolume | None:
+        return next((s for s in self.storage_volumes if s.name == name), None)
+
+    def boot_volume(self, instance: Instance) -> Attachment | None:
+        """The root EBS attachment: flagged root, else the one at the root device, else None."""
+        for att in instance.attachments:
+            if att.is_root:
+                return att
+        for kind in ("boot", "runtime"):
+            for att in instance.attachments:
+                if att.kind == kind and _same_device(att.device, instance.root_device):
+                    return att
+        return None
+
+    def ordered_volumes(self, instance: Instance) -> list[Attachment]:
+        """Boot volume first, then the other attachments in natural device order (one per volume)."""
+        boot = self.boot_volume(instance)
+        rest = sorted(
+            (a for a in instance.attachments if boot is None or a.volume_id != boot.volume_id),
+            key=lambda a: (device_sort_key(a.device), a.volume_id),
+        )
+        out: list[Attachment] = [] if boot is None else [boot]
+        seen = {a.volume_id for a in out}
+        for att in rest:
+            if att.volume_id not in seen:
+                seen.add(att.volume_id)
+                out.append(att)
+        return out
+
+    # -- JSON ------------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        del body["version"]
+        envelope = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **body}
+        return json.dumps(envelope, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, filename: str = "<inventory>") -> Inventory:
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise FormatError(f"not valid JSON: {e}", path=filename) from e
+        return _Decoder(filename).inventory(doc)
+
+
+def load_inventory(path: str) -> Inventory:
+    """Read and validate an inventory file (bounded read)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_INVENTORY_BYTES + 1)
+    except OSError as e:
+        raise IOFailure(f"cannot read inventory {path}: {e.strerror}") from e
+    if len(data) > MAX_INVENTORY_BYTES:
+        raise FormatError(f"larger than {MAX_INVENTORY_BYTES} bytes; not an inventory", path=path)
+    return Inventory.from_json(data, filename=path)
+
+
+def save_inventory(inventory: Inventory, path: str) -> None:
+    """Write atomically (temporary file in the same directory, fsync, rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".inventory-", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise IOFailure(f"cannot write inventory {path}: {e.strerror}") from e
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(inventory.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise IOFailure(f"cannot write inventory {path}: {e.strerror}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _Decoder:
+    """Validating JSON -> model decoder; every error names the file and the JSON path."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+
+    def fail(self, where: str, what: str) -> FormatError:
+        return FormatError(f"{where}: {what}", path=self.filename)
+
+    def obj(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected an object, got {type(value).__name__}")
+        return value
+
+    def str_(self, o: dict[str, Any], key: str, where: str, optional: bool = True) -> str | None:
+        v = o.get(key)
+        if v is None and optional:
+            return None
+        if not isinstance(v, str):
+            raise self.fail(f"{where}.{key}", "expected a string" + ("" if optional else " (required)"))
+        return v
+
+    def req_str(self, o: dict[str, Any], key: str, where: str) -> str:
+        v = self.str_(o, key, where, optional=False)
+        assert v is not None
+        return v
+
+    def int_(self, o: dict[str, Any], key: str, where: str) -> int | None:
+        v = o.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.fail(f"{where}.{key}", "expected an integer")
+        return v
+
+    def bool_(self, o: dict[str, Any], key: str, where: str, default: bool) -> bool:
+        v = o.get(key, default)
+        if not isinstance(v, bool):
+            raise self.fail(f"{where}.{key}", "expected true or false")
+        return v
+
+    def list_(self, o: dict[str, Any], key: str, where: str, item: Callable[[Any, str], T]) -> list[T]:
+        v = o.get(key, [])
+        if not isinstance(v, list):
+            raise self.fail(f"{where}.{key}", "expected an array")
+        return [item(x, f"{where}.{key}[{i}]") for i, x in enumerate(v)]
+
+    def version(self, doc: dict[str, Any]) -> int:
+        v = doc.get("version")
+        major: int | None = None
+        if isinstance(v, int) and not isinstance(v, bool):
+            major = v
+        elif isinstance(v, str) and re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", v):
+            major = int(v.split(".")[0])
+        if major is None:
+            raise self.fail("$.version", "missing or malformed format version")
+        if major != FORMAT_VERSION:
+            raise self.fail("$.version",
+                            f"unsupported format version {v!r} (this tool reads {FORMAT_VERSION})")
+        return major
+
+    def inventory(self, doc: Any) -> Inventory:
+        d = self.obj(doc, "$")
+        if d.get("format") != FORMAT_NAME:
+            raise self.fail("$.format", f"expected {FORMAT_NAME!r}, got {d.get('format')!r}")
+        version = self.version(d)
+
+        def das(x: Any, w: str) -> str:
+            if not isinstance(x, str):
+                raise self.fail(w, "expected a string")
+            return x
+
+        return Inventory(
+            version=version,
+            source=self.req_str(d, "source", "$"),
+            captured_at=self.req_str(d, "captured_at", "$"),
+            volumes_dir=self.str_(d, "volumes_dir", "$"),
+            instances=self.list_(d, "instances", "$", self.instance),
+            volumes=self.list_(d, "volumes", "$", self.volume),
+            snapshots=self.list_(d, "snapshots", "$", self.snapshot),
+            storage_volumes=self.list_(d, "storage_volumes", "$", self.storage_volume),
+            das_devices=self.list_(d, "das_devices", "$", das),
+        )
+
+    def vm_type(self, value: Any, w: str) -> VmType | None:
+        if value is None:
+            return None
+        o = self.obj(value, w)
+        return VmType(
+            name=self.req_str(o, "name", w),
+            cpus=self.int_(o, "cpus", w),
+            memory_mib=self.int_(o, "memory_mib", w),
+            disk_gib=self.int_(o, "disk_gib", w),
+        )
+
+    def attachment(self, value: Any, w: str) -> Attachment:
+        o = self.obj(value, w)
+        kind = o.get("kind")
+        if kind not in ("boot", "runtime"):
+            raise self.fail(f"{w}.kind", f"expected 'boot' or 'runtime', got {kind!r}")
+        return Attachment(
+            volume_id=self.req_str(o, "volume_id", w),
+            device=self.str_(o, "device", w),
+            is_root=self.bool_(o, "is_root", w, False),
+            kind=kind,
+            status=self.str_(o, "status", w),
+        )
+
+    def instance(self, value: Any, w: str) -> Instance:
+        o = self.obj(value, w)
+        return Instance(
+            id=self.req_str(o, "id", w),
+            state=self.str_(o, "state", w),
+            vm_type=self.vm_type(o.get("vm_type"), f"{w}.vm_type"),
+            root_device=self.str_(o, "root_device", w),
+            kernel_id=self.str_(o, "kernel_id", w),
+            ramdisk_id=self.str_(o, "ramdisk_id", w),
+            image_id=self.str_(o, "image_id", w),
+            platform=self.str_(o, "platform", w),
+            virtualization_type=self.str_(o, "virtualization_type", w),
+            attachments=self.list_(o, "attachments", w, self.attachment),
+        )
+
+    def volume(self, value: Any, w: str) -> Volume:
+        o = self.obj(value, w)
+        return Volume(
+            id=self.req_str(o, "id", w),
+            size_gib=self.int_(o, "size_gib", w),
+            status=self.str_(o, "status", w),
+            zone=self.str_(o, "zone", w),
+            sc_name=self.str_(o, "sc_name", w),
+            snapshot_id=self.str_(o, "snapshot_id", w),
+        )
+
+    def snapshot(self, value: Any, w: str) -> Snapshot:
+        o = self.obj(value, w)
+        return Snapshot(
+            id=self.req_str(o, "id", w),
+            volume_id=self.str_(o, "volume_id", w),
+            status=self.str_(o, "status", w),
+            size_gib=self.int_(o, "size_gib", w),
+            location=self.str_(o, "location", w),
+        )
+
+    def storage_volume(self, value: Any, w: str) -> StorageVolume:
+        o = self.obj(value, w)
+        return StorageVolume(
+            name=self.req_str(o, "name", w),
+            lodev_name=self.str_(o, "lodev_name", w),
+            lofile_name=self.str_(o, "lofile_name", w),
+            vg_name=self.str_(o, "vg_name", w),
+            lv_name=self.str_(o, "lv_name", w),
+            pv_name=self.str_(o, "pv_name", w),
+            size=self.int_(o, "size", w),
+            status=self.str_(o, "status", w),
+            snapshot_of=self.str_(o, "snapshot_of", w),
+            export_active=self.bool_(o, "export_active", w, False),
+            sc_name=self.str_(o, "sc_name", w),
+            storename=self.str_(o, "storename", w),
+            tid=self.int_(o, "tid", w),
+        )

@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Shared fixtures: private PostgreSQL servers loaded with both Eucalyptus DB layouts."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/_env.py
+sys.path.insert(0, str(HERE))  # pg.py
+
+from pg import PgServer, available  # noqa: E402
+
+from _env import missing  # noqa: E402
+
+CLOUD_SQL = (HERE / "sql" / "cloud.sql").read_text()
+STORAGE_SQL = (HERE / "sql" / "storage.sql").read_text()
+
+
+def _server() -> PgServer:
+    reason = available()
+    if reason is not None:
+        missing(reason)
+    return PgServer().start()
+
+
+@pytest.fixture(scope="session")
+def pg_shared() -> Iterator[PgServer]:
+    """Eucalyptus 4.1+ layout: eucalyptus_shared with eucalyptus_cloud / eucalyptus_storage schemas."""
+    srv = _server()
+    try:
+        srv.create_db("eucalyptus_shared")
+        srv.run_sql("eucalyptus_shared", CLOUD_SQL, schema="eucalyptus_cloud")
+        srv.run_sql("eucalyptus_shared", STORAGE_SQL, schema="eucalyptus_storage")
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_40() -> Iterator[PgServer]:
+    """Eucalyptus 4.0 layout: databases eucalyptus_cloud and eucalyptus_storage (public schema).
+
+    metadata_instances lacks metadata_vm_virtualization_type here, as an older release would.
+    """
+    srv = _server()
+    try:
+        srv.create_db("eucalyptus_cloud")
+        srv.create_db("eucalyptus_storage")
+        srv.run_sql("eucalyptus_cloud", CLOUD_SQL)
+        srv.run_sql("eucalyptus_cloud",
+                    "ALTER TABLE metadata_instances DROP COLUMN metadata_vm_virtualization_type")
+        srv.run_sql("eucalyptus_storage", STORAGE_SQL)
+        yield srv
+    finally:
+        srv.stop()
