@@ -1,0 +1,229 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A small domain model and its libvirt domain XML, plus the equivalent ``virt-install --import`` line.
+
+The XML is written with ElementTree in a fixed element order, so the output is stable (golden-file tested)
+and validates against libvirt's RelaxNG schema (``domain.rng``). Names are sanitised to what libvirt and its
+tools accept; paths are made absolute; ElementTree escapes XML special characters, and characters XML 1.0
+cannot carry at all are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from euca2kvm.errors import IOFailure, UsageError
+
+FORMATS = ("raw", "qcow2")
+# Target device prefix -> bus. "vd" is the virtio disk KVM guests boot fastest from; "sd" and "hd" are for
+# guests without virtio drivers.
+BUS_BY_PREFIX = {"vd": "virtio", "sd": "sata", "hd": "ide"}
+TARGET_DEV = re.compile(r"^(vd|sd|hd)[a-z]{1,3}$")
+# libvirt forbids "/" in names; virsh and virt-install treat an all-digit name as a domain id, and a
+# leading "-" as an option. Keep a conservative, shell- and file-name-safe set, capped in length.
+NAME_ALLOWED = re.compile(r"[^A-Za-z0-9_.+-]+")
+NAME_MAX = 64
+MEMORY_MIB_RANGE = (16, 4 * 1024 * 1024)
+VCPU_RANGE = (1, 512)
+# XML 1.0 excludes C0 controls except TAB, LF, CR; libvirt also rejects newlines in file names.
+_BAD_XML_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
+
+
+def sanitize_name(name: str) -> str:
+    """A libvirt-safe domain name derived from ``name`` (e.g. a volume or instance id)."""
+    cleaned = NAME_ALLOWED.sub("-", name).strip("-.")
+    cleaned = cleaned[:NAME_MAX].rstrip("-.")
+    if not cleaned:
+        raise UsageError(f"no usable characters in domain name {name!r}")
+    if cleaned.isdigit():
+        cleaned = f"vm-{cleaned}"
+    return cleaned
+
+
+def _clean_text(value: str, what: str) -> str:
+    if _BAD_XML_CHARS.search(value) or "\n" in value or "\r" in value:
+        raise UsageError(f"{what} contains control characters: {value!r}")
+    return value
+
+
+def _abs_path(path: str | os.PathLike[str], what: str) -> str:
+    text = _clean_text(os.fspath(path), what)
+    if not text:
+        raise UsageError(f"empty {what}")
+    return os.path.abspath(text)
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A file-backed disk. ``path`` is made absolute (relative paths resolve against the current directory)."""
+
+    path: str | os.PathLike[str]
+    format: str = "raw"
+    target_dev: str = "vda"
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise UsageError(f"unsupported disk format {self.format!r} (expected one of {', '.join(FORMATS)})")
+        if not TARGET_DEV.match(self.target_dev):
+            raise UsageError(f"invalid target device {self.target_dev!r} (expected vdX, sdX or hdX)")
+        object.__setattr__(self, "path", _abs_path(self.path, "disk path"))
+
+    @property
+    def bus(self) -> str:
+        return BUS_BY_PREFIX[self.target_dev[:2]]
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A KVM guest: x86_64, machine ``pc``, boots from its first disk (or a kernel given directly)."""
+
+    name: str
+    memory_mib: int
+    vcpus: int
+    disks: list[Disk] = field(default_factory=list)
+    kernel: str | os.PathLike[str] | None = None
+    initrd: str | os.PathLike[str] | None = None
+    cmdline: str | None = None
+    network: str | None = "default"  # libvirt network name; None for no NIC
+    domain_type: str = "kvm"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", sanitize_name(self.name))
+        if not MEMORY_MIB_RANGE[0] <= self.memory_mib <= MEMORY_MIB_RANGE[1]:
+            raise UsageError(f"memory {self.memory_mib} MiB out of range {MEMORY_MIB_RANGE}")
+        if not VCPU_RANGE[0] <= self.vcpus <= VCPU_RANGE[1]:
+            raise UsageError(f"vcpus {self.vcpus} out of range {VCPU_RANGE}")
+        if not self.disks:
+            raise UsageError("a domain needs at least one disk")
+        devs = [d.target_dev for d in self.disks]
+        if len(set(devs)) != len(devs):
+            raise UsageError(f"duplicate target devices: {devs}")
+        if self.domain_type not in ("kvm", "qemu"):
+            raise UsageError(f"domain type must be kvm or qemu, not {self.domain_type!r}")
+        if self.kernel is None and (self.initrd is not None or self.cmdline is not None):
+            raise UsageError("initrd and cmdline need a kernel")
+        if self.kernel is not None:
+            object.__setattr__(self, "kernel", _abs_path(self.kernel, "kernel path"))
+        if self.initrd is not None:
+            object.__setattr__(self, "initrd", _abs_path(self.initrd, "initrd path"))
+        if self.cmdline is not None:
+            _clean_text(self.cmdline, "kernel command line")
+        if self.network is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.network):
+            raise UsageError(f"invalid network name {self.network!r}")
+        object.__setattr__(self, "disks", list(self.disks))
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def domain_element(domain: Domain) -> ET.Element:
+    """The ``<domain>`` element; children in libvirt's customary order."""
+    root = ET.Element("domain", {"type": domain.domain_type})
+    _sub(root, "name", domain.name)
+    _sub(root, "memory", str(domain.memory_mib), unit="MiB")
+    _sub(root, "currentMemory", str(domain.memory_mib), unit="MiB")
+    _sub(root, "vcpu", str(domain.vcpus))
+    os_el = _sub(root, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
+    if domain.kernel is not None:
+        _sub(os_el, "kernel", str(domain.kernel))
+        if domain.initrd is not None:
+            _sub(os_el, "initrd", str(domain.initrd))
+        if domain.cmdline is not None:
+            _sub(os_el, "cmdline", domain.cmdline)
+    features = _sub(root, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    _sub(root, "clock", offset="utc")
+    _sub(root, "on_poweroff", "destroy")
+    _sub(root, "on_reboot", "restart")
+    _sub(root, "on_crash", "destroy")
+    devices = _sub(root, "devices")
+    for i, disk in enumerate(domain.disks):
+        d = _sub(devices, "disk", type="file", device="disk")
+        _sub(d, "driver", name="qemu", type=disk.format)
+        _sub(d, "source", file=str(disk.path))
+        _sub(d, "target", dev=disk.target_dev, bus=disk.bus)
+        if i == 0:
+            _sub(d, "boot", order="1")
+    if domain.network is not None:
+        nic = _sub(devices, "interface", type="network")
+        _sub(nic, "source", network=domain.network)
+        _sub(nic, "model", type="virtio")
+    serial = _sub(devices, "serial", type="pty")
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+    graphics = _sub(devices, "graphics", type="vnc", port="-1", autoport="yes", listen="127.0.0.1")
+    _sub(graphics, "listen", type="address", address="127.0.0.1")
+    video = _sub(devices, "video")
+    _sub(video, "model", type="vga")
+    return root
+
+
+def domain_xml(domain: Domain) -> str:
+    """The domain XML as text, indented, ending with a newline."""
+    root = domain_element(domain)
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_domain(domain: Domain, path: Path) -> Path:
+    """Write the domain XML to ``path`` atomically (temporary file + rename); returns ``path``."""
+    path = Path(path)
+    text = domain_xml(domain)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise IOFailure(f"cannot write {path}: {e}") from e
+    return path
+
+
+def _opt(value: str) -> str:
+    """Escape a value inside a virt-install comma-separated option (a literal comma is written twice)."""
+    return value.replace(",", ",,")
+
+
+def virt_install_command(domain: Domain) -> list[str]:
+    """The ``virt-install --import`` argument list defining an equivalent guest (no shell quoting needed)."""
+    cmd = [
+        "virt-install", "--import", "--noautoconsole",
+        "--virt-type", domain.domain_type,
+        "--name", domain.name,
+        "--memory", str(domain.memory_mib),
+        "--vcpus", str(domain.vcpus),
+        "--arch", "x86_64",
+        "--machine", "pc",
+        "--osinfo", "detect=on,require=off",
+    ]
+    for i, disk in enumerate(domain.disks):
+        spec = f"path={_opt(str(disk.path))},format={disk.format},bus={disk.bus},target.dev={disk.target_dev}"
+        if i == 0:
+            spec += ",boot.order=1"
+        cmd += ["--disk", spec]
+    if domain.kernel is not None:
+        boot = f"kernel={_opt(str(domain.kernel))}"
+        if domain.initrd is not None:
+            boot += f",initrd={_opt(str(domain.initrd))}"
+        if domain.cmdline is not None:
+            boot += f",kernel_args={_opt(domain.cmdline)}"
+        cmd += ["--boot", boot]
+    cmd += ["--network", f"network={domain.network},model=virtio" if domain.network is not None else "none"]
+    cmd += ["--graphics", "vnc,listen=127.0.0.1", "--serial", "pty", "--console", "pty,target.type=serial"]
+    return cmd
