@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import struct
-
 from typing import TYPE_CHECKING
 
 import pytest
@@ -130,13 +129,13 @@ def test_data_block_beyond_pool_is_refused(fx: DmFixtures) -> None:
         list(m.extents(0, 32 * MIB))
 
 
-def _device_root(buf: bytearray, dev: int) -> int:
+def _device_root(fx: DmFixtures, buf: bytearray, dev: int) -> int:
     return ThinMetadata(fx.mem(buf)).device_root(dev) or 0
 
 
 def test_flipped_btree_byte_is_refused(fx: DmFixtures) -> None:
     buf = tmeta_bytes(fx)
-    root = _device_root(buf, 1)
+    root = _device_root(fx, buf, 1)
     buf[root * META_BLOCK + 40] ^= 0x80
     m = thin(fx, "vgthin/thin1", fx.mem(buf))
     with pytest.raises(FormatError, match=f"node {root} checksum"):
@@ -145,7 +144,7 @@ def test_flipped_btree_byte_is_refused(fx: DmFixtures) -> None:
 
 def test_btree_cycle_is_refused_not_a_hang(fx: DmFixtures) -> None:
     buf = tmeta_bytes(fx)
-    root = _device_root(buf, 1)
+    root = _device_root(fx, buf, 1)
     b = root * META_BLOCK
     cap = struct.unpack_from("<I", buf, b + 20)[0]
     # Turn the device's root leaf into an internal node whose only child is itself.
@@ -160,7 +159,7 @@ def test_btree_cycle_is_refused_not_a_hang(fx: DmFixtures) -> None:
 
 def test_child_keys_outside_parent_interval_are_refused(fx: DmFixtures) -> None:
     buf = tmeta_bytes(fx)
-    root = _device_root(buf, 1)
+    root = _device_root(fx, buf, 1)
     # A new internal root in an unused block, claiming its only child starts at key 20
     # (the child leaf starts at block 16: 1 MiB / 64 KiB).
     free = ThinMetadata(fx.mem(buf)).sb.metadata_nr_blocks - 1

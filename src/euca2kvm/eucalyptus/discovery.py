@@ -186,6 +186,7 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
             try:
                 emap = g.lv_map(lv)
                 vol.files = sorted(emap.paths())
+                vol.size = emap.size  # a COW snapshot's size is its origin's, not its store's
             except Euca2kvmError as e:
                 vol.problem = e.reason if isinstance(e, FormatError) else str(e)
                 vol.problem_error = e

@@ -20,6 +20,7 @@ from .label import PVLabel, find_label, format_uuid
 from .mda import MetadataCopy, read_mda_header, read_metadata
 from .model import LV, VG, vg_from_text
 from .resolve import Context
+from .segtypes import user_target, user_visible
 
 
 @dataclass
@@ -38,13 +39,17 @@ class VolumeGroup:
         return self.vg.name
 
     def lv_map(self, lv: str | LV) -> ExtentMap:
-        """Extent map of an LV; raises FormatError/UnsupportedError naming the LV when it cannot be read."""
+        """Extent map of an LV; raises FormatError/UnsupportedError naming the LV when it cannot be read.
+
+        A classic snapshot's COW LV (the name lvm shows for the snapshot) gives the snapshot view.
+        """
         if self._ctx is None:
             self._ctx = Context(self.vg, self.devices, self.missing)
-        return self._ctx.lv_map(lv if isinstance(lv, str) else lv.name)
+        return self._ctx.lv_map(user_target(self.vg, lv if isinstance(lv, str) else lv.name))
 
     def visible_lvs(self) -> list[LV]:
-        return [lv for lv in self.vg.lvs.values() if lv.visible]
+        """The LVs lvm shows (lvm2's lv_is_visible: COW LVs instead of the hidden snapshotN)."""
+        return [lv for lv in self.vg.lvs.values() if user_visible(self.vg, lv)]
 
     def files(self) -> list[str]:
         return sorted({d.path for d in self.devices.values() if d is not None})
