@@ -1,44 +1,55 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``euca2kvm export ID ... -o OUTDIR``: sparse, verified raw images plus a manifest."""
+"""``euca2kvm export ID ... | --all  -o OUTDIR``: verified images of any format plus a manifest."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import Euca2kvmError, FormatError, InUseError, IOFailure, UsageError
+from ..errors import Euca2kvmError, Interrupted, InUseError, IOFailure, UsageError
 from ..eucalyptus.discovery import Volume
-from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
-from ..export.raw import export_raw
-from ..lvm.extents import Kind
+from ..export.formats import FORMATS, VMDK_SUBFORMATS, output_format
+from ..export.pipeline import ExportOptions, Source, export_source
 from ..units import human
-from .common import add_sources, console, console_err, discover_sources, esc, print_json, sources
-from .progress import progress_bar
+from .common import add_sources, console, console_err, discover_sources, esc, sources
+from .events import Reporter
+
+MAX_JOBS = 16  # volumes in parallel; each also runs --workers I/O threads
 
 
 def build_parser(sub: Any) -> None:
-    p = sub.add_parser("export", help="export volumes to sparse raw images with a verified digest",
-                       description="Export volumes to OUTDIR/<id>.raw and record them in OUTDIR/manifest.json. "
-                                   "Sources are only read; outputs appear under their final name only when "
-                                   "complete.")
-    p.add_argument("ids", nargs="+", metavar="ID", help="volume id, VG/LV, or container file path")
+    p = sub.add_parser(
+        "export", help="export volumes to verified disk images (raw, qcow2, vmdk, vhdx, vpc, vdi)",
+        description="Export volumes to OUTDIR/<id>.<ext> and record them in OUTDIR/manifest.json. Sources are "
+                    "only read. Outputs are written under a hidden temporary name and appear under their final "
+                    "name only when complete and verified; a re-run skips outputs that still verify.")
+    p.add_argument("ids", nargs="*", metavar="ID", help="volume id, VG/LV, or container file path")
+    p.add_argument("--all", action="store_true", help="export every volume found in the sources")
     add_sources(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory (created)")
-    p.add_argument("--format", default="raw", choices=["raw"], help="image format (default raw)")
+    p.add_argument("--format", "-f", default="raw", choices=FORMATS, help="image format (default raw)")
+    p.add_argument("--compress", action="store_true", help="compressed qcow2 (or streamOptimized vmdk)")
+    p.add_argument("--vmdk-subformat", choices=VMDK_SUBFORMATS, help="vmdk subformat (default monolithicSparse)")
     p.add_argument("--force", action="store_true", help="export even when a source is in use")
     p.add_argument("--sha256", action="store_true", help="also record the plain sha256 of each disk")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip verification: no block digest is computed (raw) and converted images are not "
+                        "compared with their source; the manifest records verified=false")
+    p.add_argument("--overwrite", action="store_true", help="export again even when an output still verifies")
     p.add_argument("--fsync", action="store_true", help="flush each image to stable storage before renaming it")
+    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help=f"volumes in parallel (1-{MAX_JOBS})")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
                    help=f"I/O and hashing threads per volume (1-16, default {DEFAULT_WORKERS})")
-    p.add_argument("--json", action="store_true", help="print the manifest entries written as JSON")
+    p.add_argument("--json", action="store_true", help="print JSON event lines (start, progress, done, error)")
     p.set_defaults(func=do_export)
 
 
-def check_exportable(vol: Volume, force: bool) -> None:
+def check_exportable(vol: Volume, force: bool, reporter: Reporter) -> None:
     if vol.problem_error is not None:
         raise vol.problem_error
     if vol.in_use:
@@ -46,37 +57,24 @@ def check_exportable(vol: Volume, force: bool) -> None:
         if not force:
             raise InUseError(f"{vol.id} is in use: {what}. Stop what holds it (or export a snapshot); "
                              "--force exports anyway and the copy may be inconsistent")
-        console_err.print(f"[yellow]warning:[/] {esc(vol.id)} is in use ({esc(what)}); exporting because of --force")
+        reporter.warn(f"{vol.id} is in use ({what}); exporting because of --force")
 
 
-def export_volume(vol: Volume, outdir: Path, *, sha256: bool, workers: int, fsync: bool) -> dict[str, Any]:
-    emap = vol.extent_map()
-    if Kind.ERROR in emap.kinds():
-        raise FormatError(f"{vol.id}: LV {vol.name} has an 'error' segment: reading it fails under "
-                          "device-mapper too; refusing to export invented bytes")
-    out = manifest.output_path(outdir, vol.id.replace("/", "_"), "raw")
-    started = time.monotonic()
-    with progress_bar(vol.id, emap.size) as advance:
-        res = export_raw(emap, out, sha256=sha256, workers=workers, progress=advance, fsync=fsync,
-                         name=vol.id)
-    elapsed = time.monotonic() - started
-    entry: dict[str, Any] = {
-        "id": vol.id, "kind": vol.kind, "vg": vol.vg, "lv": vol.lv, "size": vol.size,
-        "digest": res.digest, "output": str(out.resolve()), "format": "raw",
-        "files": sorted(emap.paths()), "segment_types": vol.segment_types,
-        "bytes_read": res.bytes_read, "bytes_written": res.bytes_written,
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": round(elapsed, 3),
-    }
-    if res.sha256:
-        entry["sha256"] = res.sha256
-    manifest.record(outdir, entry)
-    return entry
+def volume_source(vol: Volume) -> Source:
+    return Source(vol.id, vol.extent_map(),
+                  {"kind": vol.kind, "vg": vol.vg, "lv": vol.lv, "segment_types": vol.segment_types})
 
 
 def do_export(args: argparse.Namespace) -> int:
     if not 1 <= args.workers <= 16:
         raise UsageError("--workers must be between 1 and 16")
+    if not 1 <= args.jobs <= MAX_JOBS:
+        raise UsageError(f"--jobs must be between 1 and {MAX_JOBS}")
+    if bool(args.ids) == bool(args.all):
+        raise UsageError("name volumes to export, or --all (not both)")
+    fmt = output_format(args.format, compress=args.compress, vmdk_subformat=args.vmdk_subformat)
+    opts = ExportOptions(fmt=fmt, sha256=args.sha256, verify=args.verify, workers=args.workers,
+                         fsync=args.fsync, overwrite=args.overwrite)
     outdir = Path(args.output)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -85,24 +83,65 @@ def do_export(args: argparse.Namespace) -> int:
     if not os.access(outdir, os.W_OK):
         raise IOFailure(f"{outdir} is not writable")
     d = discover_sources(sources(args), quiet=args.json)
-    vols = [d.find(i) for i in dict.fromkeys(args.ids)]  # unknown ids fail before anything is written
-    entries: list[dict[str, Any]] = []
-    first_error: Euca2kvmError | None = None
-    for vol in vols:
+    if args.all:
+        vols = [v for v in d.volumes]
+        for v in vols:
+            if v.problem:
+                console_err.print(f"[yellow]skipping[/] {esc(v.id)}: {esc(v.problem)}")
+        vols = [v for v in vols if not v.problem]
+        if not vols:
+            raise UsageError("no exportable volume found")
+    else:
+        vols = [d.find(i) for i in dict.fromkeys(args.ids)]  # unknown ids fail before anything is written
+    if not args.verify and not args.json:
+        console_err.print("note: --no-verify: no digest is computed and outputs are not compared with sources")
+    return run_exports(vols, outdir, opts, args.force, args.jobs, args.json)
+
+
+def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bool, jobs: int,
+                as_json: bool) -> int:
+    cancel = threading.Event()
+    errors: list[Euca2kvmError] = []
+    with Reporter(as_json, sum(v.size for v in vols), cancel) as rep:
+
+        def one(vol: Volume) -> None:
+            try:
+                if cancel.is_set():
+                    raise Interrupted("interrupted")
+                check_exportable(vol, force, rep)
+                advance = rep.start(vol.id, vol.size)
+                entry, reused = export_source(volume_source(vol), outdir, opts, advance)
+                rep.done(vol.id, entry, reused)
+                if not as_json:
+                    what = "already exported and verified" if reused else f"{human(entry['size'])} in " \
+                           f"{entry['seconds']:.2f} s"
+                    console.print(f"{esc(vol.id)} -> {esc(entry['output'])}  {what}  {entry['digest'] or ''}")
+            except Euca2kvmError as e:
+                rep.error(vol.id, e)
+                errors.append(e)
+
+        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="export")
+        futures: list[Future[None]] = [pool.submit(one, v) for v in vols]
         try:
-            check_exportable(vol, args.force)
-            entry = export_volume(vol, outdir, sha256=args.sha256, workers=args.workers, fsync=args.fsync)
-        except Euca2kvmError as e:
-            console_err.print(f"[bold red]euca2kvm: {esc(vol.id)}:[/] {esc(str(e))}")
-            first_error = first_error or e
-            continue
-        entries.append(entry)
-        if not args.json:
-            rate = entry["size"] / entry["seconds"] if entry["seconds"] else 0
-            console.print(f"{esc(vol.id)} -> {esc(entry['output'])}  {human(entry['size'])} in "
-                          f"{entry['seconds']:.2f} s ({human(rate)}/s)  {entry['digest']}")
-    if args.json:
-        print_json(entries)
-    if first_error is not None:
-        raise first_error
+            for f in futures:
+                while True:
+                    try:
+                        f.result(timeout=0.2)  # short waits keep the main thread responsive to Ctrl-C
+                        break
+                    except TimeoutError:
+                        continue
+        except KeyboardInterrupt:
+            cancel.set()
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=True)
+            raise
+        pool.shutdown(wait=True)
+    interrupted = [e for e in errors if isinstance(e, Interrupted)]
+    if interrupted:
+        raise interrupted[0]
+    if errors:
+        if len(vols) > 1:
+            console_err.print(f"{len(errors)} of {len(vols)} volume(s) failed")
+        return errors[0].exit_code
     return 0

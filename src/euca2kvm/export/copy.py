@@ -51,14 +51,14 @@ ProgressFn = Callable[[int], None]
 
 @dataclass
 class CopyResult:
-    digest: str
+    digest: str | None  # None when copied without hashing
     sha256: str | None
     size: int
     bytes_read: int  # bytes actually read from sources
     bytes_written: int  # bytes written (data; zeros and holes are skipped)
 
 
-class _Sources:
+class Sources:
     """Per-worker read-only descriptors, shared across workers (pread has no file position)."""
 
     def __init__(self) -> None:
@@ -168,8 +168,8 @@ class _Block:
     written: int
 
 
-def _block_job(emap: ExtentMap, src: _Sources, out_fd: int | None, lo: int, hi: int, index: int,
-               buffers: queue.Queue[bytearray], keep: bool, name: str) -> _Block:
+def _block_job(emap: ExtentMap, src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
+               buffers: queue.Queue[bytearray], keep: bool, name: str, digest: bool = True) -> _Block:
     n = hi - lo
     runs: list[tuple[int, int, str, int]] = []  # (offset in block, file offset, path, length)
     for ext in emap.extents(lo, hi):
@@ -184,13 +184,13 @@ def _block_job(emap: ExtentMap, src: _Sources, out_fd: int | None, lo: int, hi: 
     if not runs and not keep:
         return _Block(index, lo, hi, zero_block_digest(n), None, 0, 0)
     if not keep and src.can_mmap and all(src.mappable(r[2]) for r in runs):
-        digest, written = _mapped_block(src, out_fd, lo, n, runs)
-        return _Block(index, lo, hi, digest, None, sum(r[3] for r in runs), written)
+        block_digest, written = _mapped_block(src, out_fd, lo, n, runs, digest)
+        return _Block(index, lo, hi, block_digest, None, sum(r[3] for r in runs), written)
     return _buffered_block(src, out_fd, lo, hi, index, runs, buffers, keep)
 
 
-def _mapped_block(src: _Sources, out_fd: int | None, lo: int, n: int,
-                  runs: list[tuple[int, int, str, int]]) -> tuple[bytes, int]:
+def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
+                  runs: list[tuple[int, int, str, int]], digest: bool = True) -> tuple[bytes, int]:
     """Hash straight from the page cache (mmap) and copy in the kernel (copy_file_range).
 
     Nothing is copied through user space: the digest reads the source pages where they are, and
@@ -207,18 +207,21 @@ def _mapped_block(src: _Sources, out_fd: int | None, lo: int, n: int,
             maps.append((m, memoryview(m)[foff - aligned :], boff, foff, path, length))
         if all(_ZEROS.startswith(v) for _, v, *_ in maps):
             return zero_block_digest(n), 0
-        h = hashlib.sha256()
+        h = hashlib.sha256() if digest else None
         pos = 0
         written = 0
         for _, v, boff, foff, path, length in maps:
-            if boff > pos:
-                h.update(_ZEROS[: boff - pos])
-            h.update(v)
+            if h is not None:
+                if boff > pos:
+                    h.update(_ZEROS[: boff - pos])
+                h.update(v)
             pos = boff + length
             if out_fd is not None:
                 for a, b in _nonzero_grains(v):
                     src.copy_range(path, out_fd, foff + a, lo + boff + a, v, a, b)
                     written += b - a
+        if h is None:
+            return b"", written
         if pos < n:
             h.update(_ZEROS[: n - pos])
         return h.digest(), written
@@ -231,7 +234,7 @@ def _mapped_block(src: _Sources, out_fd: int | None, lo: int, n: int,
                 m.close()
 
 
-def _buffered_block(src: _Sources, out_fd: int | None, lo: int, hi: int, index: int,
+def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
                     runs: list[tuple[int, int, str, int]], buffers: queue.Queue[bytearray], keep: bool) -> _Block:
     """Read into a buffer: for the plain sha256 (bytes needed in order) and sources mmap refuses."""
     n = hi - lo
@@ -309,15 +312,18 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
                 workers: int = DEFAULT_WORKERS, progress: ProgressFn | None = None,
-                name: str = "LV") -> CopyResult:
-    """Digest (and when ``out_fd`` is given, sparsely write) every byte of ``emap``."""
+                name: str = "LV", digest: bool = True) -> CopyResult:
+    """Digest (and when ``out_fd`` is given, sparsely write) every byte of ``emap``.
+
+    ``digest=False`` (``--no-verify``) copies without hashing; the result's digest is then None.
+    """
     workers = max(1, workers)
     size = emap.size
     inflight_max = workers + EXTRA_INFLIGHT
     buffers: queue.Queue[bytearray] = queue.Queue()
     for _ in range(inflight_max if sha256 else workers):
         buffers.put(bytearray(DIGEST_BLOCK))
-    src = _Sources()
+    src = Sources()
     bd = BlockDigest()
     plain = hashlib.sha256() if sha256 else None
     total_read = total_written = 0
@@ -345,7 +351,8 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
             hi = min(size, lo + DIGEST_BLOCK)
             while len(pending) >= inflight_max:
                 consume(pending.popleft())
-            pending.append(pool.submit(_block_job, emap, src, out_fd, lo, hi, index, buffers, sha256, name))
+            pending.append(pool.submit(_block_job, emap, src, out_fd, lo, hi, index, buffers, sha256, name,
+                                       digest))
         while pending:
             consume(pending.popleft())
     except BaseException:
@@ -355,4 +362,5 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         src.close()
-    return CopyResult(bd.hexdigest(), plain.hexdigest() if plain else None, size, total_read, total_written)
+    return CopyResult(bd.hexdigest() if digest else None, plain.hexdigest() if plain else None, size, total_read,
+                      total_written)

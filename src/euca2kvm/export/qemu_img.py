@@ -8,6 +8,7 @@ The binary is ``$QEMU_IMG`` if set, else ``qemu-img`` on ``PATH``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -15,7 +16,7 @@ import re
 import selectors
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import FormatError, ToolError, UnsupportedError
@@ -49,6 +50,16 @@ def binary() -> str:
     return os.environ.get(ENV_BINARY) or "qemu-img"
 
 
+@contextlib.contextmanager
+def _kill_on_error(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """An exception in the caller (a progress callback cancelling, Ctrl-C) must not leave qemu-img running."""
+    try:
+        yield
+    except BaseException:
+        proc.kill()
+        raise
+
+
 def _run(args: Sequence[str], *, timeout: float | None = QUICK_TIMEOUT, stall_timeout: float | None = None,
          progress_cb: ProgressCallback | None = None, ok: Sequence[int] = (0,)) -> tuple[int, bytes]:
     """Run ``qemu-img args``; (exit status, stdout). Raises ToolError unless the status is in ``ok``.
@@ -67,7 +78,7 @@ def _run(args: Sequence[str], *, timeout: float | None = QUICK_TIMEOUT, stall_ti
     out, err = bytearray(), bytearray()
     start = last = time.monotonic()
     expired: str | None = None
-    with proc, selectors.DefaultSelector() as sel:
+    with proc, selectors.DefaultSelector() as sel, _kill_on_error(proc):
         assert proc.stdout is not None and proc.stderr is not None
         sel.register(proc.stdout, selectors.EVENT_READ, out)
         sel.register(proc.stderr, selectors.EVENT_READ, err)

@@ -1,0 +1,233 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Export one volume: preflight, resume check, copy or convert, verify, atomic rename, manifest.
+
+Raw images are written by the block mover (sparse, hashed while read). Other formats are
+written by ``qemu-img convert``, fed without a temporary full-size copy: a volume that is one
+contiguous byte range of one file goes through qemu's raw ``offset``/``size`` driver, anything
+else (multi-segment, striped, thin) through the NBD server on a private unix socket. While
+qemu-img converts, the source's block digest is computed on another core; afterwards the
+output is compared with the source by ``qemu-img compare`` (verification, on by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError, IOFailure, VerifyError
+from ..lvm.extents import ExtentMap, Kind
+from ..units import MiB, human
+from . import manifest, qemu_img
+from .copy import DEFAULT_WORKERS, CopyResult, Sources, copy_blocks
+from .formats import OutputFormat
+from .nbd import serve
+from .raw import atomic_output, partial_name
+
+log = logging.getLogger(__name__)
+
+# qemu-img metadata (L1/L2 tables, refcounts, VHDX log) beyond the data: 1% + 16 MiB covers
+# qcow2, vmdk, vhdx and vdi with 64 KiB clusters for any disk size with room to spare.
+FORMAT_OVERHEAD_RATIO = 0.01
+FORMAT_OVERHEAD_FIXED = 16 * MiB
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    fmt: OutputFormat
+    sha256: bool = False
+    verify: bool = True
+    workers: int = DEFAULT_WORKERS
+    fsync: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class Source:
+    """What is exported: an id for names, the extent map, descriptive fields for the manifest."""
+
+    id: str
+    emap: ExtentMap
+    fields: dict[str, Any]  # kind, vg, lv, segment_types...
+
+
+def fingerprint(paths: list[str]) -> list[dict[str, Any]]:
+    """Size and mtime of each source file: a re-run reuses an output only if these did not change."""
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def data_bytes(emap: ExtentMap) -> int:
+    """Bytes of the LV that are not holes in their source (what a sparse copy allocates at most)."""
+    src = Sources()
+    try:
+        return sum(b - a for e in emap.extents() if e.kind is Kind.DATA for a, b in src.data_ranges(e))
+    finally:
+        src.close()
+
+
+def preflight(emap: ExtentMap, opts: ExportOptions, outdir: Path) -> int:
+    """Estimated output bytes; IOFailure with numbers when the destination cannot hold them."""
+    data = data_bytes(emap)
+    need = data if opts.fmt.name == "raw" else int(data * (1 + FORMAT_OVERHEAD_RATIO)) + FORMAT_OVERHEAD_FIXED
+    if opts.fmt.compress:
+        need = int(data * (1 + FORMAT_OVERHEAD_RATIO)) + FORMAT_OVERHEAD_FIXED  # compression may not help
+    st = os.statvfs(outdir)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise IOFailure(f"not enough space in {outdir}: the export needs about {human(need)} ({need} bytes), "
+                        f"{human(free)} ({free} bytes) are free")
+    return need
+
+
+def reusable(entry: dict[str, Any] | None, out: Path, src: Source, opts: ExportOptions) -> bool:
+    """True when ``out`` is a finished export of exactly this source that still verifies."""
+    if entry is None or not out.exists() or not entry.get("digest"):
+        return False
+    if (entry.get("format") != opts.fmt.name or entry.get("size") != src.emap.size
+            or entry.get("source") != fingerprint(sorted(src.emap.paths()))):
+        return False
+    try:
+        found = content_digest(out, opts.fmt.name, opts.workers)
+    except Exception as e:  # noqa: BLE001 - any failure just means: export again
+        log.info("existing %s does not verify (%s); exporting again", out, e)
+        return False
+    return found == entry["digest"]
+
+
+def content_digest(path: Path, fmt: str, workers: int = DEFAULT_WORKERS) -> str:
+    """The block digest of an image's guest-visible content."""
+    if fmt == "raw":
+        from ..lvm.extents import LinearMapper
+
+        size = os.stat(path).st_size
+        emap = ExtentMap(size, [LinearMapper(0, size, str(path), 0)] if size else [])
+        res = copy_blocks(emap, None, workers=workers)
+        assert res.digest is not None
+        return res.digest
+    from .imagedigest import image_digest
+
+    return image_digest(str(path), fmt, workers=workers).digest
+
+
+def _source_spec(emap: ExtentMap) -> tuple[str, contextlib.AbstractContextManager[Any]]:
+    single = emap.single_range()
+    if single is not None and emap.size % 512 == 0:
+        return qemu_img.raw_range_spec(single[0], single[1], emap.size), contextlib.nullcontext()
+    srv = serve(emap)
+    return "", srv
+
+
+@contextlib.contextmanager
+def _qemu_source(emap: ExtentMap) -> Iterator[str]:
+    spec, ctx = _source_spec(emap)
+    with ctx as srv:
+        yield spec or srv.uri
+
+
+def _convert(src: Source, tmp: Path, opts: ExportOptions, progress: Progress | None) -> CopyResult | None:
+    """qemu-img convert into ``tmp``; with verification, the source digest is computed meanwhile."""
+    emap = src.emap
+    digest_result: list[CopyResult] = []
+    digest_error: list[BaseException] = []
+
+    def hash_source() -> None:
+        try:
+            digest_result.append(copy_blocks(emap, None, sha256=opts.sha256, workers=max(1, opts.workers // 2),
+                                             name=src.id))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            digest_error.append(e)
+
+    hasher = threading.Thread(target=hash_source, name=f"digest-{src.id}", daemon=True)
+    if opts.verify or opts.sha256:
+        hasher.start()
+    done = [0]
+
+    def on_percent(pct: float) -> None:
+        if progress is not None:
+            now = int(emap.size * pct / 100)
+            if now > done[0]:
+                progress(now - done[0])
+                done[0] = now
+
+    with _qemu_source(emap) as spec:
+        qemu_img.convert(spec, str(tmp), opts.fmt.name, opts.fmt.options, compress=opts.fmt.compress,
+                         progress_cb=on_percent)
+        if opts.verify:
+            ok = qemu_img.compare(spec, str(tmp), fmt_a="raw", fmt_b=opts.fmt.name)
+            if not ok:
+                raise VerifyError(f"{src.id}: {tmp} differs from the source after conversion")
+    if progress is not None and done[0] < emap.size:
+        progress(emap.size - done[0])
+    if hasher.is_alive() or hasher.ident is not None:
+        hasher.join()
+    if digest_error:
+        raise digest_error[0]
+    return digest_result[0] if digest_result else None
+
+
+def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Progress | None = None,
+                  ) -> tuple[dict[str, Any], bool]:
+    """Export ``src`` into ``outdir``; returns (manifest entry, reused_existing_output)."""
+    emap = src.emap
+    if Kind.ERROR in emap.kinds():
+        raise FormatError(f"{src.id}: the LV has an 'error' segment: reading it fails under device-mapper "
+                          "too; refusing to export invented bytes")
+    out = manifest.output_path(outdir, src.id.replace("/", "_"), opts.fmt.ext)
+    previous = next((v for v in manifest.load(outdir)["volumes"] if v.get("output") == str(out.resolve())), None)
+    if not opts.overwrite and reusable(previous, out, src, opts):
+        assert previous is not None
+        if progress is not None:
+            progress(emap.size)
+        return previous, True
+    estimate = preflight(emap, opts, outdir)
+    source_state = fingerprint(sorted(emap.paths()))
+    started = time.monotonic()
+    if opts.fmt.name == "raw":
+        with atomic_output(out, emap.size, fsync=opts.fsync) as fd:
+            res: CopyResult | None = copy_blocks(emap, fd, sha256=opts.sha256, workers=opts.workers,
+                                                 progress=progress, name=src.id, digest=opts.verify)
+    else:
+        tmp = partial_name(out)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            res = _convert(src, tmp, opts, progress)
+            if opts.fsync:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(tmp, out)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+    elapsed = time.monotonic() - started
+    entry: dict[str, Any] = {
+        "id": src.id, **src.fields, "size": emap.size,
+        "digest": res.digest if res else None, "output": str(out.resolve()), "format": opts.fmt.name,
+        "format_options": opts.fmt.options, "compressed": opts.fmt.compress,
+        "files": sorted(emap.paths()), "source": source_state,
+        "verified": opts.verify, "estimated_bytes": estimate,
+        "allocated_bytes": os.stat(out).st_blocks * 512,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(elapsed, 3),
+    }
+    if res is not None and opts.fmt.name == "raw":
+        entry["bytes_read"], entry["bytes_written"] = res.bytes_read, res.bytes_written
+    if res is not None and res.sha256:
+        entry["sha256"] = res.sha256
+    manifest.record(outdir, entry)
+    return entry, False
