@@ -13,7 +13,7 @@ from types import FrameType
 
 from .. import errors
 from ..errors import Euca2kvmError
-from . import export_cmd, inspect_cmd, scan_cmd, verify_cmd
+from . import export_cmd, inspect_cmd, instance_cmd, inventory_cmd, kvm_cmds, plan_cmd, scan_cmd, verify_cmd
 from .common import console_err
 
 EPILOG = """exit codes:
@@ -28,7 +28,7 @@ EPILOG = """exit codes:
   130  interrupted (Ctrl-C); 143 terminated
 """
 
-COMMANDS = (scan_cmd, inspect_cmd, export_cmd, verify_cmd)
+COMMANDS = (scan_cmd, inspect_cmd, export_cmd, verify_cmd, kvm_cmds, inventory_cmd, plan_cmd, instance_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

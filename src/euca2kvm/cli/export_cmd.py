@@ -5,19 +5,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import Euca2kvmError, Interrupted, InUseError, IOFailure, UsageError
+from ..errors import Euca2kvmError, Interrupted, InUseError, IOFailure, UsageError, VerifyError
 from ..eucalyptus.discovery import Volume
+from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.formats import FORMATS, VMDK_SUBFORMATS, output_format
 from ..export.pipeline import ExportOptions, Source, export_source
 from ..units import human
 from .common import add_sources, console, console_err, discover_sources, esc, sources
 from .events import Reporter
+from .kvm_cmds import (
+    DEFAULT_DOMAIN_MEMORY_MIB,
+    DEFAULT_TIMEOUT,
+    DEFAULT_VCPUS,
+    domain_for,
+    result_json,
+    run_boot_test,
+    write_with_install_script,
+)
 
 MAX_JOBS = 16  # volumes in parallel; each also runs --workers I/O threads
 
@@ -45,6 +56,16 @@ def build_parser(sub: Any) -> None:
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help=f"volumes in parallel (1-{MAX_JOBS})")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
                    help=f"I/O and hashing threads per volume (1-16, default {DEFAULT_WORKERS})")
+    p.add_argument("--libvirt", action="store_true",
+                   help="also write <id>.xml (libvirt domain) and <id>.virt-install.sh next to each image")
+    p.add_argument("--memory", type=int, default=DEFAULT_DOMAIN_MEMORY_MIB, metavar="MIB",
+                   help="memory of the --libvirt domain")
+    p.add_argument("--vcpus", type=int, default=DEFAULT_VCPUS, help="vCPUs of the --libvirt domain")
+    p.add_argument("--boot-test", action="store_true",
+                   help="boot each image in QEMU (read-only, no network) and fail unless it reaches a login "
+                        "prompt or --boot-expect TEXT")
+    p.add_argument("--boot-expect", metavar="TEXT", help="text on the serial console or screen that proves the boot")
+    p.add_argument("--boot-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S")
     p.add_argument("--json", action="store_true", help="print JSON event lines (start, progress, done, error)")
     p.set_defaults(func=do_export)
 
@@ -95,11 +116,38 @@ def do_export(args: argparse.Namespace) -> int:
         vols = [d.find(i) for i in dict.fromkeys(args.ids)]  # unknown ids fail before anything is written
     if not args.verify and not args.json:
         console_err.print("note: --no-verify: no digest is computed and outputs are not compared with sources")
-    return run_exports(vols, outdir, opts, args.force, args.jobs, args.json)
+    return run_exports(vols, outdir, opts, args.force, args.jobs, args.json, args)
+
+
+def after_export(entry: dict[str, Any], outdir: Path, args: argparse.Namespace | None) -> None:
+    """--libvirt and --boot-test for one exported image; results go into its manifest entry."""
+    if args is None or not (args.libvirt or args.boot_test):
+        return
+    image = Path(entry["output"])
+    if args.libvirt:
+        dom = domain_for([image], str(entry["id"]).replace("/", "_"), args.memory, args.vcpus, [entry["format"]])
+        xml, script = write_with_install_script(dom, image.with_name(f"{dom.name}.xml"))
+        entry["libvirt"] = {"domain": str(xml), "virt_install": str(script)}
+    if args.boot_test:
+        work = outdir / f".{image.name}.boot"
+        work.mkdir(exist_ok=True)
+        res = run_boot_test(image, entry["format"], args.boot_timeout, args.boot_expect, 512, work)
+        shot = outdir / f"{image.name}.boot.png"
+        if res.screenshot and res.screenshot.exists():
+            res.screenshot.replace(shot)
+        (outdir / f"{image.name}.boot.log").write_text(res.serial)
+        summary = result_json(res)
+        summary.pop("serial")
+        summary["screenshot"] = str(shot) if shot.exists() else None
+        entry["boot_test"] = summary
+        shutil.rmtree(work, ignore_errors=True)
+    manifest.record(outdir, entry)
+    if args.boot_test and not entry["boot_test"]["ok"]:
+        raise VerifyError(f"{entry['id']}: exported image did not boot: {res.summary()}")
 
 
 def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bool, jobs: int,
-                as_json: bool) -> int:
+                as_json: bool, args: argparse.Namespace | None = None) -> int:
     cancel = threading.Event()
     errors: list[Euca2kvmError] = []
     with Reporter(as_json, sum(v.size for v in vols), cancel) as rep:
@@ -111,6 +159,7 @@ def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bo
                 check_exportable(vol, force, rep)
                 advance = rep.start(vol.id, vol.size)
                 entry, reused = export_source(volume_source(vol), outdir, opts, advance)
+                after_export(entry, outdir, args)
                 rep.done(vol.id, entry, reused)
                 if not as_json:
                     what = "already exported and verified" if reused else f"{human(entry['size'])} in " \

@@ -32,7 +32,8 @@ from euca2kvm.kvm.qemu import (
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("raw", "qcow2")
+# Image formats QEMU opens for a guest disk (what euca2kvm export writes).
+FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi")
 BUSES = ("virtio", "ide")
 
 # VGA text mode: 80x25 cells of (character, attribute) at physical 0xB8000.

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from euca2kvm.errors import IOFailure, UsageError
 
-FORMATS = ("raw", "qcow2")
+# Image formats QEMU opens for a guest disk (what euca2kvm export writes).
+FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi")
 # Target device prefix -> bus. "vd" is the virtio disk KVM guests boot fastest from; "sd" and "hd" are for
 # guests without virtio drivers.
 BUS_BY_PREFIX = {"vd": "virtio", "sd": "sata", "hd": "ide"}
