@@ -253,6 +253,24 @@ def flip_text_byte(path: Path, mda_index: int) -> dict[str, Any]:
     return {"file": path.name, "mda_index": mda_index, "offset": off, "old": old, "new": old ^ 0x01}
 
 
+def euca_container(d: Path, vol: str, payload: Path) -> Path:
+    """OverlayManager's recipe: size GiB + 4 MiB sparse file, pvcreate, vgcreate, lvcreate --addtag -l 100%FREE;
+    then the payload written into the LV at the offset lvm2 reports."""
+    sh("dd", "if=/dev/zero", f"of={d / vol}", "count=1", "bs=1M", f"seek={1024 + 4 - 1}", "status=none")
+
+    def setup(lvm: Lvm, devs: list[str]) -> None:
+        lvm("pvcreate", devs[0])
+        lvm("vgcreate", f"euca-ebs-storage-vg-{vol}", devs[0])
+        lvm("lvcreate", "--addtag", vol, "-n", f"euca-{vol}", "-l", "100%FREE", f"euca-ebs-storage-vg-{vol}")
+
+    lv = with_lvm(d, {vol: 0}, setup)[f"euca-{vol}"]
+    area = lv["segments"][0]["areas"][0]
+    offset = area["pe_start"] + area["pe_first"] * lv["extent_size"]
+    sh("dd", f"if={payload}", f"of={d / vol}", "bs=1M", f"seek={offset}", "oflag=seek_bytes",
+       "conv=notrunc,sparse", "status=none")
+    return d / vol
+
+
 # ---------------------------------------------------------------- scenarios
 
 Truth = dict[str, Any]

@@ -18,31 +18,17 @@ from typing import Any
 
 import pytest
 
+import lvmfix
 from _env import need_root, need_tools
 from euca2kvm.kvm.testdisk import TestDisk
-from lvmfix import Lvm, sh, with_lvm
 
 MiB = 1 << 20
 
 
 def euca_container(d: Path, vol: str, payload: Path) -> Path:
-    """OverlayManager's recipe: size GiB + 4 MiB sparse file, pvcreate, vgcreate, lvcreate --addtag -l 100%FREE;
-    then the payload written into the LV at the offset lvm2 reports."""
     need_root()
     need_tools("lvm", "losetup")
-    sh("dd", "if=/dev/zero", f"of={d / vol}", "count=1", "bs=1M", f"seek={1024 + 4 - 1}", "status=none")
-
-    def setup(lvm: Lvm, devs: list[str]) -> None:
-        lvm("pvcreate", devs[0])
-        lvm("vgcreate", f"euca-ebs-storage-vg-{vol}", devs[0])
-        lvm("lvcreate", "--addtag", vol, "-n", f"euca-{vol}", "-l", "100%FREE", f"euca-ebs-storage-vg-{vol}")
-
-    lv = with_lvm(d, {vol: 0}, setup)[f"euca-{vol}"]
-    area = lv["segments"][0]["areas"][0]
-    offset = area["pe_start"] + area["pe_first"] * lv["extent_size"]
-    sh("dd", f"if={payload}", f"of={d / vol}", "bs=1M", f"seek={offset}", "oflag=seek_bytes",
-       "conv=notrunc,sparse", "status=none")
-    return d / vol
+    return lvmfix.euca_container(d, vol, payload)
 
 
 def sha256(path: Path) -> str:
@@ -106,7 +92,6 @@ def test_third_party_boot_images_round_trip(tmp_path: Path, boot_iso: Callable[[
 
 def test_failed_boot_is_an_error(tmp_path: Path) -> None:
     """A volume without a boot loader: the export succeeds, the boot test fails with exit 6."""
-    need_root()
     need_tools("qemu-system-x86_64")
     blank = tmp_path / "blank.img"
     blank.write_bytes(b"\0" * MiB)

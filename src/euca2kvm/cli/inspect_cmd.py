@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 from typing import Any
 
 from ..eucalyptus.discovery import Volume
-from ..lvm.extents import ExtentMap
+from ..kvm.guest import inspect_disk, open_image
+from ..lvm.extents import ExtentMap, Kind
+from ..lvm.reader import ExtentReader
 from ..units import human
 from .common import add_sources, console, discover_sources, esc, print_json, sources
 
@@ -23,10 +26,12 @@ def build_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--extents", type=int, default=MAX_EXTENTS_SHOWN, metavar="N",
                    help=f"how many extents to list (default {MAX_EXTENTS_SHOWN})")
+    p.add_argument("--no-guest", dest="guest", action="store_false",
+                   help="skip the guest section (partition table, filesystems, boot loader, verdict)")
     p.set_defaults(func=do_inspect)
 
 
-def describe(vol: Volume, max_extents: int) -> dict[str, Any]:
+def describe(vol: Volume, max_extents: int, guest: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"volume": vol.to_json()}
     g = vol.group
     if g is not None:
@@ -51,13 +56,39 @@ def describe(vol: Volume, max_extents: int) -> dict[str, Any]:
         shown = list(itertools.islice(emap.extents(), max_extents + 1))
         out["extents"] = [e.to_json() for e in shown[:max_extents]]
         out["extents_truncated"] = len(shown) > max_extents
+        if guest and Kind.ERROR not in emap.kinds():
+            with ExtentReader(emap, vol.id) as reader:
+                out["guest"] = inspect_disk(reader, vol.id).to_dict()
     return out
 
 
+def inspect_image(path: str, as_json: bool) -> int:
+    """An image file that is not a volume container (an exported qcow2, a raw disk): guest section only."""
+    reader = open_image(path)
+    try:
+        report = inspect_disk(reader, os.path.basename(path))
+    finally:
+        close = getattr(reader, "close", None)
+        if close is not None:
+            close()
+    if as_json:
+        print_json({"image": path, "guest": report.to_dict()})
+    else:
+        console.print(esc(report.render().rstrip()))
+    return 0
+
+
 def do_inspect(args: argparse.Namespace) -> int:
-    d = discover_sources(sources(args), quiet=args.json)
-    vol = d.find(args.id)
-    info = describe(vol, args.extents)
+    if args.source is None and os.path.isfile(args.id):
+        # A file named directly: a container or snapshot is inspected as a volume, anything else as an image.
+        d = discover_sources([args.id], quiet=True)
+        vol = d.find(args.id)
+        if vol.kind == "raw":
+            return inspect_image(args.id, args.json)
+    else:
+        d = discover_sources(sources(args), quiet=args.json)
+        vol = d.find(args.id)
+    info = describe(vol, args.extents, args.guest)
     if args.json:
         print_json(info)
         return 0
@@ -92,4 +123,7 @@ def do_inspect(args: argparse.Namespace) -> int:
             console.print(f"   {e['start']:>14} +{e['length']:<12} {e['kind']}")
     if info["extents_truncated"]:
         console.print(f"   ... (first {args.extents} extents shown; --extents N for more)")
+    if "guest" in info:
+        with ExtentReader(vol.extent_map(), vol.id) as reader:
+            console.print("[bold]guest:[/]\n" + esc(inspect_disk(reader, vol.id).render().rstrip()))
     return 0

@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FormatError, IOFailure
+from ..errors import Euca2kvmError, FormatError, IOFailure
+from ..lvm.device import Device
+from ..lvm.scan import scan
 from ..units import human
 from .bootloader import BootCode, boot_sector, grub_core, mbr_code, uefi_loader
 from .filesystems import Content, probe, probe_iso
@@ -86,6 +88,7 @@ class GuestReport:
                        f"({p.type_name}){flags}{name}")
             if pr.content is not None:
                 out.append("       " + _content_line(pr.content))
+                out += ["       " + ln for ln in _lvm_lines(pr.content.lvm)]
             if pr.boot is not None and pr.boot.loader != "none":
                 out.append(f"       boot: {pr.boot.loader} ({pr.boot.detail})")
             out += [f"       note: {n}" for n in p.notes + (pr.content.notes if pr.content else [])]
@@ -100,6 +103,21 @@ class GuestReport:
 
     def render(self) -> str:
         return "\n".join(self.lines()) + "\n"
+
+
+def _lvm_lines(lvm: object) -> list[str]:
+    if not isinstance(lvm, dict):
+        return []
+    out = []
+    for vg in lvm.get("vgs", []):
+        missing = f", PVs not on this partition: {', '.join(vg['pvs_missing'])}" if vg["pvs_missing"] else ""
+        out.append(f"guest VG {vg['name']} (seqno {vg['seqno']}, {vg['pvs']} PV{'s' if vg['pvs'] != 1 else ''}"
+                   f"{missing})")
+        for lv in vg["lvs"]:
+            state = f"  [cannot be read: {lv['problem']}]" if lv["problem"] else ""
+            out.append(f"  LV {lv['name']} {human(lv['size'])} {','.join(lv['segment_types'])}{state}")
+    out += [f"LVM error: {e}" for e in lvm.get("errors", [])]
+    return out
 
 
 def _content_line(c: Content) -> str:
@@ -118,11 +136,28 @@ def _content_line(c: Content) -> str:
 
 
 def _guest_lvm(reader: Reader, offset: int, size: int) -> dict[str, Any] | None:
-    """The guest's own LVM (VGs and LVs) on the PV at ``offset``/``size`` of the disk.
+    """The guest's own LVM (VGs and LVs) on the PV at ``offset``/``size`` of the disk, read with the
+    project's LVM reader through ``reader`` (CentOS-style guests keep their root on an LV).
 
-    Hook for the project's LVM reader; returns a JSON-ready summary, or None when not read.
+    A guest VG may span PVs on other partitions or disks; LVs needing those are reported as such.
     """
-    return None
+    dev = Device(f"guest partition at {offset}", offset, size, reader=reader.pread)
+    res = scan([dev])
+    vgs = []
+    for g in res.vgs:
+        lvs = []
+        for lv in g.visible_lvs():
+            problem = None
+            try:
+                g.lv_map(lv)
+            except Euca2kvmError as e:
+                problem = str(e)
+            lvs.append({"name": lv.name, "size": g.vg.lv_size(lv), "segment_types": lv.segment_types,
+                        "problem": problem})
+        vgs.append({"name": g.name, "id": g.vg.id, "seqno": g.vg.seqno, "pvs": len(g.vg.pvs),
+                    "pvs_missing": sorted(g.missing), "lvs": lvs})
+    errors = [str(e) for e in res.errors.values()]
+    return {"vgs": vgs, "warnings": res.warnings, "errors": errors}
 
 
 def _probe(reader: Reader, offset: int, size: int, where: str, notes: list[str]) -> Content:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..errors import FormatError, IOFailure
 
@@ -37,6 +38,9 @@ class Device:
     path: str
     base: int = 0  # byte offset of the PV inside ``path``
     size: int = -1  # bytes; -1 = to the end of the file
+    # Reads through this instead of the file (a PV inside a guest disk inside an LV or a qcow2):
+    # ``reader(absolute_offset, length)``. Extent maps of such PVs name ``path`` only for messages.
+    reader: Callable[[int, int], bytes] | None = field(default=None, compare=False)
 
     @classmethod
     def whole(cls, path: str) -> Device:
@@ -47,6 +51,12 @@ class Device:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise FormatError(f"structure of {length} bytes at {offset} lies outside the device "
                               f"({self.size} bytes)", self.path, self.base + offset)
+        if self.reader is not None:
+            data = self.reader(self.base + offset, length)
+            if len(data) != length:
+                raise FormatError(f"short read: {len(data)} of {length} bytes", self.path,
+                                  self.base + offset + len(data))
+            return data
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
