@@ -198,7 +198,8 @@ def test_gpt_contents(gpt_disk: Path) -> None:
     for pr in rep.partitions[1:]:
         check_against_blkid(gpt_disk, pr.partition.start, pr.partition.size, pr.content)
     assert rep.partitions[4].content is not None and rep.partitions[4].content.uuid == PV_UUID
-    assert rep.partitions[4].content.lvm is None  # hook not wired yet
+    lvm = rep.partitions[4].content.lvm  # pvcreate only: an orphan PV, read through the project's reader
+    assert isinstance(lvm, dict) and lvm["vgs"] == [] and lvm["orphan"] and not lvm["errors"]
     assert rep.partitions[5].content is not None and rep.partitions[5].content.label == "secret"
     assert rep.partitions[6].content is not None and rep.partitions[6].content.version == "1"
     esp = rep.partitions[1]

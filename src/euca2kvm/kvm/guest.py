@@ -116,6 +116,8 @@ def _lvm_lines(lvm: object) -> list[str]:
         for lv in vg["lvs"]:
             state = f"  [cannot be read: {lv['problem']}]" if lv["problem"] else ""
             out.append(f"  LV {lv['name']} {human(lv['size'])} {','.join(lv['segment_types'])}{state}")
+    if lvm.get("orphan"):
+        out.append("LVM PV without VG metadata (an orphan PV, or a VG kept only on other PVs)")
     out += [f"LVM error: {e}" for e in lvm.get("errors", [])]
     return out
 
@@ -157,7 +159,9 @@ def _guest_lvm(reader: Reader, offset: int, size: int) -> dict[str, Any] | None:
         vgs.append({"name": g.name, "id": g.vg.id, "seqno": g.vg.seqno, "pvs": len(g.vg.pvs),
                     "pvs_missing": sorted(g.missing), "lvs": lvs})
     errors = [str(e) for e in res.errors.values()]
-    return {"vgs": vgs, "warnings": res.warnings, "errors": errors}
+    # A PV with no VG metadata anywhere on it (pvcreate only, or its VG's metadata lives on other PVs)
+    orphan = bool(res.orphans)
+    return {"vgs": vgs, "orphan": orphan, "warnings": res.warnings, "errors": errors}
 
 
 def _probe(reader: Reader, offset: int, size: int, where: str, notes: list[str]) -> Content:
