@@ -209,6 +209,16 @@ def compare(a: str, b: str, strict: bool = False, *, fmt_a: str | None = None, f
     return rc == 0
 
 
+# qemu-img check exit statuses: 0 clean, 2 corruptions, 3 leaked clusters only, 63 format has no checks
+CHECK_STATUSES = (0, 2, 3, 63)
+
+
+def check(path: str, fmt: str, *, timeout: float | None = QUICK_TIMEOUT) -> tuple[int, str]:
+    """``qemu-img check --output json``: (exit status, JSON text); statuses other than CHECK_STATUSES raise."""
+    rc, out = _run(["check", "--output", "json", "-f", fmt, path], timeout=timeout, ok=CHECK_STATUSES)
+    return rc, out.decode("utf-8", "replace")
+
+
 def measure(src: str, out_fmt: str, *, src_fmt: str | None = None, src_image_opts: bool = False,
             options: Mapping[str, object] | None = None) -> dict[str, Any]:
     """``qemu-img measure``: ``{"required": bytes, "fully-allocated": bytes, ...}`` for ``out_fmt``."""

@@ -1,0 +1,351 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``blksha256-4m`` digest (:mod:`.digest`) of a disk image of any format qemu reads.
+
+The digest is computed over the *guest-visible* bytes, so an exported qcow2, vmdk, vhdx, vpc or
+vdi image has the digest recorded in the manifest for the volume it was made from.
+
+- ``raw`` images are read directly by :func:`.copy.copy_blocks` (holes are never read).
+- Other formats are served read-only by ``qemu-nbd`` on a socket in a private (0700) temporary
+  directory and read with :class:`.nbdclient.NbdClient`: one connection asks for block status,
+  and 4 MiB blocks made only of zero extents are never read (their digest is known); the other
+  blocks are read and hashed by several connections in parallel (hashlib releases the GIL) and
+  folded in block order with a few blocks in flight, so memory stays bounded.
+
+Format detection uses ``qemu-img info``. A *fixed* VHD (``vpc`` with ``subformat=fixed``) has no
+header, only a footer, so qemu detects it as ``raw`` and the digest then covers the footer too:
+pass ``fmt="vpc"`` for such files. Images with a backing file are refused (a digest must not
+depend on, or reveal, files the image merely names); flatten them first. ``qemu-img check``
+runs first where the format has one: qemu reads clusters past the end of a truncated file as
+zeros, and only the check notices.
+
+``qemu-nbd`` runs without ``--persistent`` and the first connection stays open until the end,
+so it exits by itself when this process dies (only the empty private directory then remains);
+normally it is terminated (then killed) on exit.
+
+Measured on 2 shared cores, an 800 MiB dense qcow2 in the page cache: about 1.1-1.7 s, against
+3.6-5.5 s for ``qemu-img convert -O raw`` then ``sha256sum``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO
+
+from ..errors import FormatError, IOFailure, ToolError, UnsupportedError, UsageError
+from ..lvm.extents import ExtentMap, LinearMapper
+from ..units import GiB
+from . import qemu_img
+from .copy import DEFAULT_WORKERS, EXTRA_INFLIGHT, ProgressFn, copy_blocks
+from .digest import DIGEST_BLOCK, BlockDigest, zero_block_digest
+from .nbdclient import Extent, NbdClient
+
+ENV_QEMU_NBD = "QEMU_NBD"
+# Formats digested through qemu-nbd. Others qemu knows (luks, dmg...) need secrets or are not
+# disk exports; refusing them keeps a hostile image from picking an unusual driver.
+QEMU_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk", "vhdx", "vpc", "vdi", "parallels"})
+# Seconds qemu-nbd may take to open the image and listen (milliseconds in practice).
+START_TIMEOUT = 30.0
+# Seconds qemu-img check may take: it reads only metadata (L2 and refcount tables of a TiB
+# qcow2 are a few hundred MiB).
+CHECK_TIMEOUT = 600.0
+# qemu-img check exit statuses: clean, corruptions found, only leaked clusters (harmless for
+# reading), and "this format has no check" (vpc, raw).
+CHECK_CORRUPT = 2  # qemu-img check: corruptions found (see qemu_img.CHECK_STATUSES)
+# Poll period while waiting for the socket.
+START_POLL = 0.01
+# Seconds between SIGTERM and SIGKILL, and after SIGKILL, when stopping qemu-nbd.
+STOP_TIMEOUT = 10.0
+# Block status span per request: the reply length field is 32 bits, and qemu answers a large
+# span in one reply (at most 128 Ki extents), so a TiB disk costs about a thousand requests.
+STATUS_SPAN = 1 * GiB
+# Bytes of qemu-nbd's stderr kept for an error message.
+STDERR_TAIL = 4096
+# qemu-nbd host cache mode. "writeback" (the page cache) measured faster than "none" (O_DIRECT):
+# 800 MiB cached qcow2, median 1.4 s against 1.6 s (aio=threads) and 2.3 s (aio=native); and it
+# works on tmpfs, which refuses O_DIRECT.
+QEMU_NBD_CACHE = "writeback"
+# AIO backend: "threads" works with every cache mode and filesystem ("native" needs O_DIRECT);
+# io_uring measured slower here (median 1.95 s against 1.4 s).
+QEMU_NBD_AIO = "threads"
+_ZEROS = bytes(DIGEST_BLOCK)
+
+
+@dataclass
+class DigestResult:
+    digest: str  # blksha256-4m:<hex>
+    sha256: str | None  # plain sha256 of all guest bytes, when asked
+    size: int  # guest-visible size in bytes
+
+
+def qemu_nbd_binary() -> str:
+    return os.environ.get(ENV_QEMU_NBD) or "qemu-nbd"
+
+
+def image_digest(path: str, fmt: str | None = None, *, sha256: bool = False, workers: int = DEFAULT_WORKERS,
+                 progress: ProgressFn | None = None) -> DigestResult:
+    """Digest the guest-visible bytes of the image at ``path``.
+
+    ``fmt`` is a qemu format name (``raw``, ``qcow2``, ``vmdk``, ``vhdx``, ``vpc``, ``vdi``...);
+    ``None`` asks ``qemu-img info``, which sees a fixed VHD as ``raw`` (pass ``"vpc"``).
+    ``workers`` is the number of parallel reads (qemu-nbd connections, or copy_blocks workers
+    for raw). ``progress`` is called with the byte count of each block as it is folded in.
+    """
+    workers = max(1, workers)
+    vsize: object = None
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError(f"cannot read image {path}: {e.strerror}") from e
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise UsageError(f"{path} is not a regular file or block device")
+    if fmt is not None and fmt != "raw" and fmt not in QEMU_FORMATS:
+        raise UsageError(f"unsupported image format {fmt!r}; one of: raw, {', '.join(sorted(QEMU_FORMATS))}")
+    if fmt != "raw":
+        meta = qemu_img.info(os.path.abspath(path), fmt=fmt)
+        detected = meta.get("format")
+        if not isinstance(detected, str):
+            raise ToolError(f"qemu-img info reported no format for {path}")
+        if detected != "raw" and detected not in QEMU_FORMATS:
+            raise UnsupportedError(f"image format {detected!r} is not supported", path)
+        if meta.get("backing-filename") is not None or meta.get("full-backing-filename") is not None:
+            raise UnsupportedError("image has a backing file; convert it to a standalone image first", path)
+        fmt = detected
+        vsize = meta.get("virtual-size")
+        if fmt != "raw":
+            _check(os.path.abspath(path), fmt)
+    if fmt == "raw":
+        return _digest_raw(path, sha256, workers, progress)
+    if not isinstance(vsize, int) or vsize < 0:
+        raise ToolError(f"qemu-img info reported no virtual size for {path}")
+    result = _digest_nbd(os.path.abspath(path), fmt, sha256, workers, progress)
+    if result.size != vsize:
+        raise ToolError(f"qemu-nbd exported {result.size} bytes of {path}, qemu-img info says {vsize}")
+    return result
+
+
+def _check(path: str, fmt: str) -> None:
+    """``qemu-img check``: qemu reads clusters past the end of a truncated file as zeros, so
+    without this a truncated image would digest quietly instead of failing."""
+    rc, out = qemu_img.check(path, fmt, timeout=CHECK_TIMEOUT)
+    if rc != CHECK_CORRUPT:
+        return
+    try:
+        corruptions = json.loads(out).get("corruptions")
+    except (ValueError, AttributeError):
+        corruptions = None
+    raise FormatError(f"qemu-img check found {corruptions if isinstance(corruptions, int) else 'some'} "
+                      "corruptions (truncated or damaged image)", path)
+
+
+def _digest_raw(path: str, sha256: bool, workers: int, progress: ProgressFn | None) -> DigestResult:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise IOFailure(f"cannot open {path} read-only: {e.strerror}") from e
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for block devices
+    finally:
+        os.close(fd)
+    emap = ExtentMap(size, [LinearMapper(0, size, path, 0)] if size else [])
+    res = copy_blocks(emap, None, sha256=sha256, workers=workers, progress=progress, name=path)
+    if res.digest is None:
+        raise AssertionError("copy_blocks hashes unless told not to")
+    return DigestResult(res.digest, res.sha256, size)
+
+
+@contextlib.contextmanager
+def qemu_nbd(path: str, fmt: str, connections: int) -> Iterator[tuple[str, NbdClient]]:
+    """Serve ``path`` read-only with qemu-nbd for ``connections`` clients.
+
+    Yields (socket path, first connection). The first connection proves qemu-nbd is ready and
+    keeps it alive (it exits after its last client leaves); it is closed last.
+    """
+    tmpdir = tempfile.mkdtemp(prefix="euca2kvm-nbd-")  # mode 0700: only we can connect
+    sock = os.path.join(tmpdir, "nbd.sock")
+    argv = [qemu_nbd_binary(), "--read-only", f"--shared={connections}", f"--format={fmt}",
+            f"--socket={sock}", f"--cache={QEMU_NBD_CACHE}", f"--aio={QEMU_NBD_AIO}", path]
+    proc: subprocess.Popen[bytes] | None = None
+    first: NbdClient | None = None
+    try:
+        with open(os.path.join(tmpdir, "stderr"), "w+b") as err:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                        close_fds=True)
+            except OSError as e:
+                raise ToolError(f"cannot run {argv[0]}: {e.strerror} (set ${ENV_QEMU_NBD} or install "
+                                "qemu-utils)") from e
+            first = _wait_ready(proc, sock, err)
+            try:
+                yield sock, first
+            except (ToolError, IOFailure) as e:
+                tail = _tail(err)
+                if tail:  # qemu-nbd says why it dropped a connection ("reading from file failed...")
+                    raise type(e)(f"{e}; {tail}") from e
+                raise
+    finally:
+        if first is not None:
+            first.close()
+        if proc is not None:
+            _stop(proc)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _tail(err: IO[bytes]) -> str:
+    err.seek(0, os.SEEK_END)
+    size = err.tell()
+    err.seek(max(0, size - STDERR_TAIL))
+    data: bytes = err.read(STDERR_TAIL)
+    return data.decode("utf-8", "replace").strip()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], sock: str, err: IO[bytes]) -> NbdClient:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        rc = proc.poll()
+        if rc is not None:
+            raise ToolError(f"qemu-nbd exited with status {rc}: {_tail(err) or '(no message)'}")
+        if os.path.exists(sock):
+            try:
+                return NbdClient(sock)
+            except ToolError as e:
+                if not isinstance(e.__cause__, (ConnectionRefusedError, FileNotFoundError)):
+                    raise
+        if time.monotonic() > deadline:
+            raise ToolError(f"qemu-nbd did not listen within {START_TIMEOUT:g} s: {_tail(err)}")
+        time.sleep(START_POLL)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+
+class _ZeroRuns:
+    """Answers "is [lo, hi) all zero?" for increasing, contiguous ranges from block status."""
+
+    def __init__(self, extents: Iterator[Extent]) -> None:
+        self._it = extents
+        self._cur = next(self._it, None)
+
+    def all_zero(self, lo: int, hi: int) -> bool:
+        zero = True
+        covered = lo
+        while self._cur is not None and self._cur.offset < hi:
+            end = self._cur.offset + self._cur.length
+            if end > lo:
+                zero = zero and self._cur.zero
+                covered = max(covered, min(end, hi))
+            if end > hi:
+                break
+            self._cur = next(self._it, None)
+        return zero and covered >= hi  # not covered (no answer): read it
+
+
+@dataclass
+class _Block:
+    n: int
+    digest: bytes
+    buf: bytearray | None  # kept for the plain sha256
+
+
+def _read_block(clients: queue.Queue[NbdClient], buffers: queue.Queue[bytearray], lo: int, n: int,
+                keep: bool) -> _Block:
+    client = clients.get()
+    buf: bytearray | None = buffers.get()
+    assert buf is not None
+    try:
+        view = memoryview(buf)[:n]
+        client.read_into(lo, view)
+        digest = zero_block_digest(n) if _ZEROS.startswith(view) else hashlib.sha256(view).digest()
+        if keep:
+            out = _Block(n, digest, buf)
+            buf = None  # the consumer returns it
+            return out
+        return _Block(n, digest, None)
+    finally:
+        clients.put(client)
+        if buf is not None:
+            buffers.put(buf)
+
+
+def _digest_nbd(path: str, fmt: str, sha256: bool, workers: int, progress: ProgressFn | None) -> DigestResult:
+    with qemu_nbd(path, fmt, workers + 1) as (sock, status):
+        size = status.size
+        readers: list[NbdClient] = []
+        try:
+            for _ in range(workers):
+                readers.append(NbdClient(sock))
+            digest, plain = _fold(status, readers, size, sha256, progress)
+        finally:
+            for c in readers:
+                c.close()
+    return DigestResult(digest, plain, size)
+
+
+def _fold(status: NbdClient, readers: list[NbdClient], size: int, sha256: bool,
+          progress: ProgressFn | None) -> tuple[str, str | None]:
+    workers = len(readers)
+    inflight_max = workers + EXTRA_INFLIGHT
+    clients: queue.Queue[NbdClient] = queue.Queue()
+    for c in readers:
+        clients.put(c)
+    buffers: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(inflight_max if sha256 else workers):
+        buffers.put(bytearray(DIGEST_BLOCK))
+    zeros = _ZeroRuns(status.extents(STATUS_SPAN))
+    bd = BlockDigest()
+    plain = hashlib.sha256() if sha256 else None
+    pending: deque[Future[_Block] | _Block] = deque()
+
+    def consume(item: Future[_Block] | _Block) -> None:
+        blk = item.result() if isinstance(item, Future) else item
+        bd.add(blk.digest)
+        if plain is not None:
+            if blk.buf is not None:
+                plain.update(memoryview(blk.buf)[: blk.n])
+                buffers.put(blk.buf)
+            else:
+                plain.update(memoryview(_ZEROS)[: blk.n])
+        if progress is not None:
+            progress(blk.n)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgdigest")
+    try:
+        for lo in range(0, size, DIGEST_BLOCK):
+            n = min(DIGEST_BLOCK, size - lo)
+            while len(pending) >= inflight_max:
+                consume(pending.popleft())
+            if zeros.all_zero(lo, lo + n):
+                pending.append(_Block(n, zero_block_digest(n), None))
+            else:
+                pending.append(pool.submit(_read_block, clients, buffers, lo, n, sha256))
+        while pending:
+            consume(pending.popleft())
+    except BaseException:
+        for item in pending:
+            if isinstance(item, Future):
+                item.cancel()
+        for c in readers:
+            c.abort()  # wake workers blocked on a read
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return bd.hexdigest(), plain.hexdigest() if plain else None
