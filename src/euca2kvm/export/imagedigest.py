@@ -46,6 +46,7 @@ from typing import IO
 
 from ..errors import FormatError, IOFailure, ToolError, UnsupportedError, UsageError
 from ..lvm.extents import ExtentMap, LinearMapper
+from ..procs import die_with_parent
 from ..units import GiB
 from . import qemu_img
 from .copy import DEFAULT_WORKERS, EXTRA_INFLIGHT, ProgressFn, copy_blocks
@@ -182,8 +183,8 @@ def qemu_nbd(path: str, fmt: str, connections: int) -> Iterator[tuple[str, NbdCl
     try:
         with open(os.path.join(tmpdir, "stderr"), "w+b") as err:
             try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                        close_fds=True)
+                proc = subprocess.Popen(die_with_parent(argv), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=err, close_fds=True)
             except OSError as e:
                 raise ToolError(f"cannot run {argv[0]}: {e.strerror} (set ${ENV_QEMU_NBD} or install "
                                 "qemu-utils)") from e

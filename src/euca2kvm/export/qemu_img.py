@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import FormatError, ToolError, UnsupportedError
+from ..procs import die_with_parent
 from ..units import MiB
 
 ENV_BINARY = "QEMU_IMG"
@@ -70,7 +71,7 @@ def _run(args: Sequence[str], *, timeout: float | None = QUICK_TIMEOUT, stall_ti
     argv = [binary(), *args]
     cmd = " ".join(argv[:2])
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(die_with_parent(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, close_fds=True)
     except OSError as e:
         hint = f"set ${ENV_BINARY} or install qemu-utils"

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from euca2kvm.errors import ToolError, UsageError
+from euca2kvm.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class QemuProcess:
         with open(self.log_path, "wb") as out:
             try:
                 self._proc = subprocess.Popen(
-                    self.args,
+                    die_with_parent(self.args),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -22,9 +22,12 @@ MAX_READ = 64 << 20
 class ExtentReader:
     """Read-only view of an extent map. Thread-safe: uses pread on per-path descriptors."""
 
-    def __init__(self, emap: ExtentMap, name: str = "LV") -> None:
+    def __init__(self, emap: ExtentMap, name: str = "LV", keep_open: bool = True) -> None:
+        """``keep_open=False`` opens sources per read: for long-lived readers of little data (thin
+        metadata), so no descriptor outlives a read and nobody sees the container as held open."""
         self.emap = emap
         self.name = name
+        self.keep_open = keep_open
         self.size = emap.size
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -58,7 +61,11 @@ class ExtentReader:
             if e.kind is Kind.ERROR:
                 raise IOFailure(f"{self.name}: bytes {e.start}..{e.end} map to an 'error' segment")
             assert e.path is not None
-            got = os.preadv(self._fd(e.path), [dst], e.offset)
+            try:
+                got = os.preadv(self._fd(e.path), [dst], e.offset)
+            finally:
+                if not self.keep_open:
+                    self.close()
             if got != e.length:
                 raise FormatError(f"short read: wanted {e.length} bytes, got {got} (file truncated?)",
                                   e.path, e.offset + got)

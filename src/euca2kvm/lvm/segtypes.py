@@ -21,7 +21,6 @@ visibility rule.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -103,10 +102,9 @@ def _raid0(ctx: Context, lv: LV, seg: Segment, start: int) -> Mapper:
 
 
 def _closing_reader(emap: ExtentMap, name: str) -> ExtentReader:
-    """An ExtentReader whose descriptors close when the last mapper holding it goes away."""
-    r = ExtentReader(emap, name)
-    weakref.finalize(r, r.close)
-    return r
+    """A reader that holds no descriptor between reads: mappers live as long as their VG view, and an
+    open descriptor would make the container look in use (and leak)."""
+    return ExtentReader(emap, name, keep_open=False)
 
 
 def _pool_of(ctx: Context, lv: LV, seg: Segment) -> tuple[LV, Segment]:

@@ -1,0 +1,285 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Gzip'd snapshot objects as an export source.
+
+Eucalyptus uploads a snapshot to object storage gzip-compressed; a large one goes up as a
+multipart upload whose every part is a fresh gzip member, so the object is a *concatenation of
+gzip members*. Such a file (``snap-XXXX.gz``, or any file that starts with the gzip magic and is
+named explicitly) is streamed through zlib with a bounded output window: memory stays at a few
+MiB whatever the disk size.
+
+* ``raw``: decompressed straight into the output, sparsely (runs of zeros stay holes), with the
+  block digest (and optional sha256) computed while writing, under a hidden temporary name
+  renamed when complete.
+* other formats: decompressed the same way into a hidden temporary raw file in the output
+  directory, which then goes through the ordinary pipeline (``qemu-img convert`` and ``qemu-img
+  compare``) and is deleted. That needs room for the raw image as well as the output.
+
+The uncompressed size is only known at the end (gzip records it modulo 4 GiB per member), so no
+space preflight is possible; running out of space is reported as an I/O error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError, IOFailure, VerifyError
+from ..lvm.extents import ExtentMap, LinearMapper
+from ..units import MiB, TiB
+from . import manifest
+from .digest import DIGEST_BLOCK, BlockDigest
+from .pipeline import ExportOptions, Source, content_digest, export_source, fingerprint
+from .raw import atomic_output, partial_name
+
+GZIP_MAGIC = b"\x1f\x8b"
+# Compressed bytes read per call: large enough for zlib throughput, small enough to be noise.
+READ_CHUNK = 1 * MiB
+# Largest decompressed output zlib may hand back per call: bounds memory against gzip bombs.
+OUT_WINDOW = 4 * MiB
+# Zero runs shorter than this are written as data: a filesystem block, as in the block mover.
+SPARSE_GRAIN = 4096
+# EBS volumes top out at 16 TiB; a stream inflating beyond that is not a snapshot.
+MAX_OUTPUT = 16 * TiB
+_ZEROS = bytes(DIGEST_BLOCK)
+_SNAP_GZ = re.compile(r"^(snap-(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{17}))\.gz$")
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class GzResult:
+    size: int
+    digest: str
+    sha256: str | None
+    members: int
+    bytes_read: int  # compressed bytes consumed
+    bytes_written: int  # data bytes written (holes skipped)
+
+
+def is_gzip(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == GZIP_MAGIC
+    except OSError:
+        return False
+
+
+def gz_id(path: str) -> str:
+    """The id an object is exported under: ``snap-XXXX`` for ``snap-XXXX.gz``, else the name minus .gz."""
+    base = os.path.basename(path)
+    m = _SNAP_GZ.match(base)
+    if m:
+        return m.group(1)
+    return manifest.safe_name(base[:-3] if base.endswith(".gz") else base, "snapshot")
+
+
+def split_sources(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(gzip objects, other sources): explicit files starting with the gzip magic, and ``snap-*.gz`` in
+    directories. Directories stay in the other list too (their LVM containers are scanned as usual)."""
+    gz: list[str] = []
+    rest: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            rest.append(p)
+            with contextlib.suppress(OSError):
+                gz += [os.path.realpath(os.path.join(p, n)) for n in sorted(os.listdir(p)) if _SNAP_GZ.match(n)]
+        elif os.path.isfile(p) and is_gzip(p):
+            gz.append(os.path.realpath(p))
+        else:
+            rest.append(p)
+    return list(dict.fromkeys(gz)), rest
+
+
+class _Sink:
+    """Collects decompressed bytes into digest blocks; hashes each and writes its non-zero grains."""
+
+    def __init__(self, fd: int | None, sha256: bool) -> None:
+        self.fd = fd
+        self.block = bytearray(DIGEST_BLOCK)
+        self.fill = 0
+        self.pos = 0  # output offset of the block start
+        self.bd = BlockDigest()
+        self.plain = hashlib.sha256() if sha256 else None
+        self.written = 0
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while len(view):
+            take = min(len(view), DIGEST_BLOCK - self.fill)
+            self.block[self.fill:self.fill + take] = view[:take]
+            self.fill += take
+            view = view[take:]
+            if self.fill == DIGEST_BLOCK:
+                self._flush()
+
+    def _flush(self) -> None:
+        n = self.fill
+        if n == 0:
+            return
+        data = memoryview(self.block)[:n]
+        if (self.block if n == DIGEST_BLOCK else self.block[:n]) == _ZEROS[:n]:
+            self.bd.add_zero(n)
+        else:
+            self.bd.add(hashlib.sha256(data).digest())
+            if self.fd is not None:
+                self._write_sparse(n)
+        if self.plain is not None:
+            self.plain.update(data)
+        self.pos += n
+        self.fill = 0
+
+    def _write_sparse(self, n: int) -> None:
+        data = memoryview(self.block)[:n]
+        start = None
+        for g in range(0, n, SPARSE_GRAIN):
+            end = min(n, g + SPARSE_GRAIN)
+            nonzero = self.block[g:end] != _ZEROS[:end - g]
+            if nonzero and start is None:
+                start = g
+            elif not nonzero and start is not None:
+                self._pwrite(data[start:g], self.pos + start)
+                start = None
+        if start is not None:
+            self._pwrite(data[start:], self.pos + start)
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        assert self.fd is not None
+        while len(data):
+            try:
+                n = os.pwrite(self.fd, data, offset)
+            except OSError as e:
+                raise IOFailure(f"write at offset {offset} failed: {e.strerror}") from e
+            self.written += n
+            data, offset = data[n:], offset + n
+
+    def finish(self) -> int:
+        self._flush()
+        return self.pos
+
+
+def decompress(path: str, out_fd: int | None, *, sha256: bool = False, progress: Progress | None = None,
+               max_size: int = MAX_OUTPUT) -> GzResult:
+    """Stream every gzip member of ``path`` into ``out_fd`` (sparse; None = digest only)."""
+    sink = _Sink(out_fd, sha256)
+    members = 0
+    consumed = 0
+    dec: Any = None
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; the loop is long
+    except OSError as e:
+        raise IOFailure(f"cannot open {path}: {e.strerror}") from e
+    with f:
+        pending = b""
+        while True:
+            if not pending:
+                try:
+                    pending = f.read(READ_CHUNK)
+                except OSError as e:
+                    raise IOFailure(f"read of {path} failed: {e.strerror}") from e
+                consumed += len(pending)
+                if not pending:
+                    break
+            if dec is None:
+                if pending.strip(b"\0") == b"" and members:
+                    pending = b""  # zero padding after the last member (gzip ignores it too)
+                    continue
+                if len(pending) < 2 and members:
+                    more = f.read(1)
+                    consumed += len(more)
+                    pending += more
+                if pending[:2] != GZIP_MAGIC:
+                    where = f"after gzip member {members}" if members else "at the start"
+                    raise FormatError(f"not a gzip member {where} (no 1f 8b magic)", path, consumed - len(pending))
+                dec = zlib.decompressobj(wbits=31)
+                members += 1
+            try:
+                out = dec.decompress(pending, OUT_WINDOW)
+                while True:
+                    sink.feed(out)
+                    if progress is not None and out:
+                        progress(len(out))
+                    if sink.pos + sink.fill > max_size:
+                        raise FormatError(f"decompresses beyond {max_size} bytes; not a snapshot", path)
+                    if not dec.unconsumed_tail:
+                        break
+                    out = dec.decompress(dec.unconsumed_tail, OUT_WINDOW)
+            except zlib.error as e:
+                raise FormatError(f"gzip member {members} is corrupt: {e}", path) from e
+            pending = b""
+            if dec.eof:
+                pending = dec.unused_data
+                dec = None
+    if dec is not None:
+        raise FormatError(f"gzip member {members} is truncated (the object is incomplete)", path)
+    if members == 0:
+        raise FormatError("empty file, not a gzip object", path)
+    size = sink.finish()
+    return GzResult(size, sink.bd.hexdigest(), sink.plain.hexdigest() if sink.plain else None, members, consumed,
+                    sink.written)
+
+
+def _reusable(outdir: Path, out: Path, path: str, opts: ExportOptions) -> dict[str, Any] | None:
+    prev = next((v for v in manifest.load(outdir)["volumes"] if v.get("output") == str(out.resolve())), None)
+    if (opts.overwrite or prev is None or not out.exists() or not prev.get("digest")
+            or prev.get("format") != opts.fmt.name or prev.get("source") != fingerprint([path])):
+        return None
+    try:
+        return prev if content_digest(out, opts.fmt.name, opts.workers) == prev["digest"] else None
+    except Exception:  # noqa: BLE001 - anything wrong with the old output means: export again
+        return None
+
+
+def export_gz(path: str, outdir: Path, opts: ExportOptions, progress: Progress | None = None,
+              name: str | None = None, fields: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+    """Export a gzip'd snapshot object; returns (manifest entry, reused_existing_output)."""
+    ident = name or gz_id(path)
+    out = manifest.output_path(outdir, ident, opts.fmt.ext)
+    prev = _reusable(outdir, out, path, opts)
+    if prev is not None:
+        return prev, True
+    started = time.monotonic()
+    state = fingerprint([path])
+    base: dict[str, Any] = {"id": ident, "kind": "snapshot-gz", **(fields or {})}
+    if opts.fmt.name == "raw":
+        with atomic_output(out, 0, fsync=opts.fsync) as fd:
+            res = decompress(path, fd, sha256=opts.sha256, progress=progress)
+            try:
+                os.ftruncate(fd, res.size)
+            except OSError as e:
+                raise IOFailure(f"cannot size {out} to {res.size} bytes: {e.strerror}") from e
+        entry: dict[str, Any] = {
+            **base, "size": res.size, "digest": res.digest, "output": str(out.resolve()), "format": "raw",
+            "format_options": {}, "compressed": False, "verified": True, "estimated_bytes": res.size,
+            "allocated_bytes": os.stat(out).st_blocks * 512,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "bytes_read": res.bytes_read, "bytes_written": res.bytes_written,
+        }
+    else:
+        tmp = partial_name(out).with_name(partial_name(out).name + ".raw")
+        try:
+            with atomic_output(tmp, 0) as fd:
+                res = decompress(path, fd, sha256=opts.sha256, progress=progress)
+                os.ftruncate(fd, res.size)
+            emap = ExtentMap(res.size, [LinearMapper(0, res.size, str(tmp), 0)] if res.size else [])
+            entry, _ = export_source(Source(ident, emap, base), outdir, opts)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if entry.get("digest") and entry["digest"] != res.digest:
+            raise VerifyError(f"{ident}: the digest of the decompressed data changed during conversion")
+        entry["digest"] = res.digest
+        entry["bytes_read"] = res.bytes_read
+    entry.update(files=[path], source=state, gzip_members=res.members, compressed_size=state[0]["size"],
+                 seconds=round(time.monotonic() - started, 3))
+    if res.sha256:
+        entry["sha256"] = res.sha256
+    manifest.record(outdir, entry)
+    return entry, False
