@@ -177,7 +177,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         boot_test(tmp_path / "missing.img", "raw", workdir=tmp_path)
     img = _hang_image(tmp_path / "x.img")
-    for kwargs in ({"fmt": "vmdk"}, {"timeout": 0}, {"bus": "scsi"}):
+    for kwargs in ({"fmt": "bogus"}, {"timeout": 0}, {"bus": "scsi"}):
         with pytest.raises(UsageError):
             boot_test(img, workdir=tmp_path, **kwargs)  # type: ignore[arg-type]
 
