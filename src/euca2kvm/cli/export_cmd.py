@@ -17,6 +17,7 @@ from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.formats import FORMATS, VMDK_SUBFORMATS, output_format
 from ..export.pipeline import ExportOptions, Source, export_source
+from ..lvm.mirrors import check_mirrors
 from ..units import human
 from .common import add_sources, console, console_err, discover_sources, esc, sources
 from .events import Reporter
@@ -56,6 +57,8 @@ def build_parser(sub: Any) -> None:
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help=f"volumes in parallel (1-{MAX_JOBS})")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
                    help=f"I/O and hashing threads per volume (1-16, default {DEFAULT_WORKERS})")
+    p.add_argument("--check-mirrors", action="store_true",
+                   help="before exporting a raid1/mirror LV, compare its legs and refuse (exit 6) if they differ")
     p.add_argument("--libvirt", action="store_true",
                    help="also write <id>.xml (libvirt domain) and <id>.virt-install.sh next to each image")
     p.add_argument("--memory", type=int, default=DEFAULT_DOMAIN_MEMORY_MIB, metavar="MIB",
@@ -79,6 +82,20 @@ def check_exportable(vol: Volume, force: bool, reporter: Reporter) -> None:
             raise InUseError(f"{vol.id} is in use: {what}. Stop what holds it (or export a snapshot); "
                              "--force exports anyway and the copy may be inconsistent")
         reporter.warn(f"{vol.id} is in use ({what}); exporting because of --force")
+
+
+def check_legs(vol: Volume, reporter: Reporter) -> None:
+    """--check-mirrors: legs of a mirrored LV must hold the same bytes before one of them is exported."""
+    if vol.group is None or vol.lv is None:
+        return
+    lv = vol.group.vg.lvs[vol.lv]
+    if not any(s.type in ("raid1", "mirror") for s in lv.segments):
+        return
+    report = check_mirrors(vol.group, vol.lv)
+    if not report.identical:
+        raise VerifyError(f"{vol.id}: mirror legs differ: {report.summary()}")
+    if report.skipped:
+        reporter.warn(f"{vol.id}: {report.summary()}")
 
 
 def volume_source(vol: Volume) -> Source:
@@ -157,6 +174,8 @@ def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bo
                 if cancel.is_set():
                     raise Interrupted("interrupted")
                 check_exportable(vol, force, rep)
+                if args is not None and args.check_mirrors:
+                    check_legs(vol, rep)
                 advance = rep.start(vol.id, vol.size)
                 entry, reused = export_source(volume_source(vol), outdir, opts, advance)
                 after_export(entry, outdir, args)

@@ -8,9 +8,11 @@ import itertools
 import os
 from typing import Any
 
+from ..errors import UsageError
 from ..eucalyptus.discovery import Volume
 from ..kvm.guest import inspect_disk, open_image
 from ..lvm.extents import ExtentMap, Kind
+from ..lvm.mirrors import MirrorReport, check_mirrors
 from ..lvm.reader import ExtentReader
 from ..units import human
 from .common import add_sources, console, discover_sources, esc, print_json, sources
@@ -26,6 +28,8 @@ def build_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--extents", type=int, default=MAX_EXTENTS_SHOWN, metavar="N",
                    help=f"how many extents to list (default {MAX_EXTENTS_SHOWN})")
+    p.add_argument("--check-mirrors", action="store_true",
+                   help="compare every leg of a raid1/mirror LV and report the first difference")
     p.add_argument("--no-guest", dest="guest", action="store_false",
                    help="skip the guest section (partition table, filesystems, boot loader, verdict)")
     p.set_defaults(func=do_inspect)
@@ -62,6 +66,12 @@ def describe(vol: Volume, max_extents: int, guest: bool = True) -> dict[str, Any
     return out
 
 
+def mirror_report(vol: Volume) -> MirrorReport:
+    if vol.group is None or vol.lv is None:
+        raise UsageError(f"{vol.id} is not an LVM volume; --check-mirrors needs a raid1 or mirror LV")
+    return check_mirrors(vol.group, vol.lv)
+
+
 def inspect_image(path: str, as_json: bool) -> int:
     """An image file that is not a volume container (an exported qcow2, a raw disk): guest section only."""
     reader = open_image(path)
@@ -89,6 +99,8 @@ def do_inspect(args: argparse.Namespace) -> int:
         d = discover_sources(sources(args), quiet=args.json)
         vol = d.find(args.id)
     info = describe(vol, args.extents, args.guest)
+    if args.check_mirrors:
+        info["mirrors"] = mirror_report(vol).to_json()
     if args.json:
         print_json(info)
         return 0
@@ -123,6 +135,9 @@ def do_inspect(args: argparse.Namespace) -> int:
             console.print(f"   {e['start']:>14} +{e['length']:<12} {e['kind']}")
     if info["extents_truncated"]:
         console.print(f"   ... (first {args.extents} extents shown; --extents N for more)")
+    if "mirrors" in info:
+        ok = info["mirrors"]["identical"]
+        console.print(("[green]mirrors:[/] " if ok else "[red]mirrors:[/] ") + esc(mirror_report(vol).summary()))
     if "guest" in info:
         with ExtentReader(vol.extent_map(), vol.id) as reader:
             console.print("[bold]guest:[/]\n" + esc(inspect_disk(reader, vol.id).render().rstrip()))
