@@ -6,7 +6,7 @@ bytes are holes (SEEK_DATA), is neither read nor written: its digest is known. O
 read with ``preadv`` into a per-worker buffer, hashed (hashlib releases the GIL, so workers hash
 in parallel), and written with ``pwrite`` except for runs of zeros, which stay holes in the
 destination. Results are consumed in block order, so the block digest and the optional plain
-sha256 fold in order with at most ``MAX_INFLIGHT`` buffers alive: memory stays bounded whatever
+sha256 fold in order with at most ``workers + EXTRA_INFLIGHT`` blocks in flight: memory stays bounded whatever
 the disk size.
 
 With no destination the same code verifies: it computes the digest of what it reads.
@@ -187,6 +187,27 @@ class Sources:
         self._fds.clear()
 
 
+class BufferPool:
+    """Block buffers, allocated on first use: the mmap path needs none, so a dense export with the
+    default digest never pays for them (4 MiB each)."""
+
+    def __init__(self, limit: int) -> None:
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._lock = threading.Lock()
+        self._made = 0
+        self._limit = limit
+
+    def get(self) -> bytearray:
+        with self._lock:
+            if self._free.empty() and self._made < self._limit:
+                self._made += 1
+                return bytearray(DIGEST_BLOCK)
+        return self._free.get()
+
+    def put(self, buf: bytearray) -> None:
+        self._free.put(buf)
+
+
 @dataclass
 class _Block:
     index: int
@@ -199,7 +220,7 @@ class _Block:
 
 
 def _block_job(emap: ExtentMap, src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
-               buffers: queue.Queue[bytearray], keep: bool, name: str, digest: bool = True) -> _Block:
+               buffers: BufferPool, keep: bool, name: str, digest: bool = True) -> _Block:
     n = hi - lo
     runs: list[tuple[int, int, str, int]] = []  # (offset in block, file offset, path, length)
     for ext in emap.extents(lo, hi):
@@ -270,7 +291,7 @@ def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
 
 
 def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
-                    runs: list[tuple[int, int, str, int]], buffers: queue.Queue[bytearray], keep: bool) -> _Block:
+                    runs: list[tuple[int, int, str, int]], buffers: BufferPool, keep: bool) -> _Block:
     """Read into a buffer: for the plain sha256 (bytes needed in order) and sources mmap refuses."""
     n = hi - lo
     buf: bytearray | None = buffers.get()
@@ -355,9 +376,7 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
     workers = max(1, workers)
     size = emap.size
     inflight_max = workers + EXTRA_INFLIGHT
-    buffers: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(inflight_max if sha256 else workers):
-        buffers.put(bytearray(DIGEST_BLOCK))
+    buffers = BufferPool(inflight_max if sha256 else workers)
     src = Sources()
     bd = BlockDigest()
     plain = hashlib.sha256() if sha256 else None
