@@ -28,7 +28,7 @@ from . import manifest, qemu_img
 from .copy import DEFAULT_WORKERS, CopyResult, Sources, copy_blocks
 from .formats import OutputFormat
 from .nbd import serve
-from .raw import atomic_output, partial_name
+from .raw import atomic_output, partial_name, publish
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Prog
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            os.replace(tmp, out)
+            publish(tmp, out)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

@@ -50,17 +50,43 @@ def atomic_output(final: Path, size: int, fsync: bool = False) -> Iterator[int]:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     try:
-        os.replace(tmp, final)
-    except OSError as e:
+        publish(tmp, final)
+    except IOFailure:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        raise IOFailure(f"cannot rename {tmp} to {final}: {e.strerror}") from e
+        raise
     if fsync:
         dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Rename a finished output to its final name, replacing an earlier export.
+
+    The earlier file is first moved aside, so neither rename replaces an existing file: ext4
+    (auto_da_alloc) flushes a file renamed over another one synchronously, which costs seconds
+    for a large image. The final name is missing only between the two renames.
+    """
+    old = final.with_name(f".{final.name}.old")
+    moved = False
+    try:
+        try:
+            os.rename(final, old)
+            moved = True
+        except FileNotFoundError:
+            pass
+        os.rename(tmp, final)
+    except OSError as e:
+        if moved:
+            with contextlib.suppress(OSError):
+                os.rename(old, final)  # put the earlier export back
+        raise IOFailure(f"cannot rename {tmp} to {final}: {e.strerror}") from e
+    if moved:
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
 
 
 def export_raw(emap: ExtentMap, final: Path, *, sha256: bool = False, workers: int = DEFAULT_WORKERS,
