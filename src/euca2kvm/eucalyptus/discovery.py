@@ -141,9 +141,7 @@ def _expand(paths: Iterable[str], notes: list[str]) -> tuple[list[str], set[str]
             explicit.add(real)
         else:
             raise UsageError(f"source {p} is not a directory, regular file or block device")
-    seen: set[str] = set()
-    uniq = [f for f in files if not (f in seen or seen.add(f))]  # type: ignore[func-returns-value]
-    return uniq, explicit
+    return list(dict.fromkeys(files)), explicit
 
 
 def _lv_id(group: VolumeGroup, lv: LV) -> str:

@@ -113,19 +113,15 @@ def content_digest(path: Path, fmt: str, workers: int = DEFAULT_WORKERS) -> str:
     return image_digest(str(path), fmt, workers=workers).digest
 
 
-def _source_spec(emap: ExtentMap) -> tuple[str, contextlib.AbstractContextManager[Any]]:
-    single = emap.single_range()
-    if single is not None and emap.size % 512 == 0:
-        return qemu_img.raw_range_spec(single[0], single[1], emap.size), contextlib.nullcontext()
-    srv = serve(emap)
-    return "", srv
-
-
 @contextlib.contextmanager
 def _qemu_source(emap: ExtentMap) -> Iterator[str]:
-    spec, ctx = _source_spec(emap)
-    with ctx as srv:
-        yield spec or srv.uri
+    """What qemu-img reads: the raw offset/size driver for one contiguous range, else our NBD server."""
+    single = emap.single_range()
+    if single is not None and emap.size % 512 == 0:
+        yield qemu_img.raw_range_spec(single[0], single[1], emap.size)
+        return
+    with serve(emap) as srv:
+        yield srv.uri
 
 
 def _convert(src: Source, tmp: Path, opts: ExportOptions, progress: Progress | None) -> CopyResult | None:
@@ -162,7 +158,7 @@ def _convert(src: Source, tmp: Path, opts: ExportOptions, progress: Progress | N
                 raise VerifyError(f"{src.id}: {tmp} differs from the source after conversion")
     if progress is not None and done[0] < emap.size:
         progress(emap.size - done[0])
-    if hasher.is_alive() or hasher.ident is not None:
+    if hasher.ident is not None:  # started
         hasher.join()
     if digest_error:
         raise digest_error[0]
