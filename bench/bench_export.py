@@ -142,7 +142,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workdir", default="/var/tmp/euca2kvm-bench")
     ap.add_argument("--cases", default="dense,sparse,striped")
-    ap.add_argument("--extra", default="", help="extra euca2kvm export arguments, e.g. --no-verify")
+    ap.add_argument("--extra", default="", help="extra euca2kvm export arguments, e.g. --workers 2")
+    ap.add_argument("--qcow2", action="store_true", help="also time qcow2 exports")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -159,9 +160,11 @@ def main() -> int:
         if name == "striped":
             subprocess.run(["cat", src], stdout=subprocess.DEVNULL, check=True)
         spec = json.dumps({"driver": "raw", "offset": off, "size": size, "file": {"driver": "file", "filename": src}})
+        exp = [*exe, "export", str(c["id"]), "--source", str(vols), "--overwrite", *args.extra.split()]
         cmds: dict[str, tuple[list[str] | str, bool, Path]] = {
-            "euca2kvm": ([*exe, "export", str(c["id"]), "--source", str(vols), "-o", str(out), *args.extra.split()],
-                         False, out / f"{c['id']}.raw"),
+            "euca2kvm raw": ([*exp, "-o", str(out / "raw")], False, out / "raw" / f"{c['id']}.raw"),
+            "euca2kvm raw --no-verify": ([*exp, "-o", str(out / "rawnv"), "--no-verify"], False,
+                                         out / "rawnv" / f"{c['id']}.raw"),
             "dd bs=1M": (f"dd if={src} of={work}/dd.raw bs=1M iflag=skip_bytes,count_bytes skip={off} "
                          f"count={size} status=none", True, work / "dd.raw"),
         }
@@ -170,6 +173,13 @@ def main() -> int:
                                          str(work / "qi.raw")], False, work / "qi.raw")
             cmds["qemu-img + sha256sum"] = (f"{qemu_img} convert -f raw -O raw 'json:{spec}' {work}/qs.raw && "
                                             f"sha256sum {work}/qs.raw", True, work / "qs.raw")
+            if args.qcow2:
+                cmds["euca2kvm qcow2"] = ([*exp, "-o", str(out / "q"), "--format", "qcow2"], False,
+                                          out / "q" / f"{c['id']}.qcow2")
+                cmds["euca2kvm qcow2 --no-verify"] = ([*exp, "-o", str(out / "qnv"), "--format", "qcow2",
+                                                       "--no-verify"], False, out / "qnv" / f"{c['id']}.qcow2")
+                cmds["qemu-img convert qcow2"] = ([qemu_img, "convert", "-f", "raw", "-O", "qcow2", f"json:{spec}",
+                                                   str(work / "qi.qcow2")], False, work / "qi.qcow2")
         times: dict[str, list[float]] = {k: [] for k in cmds}
         rss: dict[str, int] = dict.fromkeys(cmds, 0)
         for argv, shell, _ in cmds.values():  # warm up
@@ -187,12 +197,20 @@ def main() -> int:
             line = (f"  {k:22s} {med[k]:7.3f} s  {size / med[k] / 1e9:6.2f} GB/s  "
                     f"alloc {allocated(cmds[k][2]) / MiB:8.1f} MiB  peak RSS {rss[k] / 1024:6.1f} MiB")
             print(line)
-        e = med["euca2kvm"]
-        ratios = [f"dd/euca2kvm = {med['dd bs=1M'] / e:.2f}x"]
+        e, nv = med["euca2kvm raw"], med["euca2kvm raw --no-verify"]
+        ratios = [f"dd/euca2kvm = {med['dd bs=1M'] / e:.2f}x",
+                  f"dd/euca2kvm(--no-verify) = {med['dd bs=1M'] / nv:.2f}x"]
         if qemu_img:
-            ratios.append(f"euca2kvm/qemu-img = {e / med['qemu-img convert']:.2f}x")
+            q = med["qemu-img convert"]
+            ratios.append(f"euca2kvm/qemu-img = {e / q:.2f}x")
+            ratios.append(f"euca2kvm(--no-verify)/qemu-img = {nv / q:.2f}x")
             ratios.append(f"(qemu-img+sha256sum)/euca2kvm = {med['qemu-img + sha256sum'] / e:.2f}x")
-        print("  " + ", ".join(ratios))
+            if args.qcow2:
+                qq = med["qemu-img convert qcow2"]
+                ratios.append(f"euca2kvm qcow2/qemu-img qcow2 = {med['euca2kvm qcow2'] / qq:.2f}x")
+                nvq = med["euca2kvm qcow2 --no-verify"]
+                ratios.append(f"euca2kvm qcow2(--no-verify)/qemu-img qcow2 = {nvq / qq:.2f}x")
+        print("  " + ",\n  ".join(ratios))
     return 0
 
 
