@@ -15,7 +15,8 @@ NBD protocol (NetworkBlockDevice/nbd ``doc/proto.md``):
   beyond the end or larger than :data:`MAX_REQUEST` fail with ``EINVAL``.
 
 One thread per connection, each with its own file descriptors; protocol violations close that
-connection only. Unexpected exceptions are kept in :attr:`NbdServer.failures` for callers
+connection only. The module is longer than most here on purpose: the protocol constants, the
+server and the per-connection state machine are one protocol and are read together. Unexpected exceptions are kept in :attr:`NbdServer.failures` for callers
 and tests to check.
 """
 
