@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``euca2kvm export-instance INSTANCE_ID ... -o OUTDIR``: every EBS disk of an instance plus a libvirt domain."""
+"""``euca2kvm export-instance INSTANCE_ID ... -o OUTDIR``: an instance's EBS disks plus a libvirt domain."""
 
 from __future__ import annotations
 
@@ -28,24 +28,37 @@ MAX_JOBS = 16  # disks in parallel; each also runs --workers I/O threads
 
 def build_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "export-instance", help="export an instance's volumes in boot order plus a libvirt domain",
-        description="Export the boot volume and then the attached volumes (in device order) of each instance to "
-                    "OUTDIR/<instance>-<device>.<ext>, verified and recorded in OUTDIR/manifest.json with the "
-                    "instance and device, and write OUTDIR/<instance>.xml (a libvirt domain with the VM type's "
-                    "vCPUs and memory, disks vda, vdb, ... in that order) and OUTDIR/<instance>.virt-install.sh. "
-                    "An instance started with a separate kernel (EKI/ERI) whose boot volume has no boot loader "
-                    "needs --kernel/--ramdisk: the domain then boots that kernel directly (exit 3 without them). "
-                    "Everything is checked before anything is written.")
+        "export-instance",
+        help="export an instance's volumes in boot order plus a libvirt domain",
+        description="Export the boot volume and then the attached volumes (in device order) of each instance "
+        "to "
+        "OUTDIR/<instance>-<device>.<ext>, verified and recorded in OUTDIR/manifest.json with the "
+        "instance and device, and write OUTDIR/<instance>.xml (a libvirt domain with the VM type's "
+        "vCPUs and memory, disks vda, vdb, ... in that order) and OUTDIR/<instance>.virt-install.sh. "
+        "An instance started with a separate kernel (EKI/ERI) whose boot volume has no boot loader "
+        "needs --kernel/--ramdisk: the domain then boots that kernel directly (exit 3 without them). "
+        "Everything is checked before anything is written.",
+    )
     p.add_argument("ids", nargs="+", metavar="INSTANCE_ID")
     add_plan_args(p)
-    p.add_argument("--force", action="store_true",
-                   help="export even when a volume or instance is in use (the copy may be inconsistent)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="export even when a volume or instance is in use (the copy may be inconsistent)",
+    )
     p.add_argument("--sha256", action="store_true", help="also record the plain sha256 of each disk")
     p.add_argument("--overwrite", action="store_true", help="export again even when an output still verifies")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help=f"disks in parallel (1-{MAX_JOBS})")
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
-                   help=f"I/O and hashing threads per disk (1-16, default {DEFAULT_WORKERS})")
-    p.add_argument("--network", default="default", metavar="NAME", help="libvirt network of the NIC ('none': no NIC)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"I/O and hashing threads per disk (1-16, default {DEFAULT_WORKERS})",
+    )
+    p.add_argument(
+        "--network", default="default", metavar="NAME", help="libvirt network of the NIC ('none': no NIC)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON event lines")
     p.set_defaults(func=do_export_instance)
 
@@ -60,8 +73,11 @@ def _refuse(plans: list[InstancePlan], host_blockers: list[Any], force: bool, re
         raise hard[0].error()
     soft = [b for b in blockers if b.forceable]
     if soft and not force:
-        raise InUseError("refusing to export: " + "; ".join(b.message for b in soft)
-                         + ". Stop what holds them (or export snapshots); --force exports anyway")
+        raise InUseError(
+            "refusing to export: "
+            + "; ".join(b.message for b in soft)
+            + ". Stop what holds them (or export snapshots); --force exports anyway"
+        )
     for b in soft:
         rep_warn(f"in use, exporting because of --force: {b.message}")
 
@@ -72,15 +88,22 @@ def _domain(plan: InstancePlan, outdir: Path, fmt: str, args: argparse.Namespace
     inst = plan.instance
     disks = [Disk(path=d.output, format=fmt, target_dev=d.target_dev) for d in plan.disks]
     kernel = args.kernel
-    dom = Domain(name=inst.id, memory_mib=plan.memory_mib, vcpus=plan.vcpus, disks=disks,
-                 kernel=os.path.abspath(kernel) if kernel else None,
-                 initrd=os.path.abspath(args.ramdisk) if kernel and args.ramdisk else None,
-                 cmdline=(args.cmdline or default_cmdline(plan)) if kernel else None,
-                 network=None if args.network == "none" else args.network)
+    dom = Domain(
+        name=inst.id,
+        memory_mib=plan.memory_mib,
+        vcpus=plan.vcpus,
+        disks=disks,
+        kernel=os.path.abspath(kernel) if kernel else None,
+        initrd=os.path.abspath(args.ramdisk) if kernel and args.ramdisk else None,
+        cmdline=(args.cmdline or default_cmdline(plan)) if kernel else None,
+        network=None if args.network == "none" else args.network,
+    )
     xml = write_domain(dom, outdir / f"{dom.name}.xml")
     script = outdir / f"{dom.name}.virt-install.sh"
-    text = "#!/bin/sh\n# Defines the exported guest in libvirt (equivalent to virsh define " \
-           f"{shlex.quote(str(xml))}).\nexec {shlex.join(virt_install_command(dom))}\n"
+    text = (
+        "#!/bin/sh\n# Defines the exported guest in libvirt (equivalent to virsh define "
+        f"{shlex.quote(str(xml))}).\nexec {shlex.join(virt_install_command(dom))}\n"
+    )
     tmp = script.with_name(f".{script.name}.partial")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -94,10 +117,22 @@ def _domain(plan: InstancePlan, outdir: Path, fmt: str, args: argparse.Namespace
 def _source(plan: InstancePlan, d: PlannedDisk) -> Source:
     v = d.volume
     assert v is not None
-    return Source(d.name, v.extent_map(), {
-        "kind": v.kind, "vg": v.vg, "lv": v.lv, "segment_types": v.segment_types, "volume_id": d.volume_id,
-        "instance": plan.instance.id, "device": d.device, "attachment": d.attachment, "target_dev": d.target_dev,
-        "boot": d.is_root})
+    return Source(
+        d.name,
+        v.extent_map(),
+        {
+            "kind": v.kind,
+            "vg": v.vg,
+            "lv": v.lv,
+            "segment_types": v.segment_types,
+            "volume_id": d.volume_id,
+            "instance": plan.instance.id,
+            "device": d.device,
+            "attachment": d.attachment,
+            "target_dev": d.target_dev,
+            "boot": d.is_root,
+        },
+    )
 
 
 def do_export_instance(args: argparse.Namespace) -> int:
@@ -117,17 +152,22 @@ def do_export_instance(args: argparse.Namespace) -> int:
             for w in [*p.warnings, *(w for d in p.disks for w in d.warnings)]:
                 rep.warn(w)
             if p.needs_kernel:
-                rep.warn(f"{p.instance.id}: its boot volume has no boot loader (it booted {p.instance.kernel_id}"
-                         f"{' + ' + p.instance.ramdisk_id if p.instance.ramdisk_id else ''}); the domain boots "
-                         f"{args.kernel} directly" + (f" with {args.ramdisk}" if args.ramdisk else ""))
+                rep.warn(
+                    f"{p.instance.id}: its boot volume has no boot loader (it booted {p.instance.kernel_id}"
+                    f"{' + ' + p.instance.ramdisk_id if p.instance.ramdisk_id else ''}); the domain boots "
+                    f"{args.kernel} directly" + (f" with {args.ramdisk}" if args.ramdisk else "")
+                )
                 if p.instance.ramdisk_id and not args.ramdisk:
-                    rep.warn(f"{p.instance.id} used ramdisk {p.instance.ramdisk_id} but no --ramdisk was given")
+                    rep.warn(
+                        f"{p.instance.id} used ramdisk {p.instance.ramdisk_id} but no --ramdisk was given"
+                    )
         try:
             outdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise IOFailure(f"cannot create {outdir}: {e.strerror}") from e
-        opts = ExportOptions(fmt=plan.fmt, sha256=args.sha256, verify=True, workers=args.workers,
-                             overwrite=args.overwrite)
+        opts = ExportOptions(
+            fmt=plan.fmt, sha256=args.sha256, verify=True, workers=args.workers, overwrite=args.overwrite
+        )
         errors: list[Euca2kvmError] = []
         entries: dict[str, dict[str, Any]] = {}
 
@@ -140,10 +180,15 @@ def do_export_instance(args: argparse.Namespace) -> int:
                 entries[d.name] = entry
                 rep.done(d.name, entry, reused)
                 if not args.json:
-                    what = "already exported and verified" if reused else \
-                        f"{human(entry['size'])} in {entry['seconds']:.2f} s"
-                    console.print(f"{esc(d.volume_id)} ({esc(d.device or '-')}) -> {esc(entry['output'])}  {what}  "
-                                  f"{entry['digest']}")
+                    what = (
+                        "already exported and verified"
+                        if reused
+                        else f"{human(entry['size'])} in {entry['seconds']:.2f} s"
+                    )
+                    console.print(
+                        f"{esc(d.volume_id)} ({esc(d.device or '-')}) -> {esc(entry['output'])}  {what}  "
+                        f"{entry['digest']}"
+                    )
             except Euca2kvmError as e:
                 rep.error(d.name, e)
                 errors.append(e)
@@ -161,7 +206,9 @@ def do_export_instance(args: argparse.Namespace) -> int:
         if interrupted:
             raise interrupted[0]
         if errors:
-            console_err.print(f"{len(errors)} of {len(jobs)} disk(s) failed; no domain written for their instances")
+            console_err.print(
+                f"{len(errors)} of {len(jobs)} disk(s) failed; no domain written for their instances"
+            )
         failed = {d.name for p, d in jobs if d.name not in entries}
         for p in plan.instances:
             if any(d.name in failed for d in p.disks):
@@ -170,12 +217,25 @@ def do_export_instance(args: argparse.Namespace) -> int:
             for d in p.disks:
                 manifest.record(outdir, {**entries[d.name], "domain": str(xml.resolve())})
             if args.json:
-                sys.stdout.write(json.dumps({
-                    "event": "domain", "id": p.instance.id, "xml": str(xml), "virt_install": str(script),
-                    "vcpus": p.vcpus, "memory_mib": p.memory_mib, "disks": [str(d.output) for d in p.disks],
-                    "kernel": os.path.abspath(args.kernel) if args.kernel else None}) + "\n")
+                sys.stdout.write(
+                    json.dumps(
+                        {
+                            "event": "domain",
+                            "id": p.instance.id,
+                            "xml": str(xml),
+                            "virt_install": str(script),
+                            "vcpus": p.vcpus,
+                            "memory_mib": p.memory_mib,
+                            "disks": [str(d.output) for d in p.disks],
+                            "kernel": os.path.abspath(args.kernel) if args.kernel else None,
+                        }
+                    )
+                    + "\n"
+                )
             else:
-                console.print(f"{esc(p.instance.id)}: {p.vcpus} vCPU, {p.memory_mib} MiB, disks "
-                              f"{', '.join(f'{d.target_dev}={d.output.name}' for d in p.disks)} -> {esc(str(xml))}; "
-                              f"define it with: virsh define {esc(shlex.quote(str(xml)))} (or run {esc(str(script))})")
+                console.print(
+                    f"{esc(p.instance.id)}: {p.vcpus} vCPU, {p.memory_mib} MiB, disks "
+                    f"{', '.join(f'{d.target_dev}={d.output.name}' for d in p.disks)} -> {esc(str(xml))}; "
+                    f"define it with: virsh define {esc(shlex.quote(str(xml)))} (or run {esc(str(script))})"
+                )
     return errors[0].exit_code if errors else 0

@@ -22,22 +22,37 @@ def add_inventory_sources(p: argparse.ArgumentParser, with_file: bool) -> None:
     """``--db``/``--api`` (and ``--inventory FILE``) plus the euca2ools-style credential flags."""
     g = p.add_argument_group("inventory source")
     if with_file:
-        g.add_argument("--inventory", metavar="FILE", help="an inventory file written by 'euca2kvm inventory -o'")
-    g.add_argument("--db", metavar="URL",
-                   help="the CLC's PostgreSQL, e.g. postgresql://eucalyptus:PW@clc:8777/eucalyptus_shared "
-                        "(port 8777 by default; 4.0 and 4.1+ layouts)")
-    g.add_argument("--api", metavar="URL", nargs="?", const="",
-                   help="the EC2 API, e.g. http://clc:8773/services/compute (no value: EC2_URL from the "
-                        "eucarc or environment)")
+        g.add_argument(
+            "--inventory", metavar="FILE", help="an inventory file written by 'euca2kvm inventory -o'"
+        )
+    g.add_argument(
+        "--db",
+        metavar="URL",
+        help="the CLC's PostgreSQL, e.g. postgresql://eucalyptus:PW@clc:8777/eucalyptus_shared "
+        "(port 8777 by default; 4.0 and 4.1+ layouts)",
+    )
+    g.add_argument(
+        "--api",
+        metavar="URL",
+        nargs="?",
+        const="",
+        help="the EC2 API, e.g. http://clc:8773/services/compute (no value: EC2_URL from the "
+        "eucarc or environment)",
+    )
     c = p.add_argument_group("EC2 credentials (euca2ools style; default: --eucarc, then the environment)")
     c.add_argument("-I", "--access-key-id", metavar="KEY_ID")
     c.add_argument("-S", "--secret-key", metavar="KEY")
     c.add_argument("--security-token", metavar="TOKEN")
     c.add_argument("--region", metavar="REGION", help="signing region (default: eucalyptus)")
-    c.add_argument("--eucarc", metavar="FILE", help="read EC2_URL and keys from this eucarc (parsed, not run)")
+    c.add_argument(
+        "--eucarc", metavar="FILE", help="read EC2_URL and keys from this eucarc (parsed, not run)"
+    )
     c.add_argument("--signature-version", choices=("v2", "v4"), help="request signing (default v4)")
-    c.add_argument("--verbose-all", action="store_true",
-                   help="list every account's resources (the admin 'verbose' filter; needs cloud-admin keys)")
+    c.add_argument(
+        "--verbose-all",
+        action="store_true",
+        help="list every account's resources (the admin 'verbose' filter; needs cloud-admin keys)",
+    )
 
 
 def inventory_from_args(args: argparse.Namespace, required: bool = True) -> Inventory | None:
@@ -57,19 +72,29 @@ def inventory_from_args(args: argparse.Namespace, required: bool = True) -> Inve
     from ..eucalyptus.api import read_inventory_api
     from ..eucalyptus.credentials import resolve_credentials
 
-    creds = resolve_credentials(url=args.api or None, access_key=args.access_key_id, secret_key=args.secret_key,
-                                security_token=args.security_token, region=args.region, eucarc=args.eucarc)
-    return read_inventory_api(args.api or None, creds, verbose=args.verbose_all,
-                              signature_version=args.signature_version)
+    creds = resolve_credentials(
+        url=args.api or None,
+        access_key=args.access_key_id,
+        secret_key=args.secret_key,
+        security_token=args.security_token,
+        region=args.region,
+        eucarc=args.eucarc,
+    )
+    return read_inventory_api(
+        args.api or None, creds, verbose=args.verbose_all, signature_version=args.signature_version
+    )
 
 
 def build_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "inventory", help="capture instances, volumes and storage rows from the cloud's database or API",
-        description="Read the Eucalyptus database (instances, VM types, boot and runtime attachments, volumes, "
-                    "snapshots, the storage controller's per-volume rows and volumes directory) or the EC2 API, "
-                    "print a summary (or JSON) and optionally save a versioned inventory file that "
-                    "export-instance and plan accept after the cloud is gone. Read-only.")
+        "inventory",
+        help="capture instances, volumes and storage rows from the cloud's database or API",
+        description="Read the Eucalyptus database (instances, VM types, boot and runtime attachments, "
+        "volumes, "
+        "snapshots, the storage controller's per-volume rows and volumes directory) or the EC2 API, "
+        "print a summary (or JSON) and optionally save a versioned inventory file that "
+        "export-instance and plan accept after the cloud is gone. Read-only.",
+    )
     add_inventory_sources(p, with_file=False)
     p.add_argument("-o", "--output", metavar="FILE", help="write the inventory file here (atomically)")
     p.add_argument("--json", action="store_true", help="print the inventory JSON instead of the summary")
@@ -83,9 +108,15 @@ def summary(inv: Inventory) -> Table:
     for inst in inv.instances:
         vt = inst.vm_type
         disks = ", ".join(f"{a.volume_id}@{a.device or '?'}" for a in inv.ordered_volumes(inst)) or "-"
-        t.add_row(esc(inst.id), esc(inst.state or "?"), esc(vt.name if vt else "?"),
-                  str(vt.cpus) if vt and vt.cpus else "?", str(vt.memory_mib) if vt and vt.memory_mib else "?",
-                  esc(inst.kernel_id or "-"), esc(disks))
+        t.add_row(
+            esc(inst.id),
+            esc(inst.state or "?"),
+            esc(vt.name if vt else "?"),
+            str(vt.cpus) if vt and vt.cpus else "?",
+            str(vt.memory_mib) if vt and vt.memory_mib else "?",
+            esc(inst.kernel_id or "-"),
+            esc(disks),
+        )
     return t
 
 
@@ -101,9 +132,11 @@ def do_inventory(args: argparse.Namespace) -> int:
         return 0
     console.print(summary(inv))
     exported = sum(1 for s in inv.storage_volumes if s.export_active or s.lodev_name)
-    console.print(f"{len(inv.volumes)} volume(s), {len(inv.snapshots)} snapshot(s), "
-                  f"{len(inv.storage_volumes)} SC row(s) ({exported} exported or on a loop device); "
-                  f"volumes dir: {esc(inv.volumes_dir or 'unknown (pass --source when exporting)')}")
+    console.print(
+        f"{len(inv.volumes)} volume(s), {len(inv.snapshots)} snapshot(s), "
+        f"{len(inv.storage_volumes)} SC row(s) ({exported} exported or on a loop device); "
+        f"volumes dir: {esc(inv.volumes_dir or 'unknown (pass --source when exporting)')}"
+    )
     if inv.das_devices:
         console.print(f"DAS device(s): {esc(', '.join(inv.das_devices))}")
     if args.output:

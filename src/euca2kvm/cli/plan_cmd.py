@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``euca2kvm plan [INSTANCE_ID ...] -o OUTDIR``: what an export would do, and what stops it. Writes nothing."""
+"""``euca2kvm plan [INSTANCE_ID ...] -o OUTDIR``: what an export would do, what stops it; writes nothing."""
 
 from __future__ import annotations
 
@@ -45,8 +45,11 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
     def blockers(self) -> list[Blocker]:
-        return [*self.host_blockers, *(b for p in self.instances for b in p.all_blockers),
-                *(b for d in self.volumes for b in d.blockers)]
+        return [
+            *self.host_blockers,
+            *(b for p in self.instances for b in p.all_blockers),
+            *(b for d in self.volumes for b in d.blockers),
+        ]
 
     def estimated(self) -> int:
         disks = [*self.volumes, *(d for p in self.instances for d in p.disks)]
@@ -54,26 +57,48 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "outdir": str(self.outdir), "format": self.fmt.name, "sources": self.sources,
-            "free_bytes": free_bytes(self.outdir), "estimated_bytes": self.estimated(),
-            "instances": [p.to_json() for p in self.instances], "volumes": [d.to_json() for d in self.volumes],
-            "gzip_objects": [{"file": g, "id": gz_id(g), "output": str(o), "compressed_bytes": os.stat(g).st_size,
-                              "estimated_bytes": None} for g, o in self.gz],
+            "outdir": str(self.outdir),
+            "format": self.fmt.name,
+            "sources": self.sources,
+            "free_bytes": free_bytes(self.outdir),
+            "estimated_bytes": self.estimated(),
+            "instances": [p.to_json() for p in self.instances],
+            "volumes": [d.to_json() for d in self.volumes],
+            "gzip_objects": [
+                {
+                    "file": g,
+                    "id": gz_id(g),
+                    "output": str(o),
+                    "compressed_bytes": os.stat(g).st_size,
+                    "estimated_bytes": None,
+                }
+                for g, o in self.gz
+            ],
             "host_blockers": [b.to_json() for b in self.host_blockers],
-            "blockers": [b.to_json() for b in self.blockers()], "notes": self.notes,
+            "blockers": [b.to_json() for b in self.blockers()],
+            "notes": self.notes,
         }
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     add_inventory_sources(p, with_file=True)
-    p.add_argument("--source", "-s", action="append", metavar="PATH",
-                   help="volumes directory, container file, DAS device or snap-*.gz object (repeatable; default: "
-                        "the volumes directory and DAS devices recorded in the inventory)")
+    p.add_argument(
+        "--source",
+        "-s",
+        action="append",
+        metavar="PATH",
+        help="volumes directory, container file, DAS device or snap-*.gz object (repeatable; default: "
+        "the volumes directory and DAS devices recorded in the inventory)",
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
     p.add_argument("--format", "-f", default="raw", choices=DOMAIN_FORMATS, help="image format (default raw)")
-    p.add_argument("--kernel", metavar="FILE", help="kernel for a direct-kernel-boot domain (EKI-booted guests)")
+    p.add_argument(
+        "--kernel", metavar="FILE", help="kernel for a direct-kernel-boot domain (EKI-booted guests)"
+    )
     p.add_argument("--ramdisk", metavar="FILE", help="initrd/ramdisk to go with --kernel")
-    p.add_argument("--cmdline", metavar="ARGS", help="kernel command line with --kernel (default root=/dev/vda...)")
+    p.add_argument(
+        "--cmdline", metavar="ARGS", help="kernel command line with --kernel (default root=/dev/vda...)"
+    )
 
 
 def resolve_sources(args: argparse.Namespace, inv: Inventory | None, notes: list[str]) -> list[str]:
@@ -88,16 +113,21 @@ def resolve_sources(args: argparse.Namespace, inv: Inventory | None, notes: list
         else:
             notes.append(f"DAS device {dev!r} is a volume group name; pass its block device with --source")
     if not paths:
-        raise UsageError(f"the inventory from {inv.source} records no volumes directory; pass --source PATH "
-                         "(e.g. /var/lib/eucalyptus/volumes copied from the storage controller)")
+        raise UsageError(
+            f"the inventory from {inv.source} records no volumes directory; pass --source PATH "
+            "(e.g. /var/lib/eucalyptus/volumes copied from the storage controller)"
+        )
     gone = [p for p in paths if not os.path.exists(p)]
     if gone:
-        raise UsageError(f"{', '.join(gone)} (from the inventory) does not exist on this host; pass --source PATH")
+        raise UsageError(
+            f"{', '.join(gone)} (from the inventory) does not exist on this host; pass --source PATH"
+        )
     return paths
 
 
-def make_plan(args: argparse.Namespace, inv: Inventory | None, host: HostState | None = None,
-              quiet: bool = False) -> tuple[Plan, Discovery]:
+def make_plan(
+    args: argparse.Namespace, inv: Inventory | None, host: HostState | None = None, quiet: bool = False
+) -> tuple[Plan, Discovery]:
     if args.ramdisk and not args.kernel:
         raise UsageError("--ramdisk needs --kernel")
     if args.cmdline and not args.kernel:
@@ -116,8 +146,13 @@ def make_plan(args: argparse.Namespace, inv: Inventory | None, host: HostState |
     plan.host_blockers = [Blocker("in-use", e.what) for e in host.host_evidence()]
     ids = list(dict.fromkeys(getattr(args, "ids", []) or []))
     if inv is not None:
-        insts = [inv.instance(i) for i in ids] if ids else [
-            i for i in inv.instances if i.attachments and i.state not in ("terminated", "shutting-down")]
+        insts = (
+            [inv.instance(i) for i in ids]
+            if ids
+            else [
+                i for i in inv.instances if i.attachments and i.state not in ("terminated", "shutting-down")
+            ]
+        )
         if not insts:
             raise UsageError(f"no instance with EBS volumes in the inventory from {inv.source}")
         plan.instances = [plan_instance(i, inv, d, outdir, fmt, host, sources, args.kernel) for i in insts]
@@ -125,8 +160,15 @@ def make_plan(args: argparse.Namespace, inv: Inventory | None, host: HostState |
         if ids:
             raise UsageError("instance ids need an inventory (--inventory, --db or --api)")
         for v in d.volumes:
-            disk = PlannedDisk(volume_id=v.id, device=None, attachment="none", is_root=False, name=v.id,
-                               output=manifest.output_path(outdir, v.id.replace("/", "_"), fmt.ext), target_dev="")
+            disk = PlannedDisk(
+                volume_id=v.id,
+                device=None,
+                attachment="none",
+                is_root=False,
+                name=v.id,
+                output=manifest.output_path(outdir, v.id.replace("/", "_"), fmt.ext),
+                target_dev="",
+            )
             check_volume(disk, d, None, host, fmt, rest)
             plan.volumes.append(disk)
         plan.gz = [(g, manifest.output_path(outdir, gz_id(g), fmt.ext)) for g in gz]
@@ -135,13 +177,16 @@ def make_plan(args: argparse.Namespace, inv: Inventory | None, host: HostState |
 
 def build_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "plan", help="show what export-instance would export, the sizes, and every blocker (writes nothing)",
-        description="For each instance (default: every instance of the inventory with EBS volumes; without an "
-                    "inventory: every volume and gzip'd snapshot in the sources): the disks in boot order, their "
-                    "source files, bytes to read, estimated output sizes against the free space of OUTDIR, and "
-                    "every blocker (in use, missing file, missing PV, unsupported LV type, no boot loader without "
-                    "--kernel). Nothing is created, not even OUTDIR. Exit 0 when nothing blocks, else the exit "
-                    "code the export would fail with.")
+        "plan",
+        help="show what export-instance would export, the sizes, and every blocker (writes nothing)",
+        description="For each instance (default: every instance of the inventory with EBS volumes; "
+        "without an "
+        "inventory: every volume and gzip'd snapshot in the sources): the disks in boot order, their "
+        "source files, bytes to read, estimated output sizes against the free space of OUTDIR, and "
+        "every blocker (in use, missing file, missing PV, unsupported LV type, no boot loader without "
+        "--kernel). Nothing is created, not even OUTDIR. Exit 0 when nothing blocks, else the exit "
+        "code the export would fail with.",
+    )
     p.add_argument("ids", nargs="*", metavar="INSTANCE_ID")
     add_plan_args(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -152,16 +197,34 @@ def _disk_row(t: Table, who: str, d: PlannedDisk) -> None:
     v = d.volume
     src = ", ".join(os.path.basename(f) for f in v.files) if v else "-"
     state = "; ".join(b.kind for b in d.blockers) or "ok"
-    t.add_row(esc(who), esc(d.device or "-"), esc(d.target_dev or "-"), esc(d.volume_id), esc(src),
-              human(d.size) if d.size is not None else "?",
-              human(d.bytes_to_read) if d.bytes_to_read is not None else "?",
-              human(d.estimated_bytes) if d.estimated_bytes is not None else "?", esc(d.output.name),
-              state if state == "ok" else f"[red]{esc(state)}[/]")
+    t.add_row(
+        esc(who),
+        esc(d.device or "-"),
+        esc(d.target_dev or "-"),
+        esc(d.volume_id),
+        esc(src),
+        human(d.size) if d.size is not None else "?",
+        human(d.bytes_to_read) if d.bytes_to_read is not None else "?",
+        human(d.estimated_bytes) if d.estimated_bytes is not None else "?",
+        esc(d.output.name),
+        state if state == "ok" else f"[red]{esc(state)}[/]",
+    )
 
 
 def print_plan(plan: Plan) -> None:
     t = Table(title=f"export plan for {plan.outdir} ({plan.fmt.name})")
-    for col in ("INSTANCE", "DEVICE", "KVM", "VOLUME", "FROM", "SIZE", "TO READ", "ESTIMATED", "OUTPUT", "STATE"):
+    for col in (
+        "INSTANCE",
+        "DEVICE",
+        "KVM",
+        "VOLUME",
+        "FROM",
+        "SIZE",
+        "TO READ",
+        "ESTIMATED",
+        "OUTPUT",
+        "STATE",
+    ):
         t.add_column(col, overflow="fold")
     for p in plan.instances:
         label = f"{p.instance.id} ({p.vcpus} vCPU, {p.memory_mib} MiB)"
@@ -171,8 +234,18 @@ def print_plan(plan: Plan) -> None:
     for d in plan.volumes:
         _disk_row(t, "-", d)
     for g, out in plan.gz:
-        t.add_row("-", "-", "-", esc(gz_id(g)), esc(os.path.basename(g)), "?", human(os.stat(g).st_size),
-                  "? (gzip)", esc(out.name), "ok")
+        t.add_row(
+            "-",
+            "-",
+            "-",
+            esc(gz_id(g)),
+            esc(os.path.basename(g)),
+            "?",
+            human(os.stat(g).st_size),
+            "? (gzip)",
+            esc(out.name),
+            "ok",
+        )
     console.print(t)
     for p in plan.instances:
         if p.boot_verdict:
@@ -183,8 +256,10 @@ def print_plan(plan: Plan) -> None:
         console_err.print(f"note: {esc(n)}")
     free = free_bytes(plan.outdir)
     need = plan.estimated()
-    console.print(f"estimated output {human(need)} ({need} bytes); free in {esc(str(plan.outdir))}: "
-                  f"{human(free)} ({free} bytes)")
+    console.print(
+        f"estimated output {human(need)} ({need} bytes); free in {esc(str(plan.outdir))}: "
+        f"{human(free)} ({free} bytes)"
+    )
     blockers = plan.blockers()
     if not blockers:
         console.print("[green]nothing blocks the export[/]")
@@ -204,8 +279,12 @@ def do_plan(args: argparse.Namespace) -> int:
     plan, _ = make_plan(args, inv, quiet=args.json)
     need = plan.estimated()
     if need > free_bytes(plan.outdir):
-        plan.host_blockers.append(Blocker("no-space", f"the images need about {need} bytes, {plan.outdir} has "
-                                                      f"{free_bytes(plan.outdir)} bytes free"))
+        plan.host_blockers.append(
+            Blocker(
+                "no-space",
+                f"the images need about {need} bytes, {plan.outdir} has {free_bytes(plan.outdir)} bytes free",
+            )
+        )
     if args.json:
         print_json(plan.to_json())
     else:

@@ -90,7 +90,9 @@ def split_sources(paths: list[str]) -> tuple[list[str], list[str]]:
         if os.path.isdir(p):
             rest.append(p)
             with contextlib.suppress(OSError):
-                gz += [os.path.realpath(os.path.join(p, n)) for n in sorted(os.listdir(p)) if _SNAP_GZ.match(n)]
+                gz += [
+                    os.path.realpath(os.path.join(p, n)) for n in sorted(os.listdir(p)) if _SNAP_GZ.match(n)
+                ]
         elif os.path.isfile(p) and is_gzip(p):
             gz.append(os.path.realpath(p))
         else:
@@ -114,7 +116,7 @@ class _Sink:
         view = memoryview(data)
         while len(view):
             take = min(len(view), DIGEST_BLOCK - self.fill)
-            self.block[self.fill:self.fill + take] = view[:take]
+            self.block[self.fill : self.fill + take] = view[:take]
             self.fill += take
             view = view[take:]
             if self.fill == DIGEST_BLOCK:
@@ -141,7 +143,7 @@ class _Sink:
         start = None
         for g in range(0, n, SPARSE_GRAIN):
             end = min(n, g + SPARSE_GRAIN)
-            nonzero = self.block[g:end] != _ZEROS[:end - g]
+            nonzero = self.block[g:end] != _ZEROS[: end - g]
             if nonzero and start is None:
                 start = g
             elif not nonzero and start is not None:
@@ -165,8 +167,14 @@ class _Sink:
         return self.pos
 
 
-def decompress(path: str, out_fd: int | None, *, sha256: bool = False, progress: Progress | None = None,
-               max_size: int = MAX_OUTPUT) -> GzResult:
+def decompress(
+    path: str,
+    out_fd: int | None,
+    *,
+    sha256: bool = False,
+    progress: Progress | None = None,
+    max_size: int = MAX_OUTPUT,
+) -> GzResult:
     """Stream every gzip member of ``path`` into ``out_fd`` (sparse; None = digest only)."""
     sink = _Sink(out_fd, sha256)
     members = 0
@@ -197,7 +205,9 @@ def decompress(path: str, out_fd: int | None, *, sha256: bool = False, progress:
                     pending += more
                 if pending[:2] != GZIP_MAGIC:
                     where = f"after gzip member {members}" if members else "at the start"
-                    raise FormatError(f"not a gzip member {where} (no 1f 8b magic)", path, consumed - len(pending))
+                    raise FormatError(
+                        f"not a gzip member {where} (no 1f 8b magic)", path, consumed - len(pending)
+                    )
                 dec = zlib.decompressobj(wbits=31)
                 members += 1
             try:
@@ -208,8 +218,8 @@ def decompress(path: str, out_fd: int | None, *, sha256: bool = False, progress:
                         progress(len(out))
                     if sink.pos + sink.fill > max_size:
                         raise FormatError(f"decompresses beyond {max_size} bytes; not a snapshot", path)
-                    if not dec.unconsumed_tail:
-                        break
+                    if dec.eof or not dec.unconsumed_tail:
+                        break  # at the end of a member the tail is the next member (also in unused_data)
                     out = dec.decompress(dec.unconsumed_tail, OUT_WINDOW)
             except zlib.error as e:
                 raise FormatError(f"gzip member {members} is corrupt: {e}", path) from e
@@ -222,14 +232,26 @@ def decompress(path: str, out_fd: int | None, *, sha256: bool = False, progress:
     if members == 0:
         raise FormatError("empty file, not a gzip object", path)
     size = sink.finish()
-    return GzResult(size, sink.bd.hexdigest(), sink.plain.hexdigest() if sink.plain else None, members, consumed,
-                    sink.written)
+    return GzResult(
+        size,
+        sink.bd.hexdigest(),
+        sink.plain.hexdigest() if sink.plain else None,
+        members,
+        consumed,
+        sink.written,
+    )
 
 
 def _reusable(outdir: Path, out: Path, path: str, opts: ExportOptions) -> dict[str, Any] | None:
     prev = next((v for v in manifest.load(outdir)["volumes"] if v.get("output") == str(out.resolve())), None)
-    if (opts.overwrite or prev is None or not out.exists() or not prev.get("digest")
-            or prev.get("format") != opts.fmt.name or prev.get("source") != fingerprint([path])):
+    if (
+        opts.overwrite
+        or prev is None
+        or not out.exists()
+        or not prev.get("digest")
+        or prev.get("format") != opts.fmt.name
+        or prev.get("source") != fingerprint([path])
+    ):
         return None
     try:
         return prev if content_digest(out, opts.fmt.name, opts.workers) == prev["digest"] else None
@@ -237,8 +259,14 @@ def _reusable(outdir: Path, out: Path, path: str, opts: ExportOptions) -> dict[s
         return None
 
 
-def export_gz(path: str, outdir: Path, opts: ExportOptions, progress: Progress | None = None,
-              name: str | None = None, fields: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+def export_gz(
+    path: str,
+    outdir: Path,
+    opts: ExportOptions,
+    progress: Progress | None = None,
+    name: str | None = None,
+    fields: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], bool]:
     """Export a gzip'd snapshot object; returns (manifest entry, reused_existing_output)."""
     ident = name or gz_id(path)
     out = manifest.output_path(outdir, ident, opts.fmt.ext)
@@ -256,11 +284,19 @@ def export_gz(path: str, outdir: Path, opts: ExportOptions, progress: Progress |
             except OSError as e:
                 raise IOFailure(f"cannot size {out} to {res.size} bytes: {e.strerror}") from e
         entry: dict[str, Any] = {
-            **base, "size": res.size, "digest": res.digest, "output": str(out.resolve()), "format": "raw",
-            "format_options": {}, "compressed": False, "verified": True, "estimated_bytes": res.size,
+            **base,
+            "size": res.size,
+            "digest": res.digest,
+            "output": str(out.resolve()),
+            "format": "raw",
+            "format_options": {},
+            "compressed": False,
+            "verified": True,
+            "estimated_bytes": res.size,
             "allocated_bytes": os.stat(out).st_blocks * 512,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "bytes_read": res.bytes_read, "bytes_written": res.bytes_written,
+            "bytes_read": res.bytes_read,
+            "bytes_written": res.bytes_written,
         }
     else:
         tmp = partial_name(out).with_name(partial_name(out).name + ".raw")
@@ -277,8 +313,13 @@ def export_gz(path: str, outdir: Path, opts: ExportOptions, progress: Progress |
             raise VerifyError(f"{ident}: the digest of the decompressed data changed during conversion")
         entry["digest"] = res.digest
         entry["bytes_read"] = res.bytes_read
-    entry.update(files=[path], source=state, gzip_members=res.members, compressed_size=state[0]["size"],
-                 seconds=round(time.monotonic() - started, 3))
+    entry.update(
+        files=[path],
+        source=state,
+        gzip_members=res.members,
+        compressed_size=state[0]["size"],
+        seconds=round(time.monotonic() - started, 3),
+    )
     if res.sha256:
         entry["sha256"] = res.sha256
     manifest.record(outdir, entry)

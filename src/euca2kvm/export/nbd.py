@@ -16,8 +16,8 @@ NBD protocol (NetworkBlockDevice/nbd ``doc/proto.md``):
 
 One thread per connection, each with its own file descriptors; protocol violations close that
 connection only. The module is longer than most here on purpose: the protocol constants, the
-server and the per-connection state machine are one protocol and are read together. Unexpected exceptions are kept in :attr:`NbdServer.failures` for callers
-and tests to check.
+server and the per-connection state machine are one protocol and are read together.
+Unexpected exceptions are kept in :attr:`NbdServer.failures` for callers and tests to check.
 """
 
 from __future__ import annotations
