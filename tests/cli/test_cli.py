@@ -171,3 +171,22 @@ def test_output_names_from_metadata_stay_in_outdir(tmp_path: Path, name: str) ->
 
     p = output_path(tmp_path, name, "raw")
     assert p.parent == tmp_path and not p.name.startswith(".") and "/" not in p.name
+
+
+def test_gzip_snapshot_object_scan_and_export(tmp_path: Path) -> None:
+    import gzip
+    import random
+
+    data = random.Random(3).randbytes(3 << 20) + bytes(2 << 20) + b"tail"
+    vols = tmp_path / "v"
+    vols.mkdir()
+    # two gzip members, as a multipart upload of a large snapshot produces
+    (vols / "snap-0123abcd.gz").write_bytes(gzip.compress(data[: 1 << 20]) + gzip.compress(data[1 << 20 :]))
+    scan = json.loads(run("scan", str(vols), "--json").stdout)
+    assert [(v["id"], v["kind"], v["size"]) for v in scan] == [("snap-0123abcd", "snapshot-gz", None)]
+    out = tmp_path / "out"
+    run("export", "snap-0123abcd", "--source", str(vols), "-o", str(out), "--sha256")
+    entry = json.loads((out / "manifest.json").read_text())["volumes"][0]
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
+    assert (out / "snap-0123abcd.raw").read_bytes() == data
+    run("verify", str(out))

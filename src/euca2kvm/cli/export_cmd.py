@@ -16,6 +16,7 @@ from ..eucalyptus.discovery import Volume
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.formats import FORMATS, VMDK_SUBFORMATS, output_format
+from ..export.gzsource import export_gz
 from ..export.pipeline import ExportOptions, Source, export_source
 from ..lvm.mirrors import check_mirrors
 from ..units import human
@@ -177,7 +178,10 @@ def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bo
                 if args is not None and args.check_mirrors:
                     check_legs(vol, rep)
                 advance = rep.start(vol.id, vol.size)
-                entry, reused = export_source(volume_source(vol), outdir, opts, advance)
+                if vol.compressed:
+                    entry, reused = export_gz(vol.files[0], outdir, opts, advance, name=vol.id)
+                else:
+                    entry, reused = export_source(volume_source(vol), outdir, opts, advance)
                 after_export(entry, outdir, args)
                 rep.done(vol.id, entry, reused)
                 if not as_json:

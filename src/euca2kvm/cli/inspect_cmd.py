@@ -54,7 +54,7 @@ def describe(vol: Volume, max_extents: int, guest: bool = True) -> dict[str, Any
                                    "extent_count": s.extent_count, "type": s.type, "flags": list(s.flags),
                                    "params": {k: v for k, v in s.params.items() if not isinstance(v, dict)}}
                                   for s in lv.segments]}
-    if vol.problem is None:
+    if vol.problem is None and not vol.compressed:
         emap: ExtentMap = vol.extent_map()
         out["extent_map"] = emap.describe()
         shown = list(itertools.islice(emap.extents(), max_extents + 1))
@@ -126,6 +126,10 @@ def do_inspect(args: argparse.Namespace) -> int:
                           f"type={'+'.join([s['type'], *s['flags']])} {esc(str(s['params']))}")
     if v["problem"]:
         console.print(f"[red]cannot be exported:[/] {esc(v['problem'])}")
+        return 0
+    if vol.compressed:
+        console.print("a gzip'd snapshot object: its size and contents are known only by decompressing it "
+                      "(euca2kvm export does that, streaming)")
         return 0
     console.print("extent map:")
     for e in info["extents"]:

@@ -36,7 +36,8 @@ def do_scan(args: argparse.Namespace) -> int:
         types = ",".join(v.segment_types)
         if v.problem:
             types += f" [red](refused: {esc(v.problem)})[/]"
-        t.add_row(esc(v.id), v.kind, esc(f"{v.vg}/{v.lv}" if v.vg else "-"), human(v.size), types,
+        size = "? (gzip)" if v.compressed else human(v.size)
+        t.add_row(esc(v.id), v.kind, esc(f"{v.vg}/{v.lv}" if v.vg else "-"), size, types,
                   esc(state), esc(", ".join(os.path.basename(f) for f in v.files)))
     console.print(t)
     for n in d.notes:

@@ -99,6 +99,12 @@ def _str(v: Any) -> str | None:
     return v if isinstance(v, str) and v.strip() else None
 
 
+def _image_id(v: Any) -> str | None:
+    """A kernel/ramdisk image id; some servers send the text "None" or "null" for no image."""
+    s = _str(v)
+    return None if s is None or s.lower() in ("none", "null") else s
+
+
 def _call(client: Any, op: str, endpoint: str, **params: Any) -> dict[str, Any]:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -192,7 +198,7 @@ def _instance(raw: dict[str, Any], types: dict[str, VmType]) -> Instance | None:
     return Instance(
         id=iid, state=_str((raw.get("State") or {}).get("Name")),
         vm_type=None if tname is None else types.get(tname, VmType(name=tname)), root_device=root,
-        kernel_id=_str(raw.get("KernelId")), ramdisk_id=_str(raw.get("RamdiskId")),
+        kernel_id=_image_id(raw.get("KernelId")), ramdisk_id=_image_id(raw.get("RamdiskId")),
         image_id=_str(raw.get("ImageId")), platform=_str(raw.get("Platform")),
         virtualization_type=_str(raw.get("VirtualizationType")), attachments=atts)
 

@@ -32,6 +32,9 @@ from .inuse import Holder, holders
 VOLUMES_DIR = "/var/lib/eucalyptus/volumes"
 # Eucalyptus ids: 8 hex digits (short) or 17 (long), treated as opaque otherwise.
 ID_RE = re.compile(r"^(?:vol|volume|snap)-(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{17})$")
+# A snapshot object downloaded from object storage: gzip members, not seekable (see export.gzsource).
+SNAP_GZ_RE = re.compile(r"^snap-(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{17})\.gz$")
+GZIP_MAGIC = b"\x1f\x8b"
 STRAY_RE = re.compile(r"^(?:vol|volume|snap)-(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{17})[0-9A-Za-z]{1,16}$")
 EUCA_LV_PREFIX = "euca-"
 # A directory with more entries than this is not a volumes directory; refuse rather than
@@ -54,9 +57,16 @@ class Volume:
     in_use: list[Holder] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
 
+    @property
+    def compressed(self) -> bool:
+        """A gzip'd snapshot object: streamed by export.gzsource, it has no extent map."""
+        return self.kind == "snapshot-gz"
+
     def extent_map(self) -> ExtentMap:
         if self.problem_error is not None:
             raise self.problem_error
+        if self.compressed:
+            raise UsageError(f"{self.id} is a gzip'd snapshot object: it can be exported, not mapped")
         if self.group is not None:
             assert self.lv is not None
             return self.group.lv_map(self.lv)
@@ -72,7 +82,7 @@ class Volume:
             "kind": self.kind,
             "vg": self.vg,
             "lv": self.lv,
-            "size": self.size,
+            "size": None if self.compressed else self.size,
             "files": self.files,
             "segment_types": self.segment_types,
             "tags": self.tags,
@@ -195,7 +205,11 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
         out.notes.append(f"{label.device.path}: PV {label.uuid_dashed} without VG metadata (orphan PV)")
     for dev in res.plain:
         base = os.path.basename(dev.path)
-        if ID_RE.match(base) and base.startswith("snap-"):
+        if (SNAP_GZ_RE.match(base) or dev.path in explicit) and _is_gzip(dev.path):
+            vid = base[:-3] if base.endswith(".gz") else base
+            out.volumes.append(Volume(id=vid, kind="snapshot-gz", size=0, files=[dev.path],
+                                      segment_types=["gzip"]))
+        elif ID_RE.match(base) and base.startswith("snap-"):
             out.volumes.append(Volume(id=base, kind="snapshot", size=dev.size, files=[dev.path],
                                       segment_types=["raw"]))
         elif dev.path in explicit:
@@ -217,6 +231,14 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
         mark_in_use(out.volumes)
     out.volumes.sort(key=lambda v: (v.id, v.name))
     return out
+
+
+def _is_gzip(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == GZIP_MAGIC
+    except OSError:
+        return False
 
 
 def mark_in_use(volumes: list[Volume]) -> None:
