@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError, IOFailure
 from ..lvm.extents import Extent, ExtentMap, Kind
+from ..lvm.reader import FdCache
 from ..units import KiB
 from .digest import DIGEST_BLOCK, BlockDigest, zero_block_digest
 
@@ -65,12 +66,11 @@ class CopyResult:
     bytes_written: int  # bytes written (data; zeros and holes are skipped)
 
 
-class Sources:
-    """Per-worker read-only descriptors, shared across workers (pread has no file position)."""
+class Sources(FdCache):
+    """The sources of one copy: shared read-only descriptors, and which fast paths they support."""
 
     def __init__(self) -> None:
-        self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()
+        super().__init__()
         self.can_seek_data: dict[str, bool] = {}
         self.can_mmap = True
         self.can_copy_range = True
@@ -132,20 +132,6 @@ class Sources:
         with view[a:b] as data:
             _pwrite_all(out_fd, data, dst_off)
 
-    def fd(self, path: str) -> int:
-        fd = self._fds.get(path)
-        if fd is not None:
-            return fd
-        with self._lock:
-            fd = self._fds.get(path)
-            if fd is None:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError as e:
-                    raise IOFailure(f"cannot open {path} read-only: {e.strerror}") from e
-                self._fds[path] = fd
-            return fd
-
     def data_ranges(self, ext: Extent) -> list[tuple[int, int]]:
         """Sub-ranges (file offsets) of a DATA extent that are not holes in the source file."""
         assert ext.path is not None
@@ -180,11 +166,6 @@ class Sources:
                 return [(start, end)]
             raise IOFailure(f"cannot map holes of {ext.path}: {e.strerror}") from e
         return out
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
 
 
 class BufferPool:

@@ -19,6 +19,34 @@ from .extents import ExtentMap, Kind
 MAX_READ = 64 << 20
 
 
+class FdCache:
+    """Read-only descriptors, one per source path, shared by threads (``pread`` has no file position)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is not None:
+            return fd
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as e:
+                    raise IOFailure(f"cannot open {path} read-only: {e.strerror}") from e
+                self._fds[path] = fd
+            return fd
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
 class ExtentReader:
     """Read-only view of an extent map. Thread-safe: uses pread on per-path descriptors."""
 
@@ -29,19 +57,7 @@ class ExtentReader:
         self.name = name
         self.keep_open = keep_open
         self.size = emap.size
-        self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def _fd(self, path: str) -> int:
-        with self._lock:
-            fd = self._fds.get(path)
-            if fd is None:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError as e:
-                    raise IOFailure(f"cannot open {path} read-only: {e.strerror}") from e
-                self._fds[path] = fd
-            return fd
+        self._files = FdCache()
 
     def pread(self, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes at ``offset`` (short only at the end of the LV)."""
@@ -62,7 +78,7 @@ class ExtentReader:
                 raise IOFailure(f"{self.name}: bytes {e.start}..{e.end} map to an 'error' segment")
             assert e.path is not None
             try:
-                got = os.preadv(self._fd(e.path), [dst], e.offset)
+                got = os.preadv(self._files.fd(e.path), [dst], e.offset)
             finally:
                 if not self.keep_open:
                     self.close()
@@ -72,10 +88,7 @@ class ExtentReader:
         return bytes(out)
 
     def close(self) -> None:
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+        self._files.close()
 
     def __enter__(self) -> ExtentReader:
         return self
