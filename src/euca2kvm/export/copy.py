@@ -2,14 +2,19 @@
 """The block mover: reads an extent map block by block, digests it, and writes a sparse copy.
 
 Work is cut into digest blocks (4 MiB). A block whose extents are all ZERO, or whose source
-bytes are holes (SEEK_DATA), is neither read nor written: its digest is known. Other blocks are
-read with ``preadv`` into a per-worker buffer, hashed (hashlib releases the GIL, so workers hash
-in parallel), and written with ``pwrite`` except for runs of zeros, which stay holes in the
-destination. Results are consumed in block order, so the block digest and the optional plain
-sha256 fold in order with at most ``workers + EXTRA_INFLIGHT`` blocks in flight: memory stays bounded whatever
-the disk size.
+bytes are holes (SEEK_DATA), is neither read nor written: its digest is known. Other blocks take
+the first path that works, each remembered when unsupported:
 
-With no destination the same code verifies: it computes the digest of what it reads.
+1. reflink (FICLONERANGE): the output shares the source's blocks (btrfs, XFS); the digest, if
+   asked for, is computed from the page cache;
+2. mmap: hashed where the pages lie and written with ``pwritev`` straight from the mapping;
+3. a buffer: ``preadv`` into a per-worker buffer (the plain ``--sha256``, which needs the bytes in
+   order, and sources that cannot be mapped).
+
+Runs of zero grains stay holes in the destination. hashlib releases the GIL, so workers hash in
+parallel. Results are consumed in block order, so the block digest and the optional plain sha256
+fold in order with at most ``workers + EXTRA_INFLIGHT`` blocks in flight: memory stays bounded
+whatever the disk size. With no destination the same code verifies: it digests what it reads.
 """
 
 from __future__ import annotations
@@ -44,9 +49,16 @@ EXTRA_INFLIGHT = 2
 # default -S 4k; a finer grain cannot save space.
 SPARSE_GRAIN = 4 * KiB
 _ZEROS = bytes(DIGEST_BLOCK)
+_ZERO_GRAIN = bytes(SPARSE_GRAIN)
 # Populate page tables in one call instead of one fault per page (Linux; 0 elsewhere).
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 # errnos that mean "this kind of file or filesystem cannot do it", not "this copy failed"
+# A block's runs from one file share a map when they span at most this much of the file (the
+# stripes of a 4 MiB block span about 4 MiB / stripe count of each file); farther apart, each
+# run gets its own map rather than mapping the gap.
+MAX_SHARED_MAP_SPAN = 2 * DIGEST_BLOCK
+# Linux UIO_MAXIOV: most buffers one pwritev takes.
+IOV_MAX = 1024
 # linux/fs.h: share blocks between files (btrfs, XFS with reflink=1, ...)
 FICLONERANGE = 0x4020940D
 # Clone ranges must be whole filesystem blocks; 4 KiB is the block size of every reflink
@@ -73,9 +85,9 @@ class Sources(FdCache):
         super().__init__()
         self.can_seek_data: dict[str, bool] = {}
         self.can_mmap = True
-        self.can_copy_range = True
         self.can_clone = True
         self._mappable: dict[str, bool] = {}
+        self._data_span: dict[str, tuple[int, int]] = {}  # path -> last (data, hole) offsets seen
 
     def mappable(self, path: str) -> bool:
         """Regular files and block devices can be mapped; remember the answer per path."""
@@ -108,35 +120,14 @@ class Sources(FdCache):
                 raise IOFailure(f"reflink of {length} bytes from {path} at {foff} failed: {e.strerror}") from e
         return True
 
-    def copy_range(self, path: str, out_fd: int, src_off: int, dst_off: int, view: memoryview, a: int,
-                   b: int) -> None:
-        """Copy ``view[a:b]`` (source bytes at ``src_off``) to ``dst_off``: copy_file_range with a
-        remembered fallback to pwrite of the same bytes."""
-        length = b - a
-        if self.can_copy_range:
-            fd = self.fd(path)
-            done = 0
-            try:
-                while done < length:
-                    n = os.copy_file_range(fd, out_fd, length - done, src_off + done, dst_off + done)
-                    if n == 0:
-                        raise FormatError("source ended while copying (file shrank?)", path, src_off + done)
-                    done += n
-                return
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise IOFailure(f"no space left on device writing {length} bytes at offset {dst_off}") from e
-                if e.errno not in _UNSUPPORTED or done:
-                    raise IOFailure(f"copy of {length} bytes from {path} at {src_off} failed: {e.strerror}") from e
-                self.can_copy_range = False  # e.g. a block device source or another filesystem
-        with view[a:b] as data:
-            _pwrite_all(out_fd, data, dst_off)
-
     def data_ranges(self, ext: Extent) -> list[tuple[int, int]]:
         """Sub-ranges (file offsets) of a DATA extent that are not holes in the source file."""
         assert ext.path is not None
-        fd = self.fd(ext.path)
         start, end = ext.offset, ext.offset + ext.length
+        known = self._data_span.get(ext.path)
+        if known is not None and known[0] <= start and end <= known[1]:
+            return [(start, end)]  # inside the last data run found: no system call per stripe chunk
+        fd = self.fd(ext.path)
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode) and st.st_size < end:
             # SEEK_DATA past EOF looks like a hole: a shrunk source must fail, not read as zeros.
@@ -156,7 +147,9 @@ class Sources(FdCache):
                     raise
                 if data >= end:
                     break
-                hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+                hole_at = os.lseek(fd, data, os.SEEK_HOLE)
+                self._data_span[ext.path] = (data, hole_at)
+                hole = min(hole_at, end)
                 out.append((data, hole))
                 pos = hole
         except OSError as e:
@@ -228,47 +221,104 @@ def _block_job(emap: ExtentMap, src: Sources, out_fd: int | None, lo: int, hi: i
 
 def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
                   runs: list[tuple[int, int, str, int]], digest: bool = True) -> tuple[bytes, int]:
-    """Hash straight from the page cache (mmap) and copy in the kernel (copy_file_range).
+    """Hash straight from the page cache (mmap) and write with one ``pwritev`` per contiguous span.
 
-    Nothing is copied through user space: the digest reads the source pages where they are, and
-    non-zero grains go to the destination with copy_file_range (which also shares blocks on
-    reflink filesystems). Each run is mapped only while it is hashed, so the resident set stays
-    at a few blocks whatever the disk size.
+    Nothing is copied through a user-space buffer: the digest reads the source pages where they
+    are, and the kernel copies the non-zero grains from the mapping into the destination. A
+    block's runs from one file share one map when they lie close together (the stripes of one
+    block land in one range of each file), so a 64 KiB-striped LV costs a few system calls per
+    4 MiB, not a few per chunk. Maps live only while their block is processed, so the resident
+    set stays at a few blocks whatever the disk size.
     """
-    maps: list[tuple[mmap.mmap, memoryview, int, int, str, int]] = []
+    maps: list[mmap.mmap] = []
+    views: list[memoryview] = []  # every view made, released before the maps close
+
+    def view(base: memoryview, a: int, b: int) -> memoryview:
+        v = base[a:b]
+        views.append(v)
+        return v
+
     try:
-        for boff, foff, path, length in runs:
-            aligned = foff - foff % mmap.ALLOCATIONGRANULARITY
-            m = mmap.mmap(src.fd(path), length + (foff - aligned), flags=mmap.MAP_SHARED | _MAP_POPULATE,
-                          prot=mmap.PROT_READ, offset=aligned)
-            maps.append((m, memoryview(m)[foff - aligned :], boff, foff, path, length))
-        if all(_ZEROS.startswith(v) for _, v, *_ in maps):
+        by_path: dict[str, list[int]] = {}
+        for i, r in enumerate(runs):
+            by_path.setdefault(r[2], []).append(i)
+        run_views: dict[int, memoryview] = {}
+        run_maps: dict[int, tuple[mmap.mmap, int]] = {}  # block offset of a run -> (its map, offset in it)
+        for path, idx in by_path.items():
+            span = max(runs[i][1] + runs[i][3] for i in idx) - min(runs[i][1] for i in idx)
+            for group in [idx] if span <= MAX_SHARED_MAP_SPAN else [[i] for i in idx]:
+                start = min(runs[i][1] for i in group)
+                end = max(runs[i][1] + runs[i][3] for i in group)
+                aligned = start - start % mmap.ALLOCATIONGRANULARITY
+                m = mmap.mmap(src.fd(path), end - aligned, flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                              prot=mmap.PROT_READ, offset=aligned)
+                maps.append(m)
+                whole = memoryview(m)
+                views.append(whole)
+                for i in group:
+                    rel = runs[i][1] - aligned
+                    run_views[i] = view(whole, rel, rel + runs[i][3])
+                    run_maps[runs[i][0]] = (m, rel)
+        ordered = [(runs[i][0], run_views[i]) for i in range(len(runs))]  # runs come in LV order
+        if all(_ZEROS.startswith(v) for _, v in ordered):
             return zero_block_digest(n), 0
         h = hashlib.sha256() if digest else None
         pos = 0
-        written = 0
-        for _, v, boff, foff, path, length in maps:
+        pieces: list[tuple[int, memoryview]] = []  # (destination offset, bytes) of non-zero grains
+        for boff, v in ordered:
             if h is not None:
                 if boff > pos:
                     h.update(_ZEROS[: boff - pos])
                 h.update(v)
-            pos = boff + length
+            pos = boff + len(v)
             if out_fd is not None:
-                for a, b in _nonzero_grains(v):
-                    src.copy_range(path, out_fd, foff + a, lo + boff + a, v, a, b)
-                    written += b - a
+                m, rel = run_maps[boff]
+                dense = m.find(_ZERO_GRAIN, rel, rel + len(v)) < 0
+                pieces += [(lo + boff + a, view(v, a, b)) for a, b in _nonzero_grains(v, not dense)]
+        written = _pwritev_pieces(out_fd, pieces) if out_fd is not None else 0
         if h is None:
             return b"", written
         if pos < n:
             h.update(_ZEROS[: n - pos])
         return h.digest(), written
     finally:
-        for m, v, *_ in maps:
+        for v in reversed(views):
             v.release()
+        for m in maps:
             # A traceback may still reference a view of the map: let the collector unmap it
             # then rather than replace the original error with BufferError.
             with contextlib.suppress(BufferError):
                 m.close()
+
+
+def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
+    """Write (offset, bytes) pieces, one pwritev per run of pieces that are contiguous on disk."""
+    written = 0
+    k = 0
+    while k < len(pieces):
+        start = pieces[k][0]
+        group = [pieces[k][1]]
+        end = start + len(pieces[k][1])
+        k += 1
+        while k < len(pieces) and pieces[k][0] == end and len(group) < IOV_MAX:
+            group.append(pieces[k][1])
+            end += len(pieces[k][1])
+            k += 1
+        try:
+            n = os.pwritev(fd, group, start)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise IOFailure(f"no space left on device writing {end - start} bytes at offset {start}") from e
+            raise IOFailure(f"write at offset {start} failed: {e.strerror}") from e
+        if n < end - start:  # short write: finish piece by piece
+            off = start
+            for b in group:
+                if off + len(b) > start + n:
+                    skip = max(0, start + n - off)
+                    _pwrite_all(fd, b[skip:], off + skip)
+                off += len(b)
+        written += end - start
+    return written
 
 
 def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
@@ -311,9 +361,17 @@ def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: i
             buffers.put(buf)
 
 
-def _nonzero_grains(view: memoryview) -> Iterator[tuple[int, int]]:
-    """[a, b) ranges of ``view`` made of grains that are not all zero (zero grains become holes)."""
+def _nonzero_grains(view: memoryview, may_have_zero_grain: bool = True) -> Iterator[tuple[int, int]]:
+    """[a, b) ranges of ``view`` made of grains that are not all zero (zero grains become holes).
+
+    ``may_have_zero_grain=False`` (no run of SPARSE_GRAIN zero bytes anywhere, found by one C-speed
+    search) skips the per-grain checks: dense data costs one call per run.
+    """
     n = len(view)
+    if not may_have_zero_grain:
+        if n:
+            yield 0, n
+        return
     pos = 0
     while pos < n:
         while pos < n and _ZEROS.startswith(view[pos : pos + SPARSE_GRAIN]):
