@@ -63,6 +63,10 @@ def test_exported_volume_boots_to_marker(tmp_path: Path, test_disk: TestDisk) ->
         assert Path(entry["libvirt"]["domain"]).exists()
         timings[fmt] = entry["boot_test"]["milestones"]
         print(f"\n{fmt}: boot test {entry['boot_test']['elapsed']} s, milestones {timings[fmt]}")
+    # the standalone command on the exported image: transcript on stdout, screenshot kept beside it
+    p = euca2kvm("boot-test", str(out / "vol-e2e0b001.qcow2"), "--expect", test_disk.marker, "--timeout", "90")
+    assert p.stdout.startswith("BOOTED") and "expected" in p.stdout
+    assert (out / "vol-e2e0b001.qcow2.boot.png").stat().st_size > 0
     # the raw export holds exactly the test disk followed by the zeros of the rest of the 1 GiB LV
     raw = out / "vol-e2e0b001.raw"
     with open(raw, "rb") as f:

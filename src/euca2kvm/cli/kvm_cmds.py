@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,20 @@ def run_boot_test(image: Path, fmt: str, timeout: float, expect: str | None, mem
     return boot_test(image, fmt, timeout=timeout, expect=expect, workdir=workdir, memory_mib=memory)
 
 
+def keep_beside(image: Path, r: BootResult) -> Path | None:
+    """Keep the screenshot and serial log next to the image (``IMAGE.boot.png``/``.boot.log``) when
+    that directory is writable; the boot's work directory is temporary."""
+    try:
+        image.with_name(image.name + ".boot.log").write_text(r.serial)
+        if r.screenshot is not None and r.screenshot.exists():
+            shot = image.with_name(image.name + ".boot.png")
+            shutil.copyfile(r.screenshot, shot)
+            return shot
+    except OSError:
+        pass
+    return None
+
+
 def result_json(r: BootResult) -> dict[str, Any]:
     return {"image": str(r.image), "format": r.fmt, "accel": r.accel, "ok": r.ok, "stage": r.stage.name.lower(),
             "reason": r.reason, "failure": r.failure, "elapsed": round(r.elapsed, 2),
@@ -112,6 +127,7 @@ def do_boot_test(args: argparse.Namespace) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="euca2kvm-boot-") as tmp:
             result = run_boot_test(image, fmt, args.timeout, args.expect, args.memory, Path(tmp))
+            result.screenshot = keep_beside(image, result)
     if args.json:
         print_json(result_json(result))
     else:
