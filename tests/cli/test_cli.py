@@ -190,3 +190,18 @@ def test_gzip_snapshot_object_scan_and_export(tmp_path: Path) -> None:
     assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
     assert (out / "snap-0123abcd.raw").read_bytes() == data
     run("verify", str(out))
+
+
+def test_cli_defaults_match_the_library() -> None:
+    from euca2kvm.cli.common import DEFAULT_BOOT_TIMEOUT
+    from euca2kvm.kvm.boottest import DEFAULT_TIMEOUT
+
+    assert DEFAULT_BOOT_TIMEOUT == DEFAULT_TIMEOUT
+
+
+def test_every_command_has_help() -> None:
+    from euca2kvm.cli import COMMANDS
+
+    for name in COMMANDS:
+        out = run(name, "--help").stdout
+        assert out.startswith(f"usage: euca2kvm {name}"), name

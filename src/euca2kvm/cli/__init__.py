@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import importlib
 import logging
 import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType
+from types import FrameType, ModuleType
 
 from .. import errors
 from ..errors import Euca2kvmError
-from . import export_cmd, inspect_cmd, instance_cmd, inventory_cmd, kvm_cmds, plan_cmd, scan_cmd, verify_cmd
 from .common import console_err
 
 EPILOG = """exit codes:
@@ -28,10 +28,26 @@ EPILOG = """exit codes:
   130  interrupted (Ctrl-C); 143 terminated
 """
 
-COMMANDS = (scan_cmd, inspect_cmd, export_cmd, verify_cmd, kvm_cmds, inventory_cmd, plan_cmd, instance_cmd)
+# Command name -> module defining it. Only the named command's module is imported for a run
+# (the others pull in qemu, libvirt, database and API code): start-up time counts when a
+# command's own work takes a second.
+COMMANDS = {
+    "scan": "scan_cmd", "inspect": "inspect_cmd", "export": "export_cmd", "verify": "verify_cmd",
+    "libvirt": "kvm_cmds", "boot-test": "kvm_cmds", "inventory": "inventory_cmd", "plan": "plan_cmd",
+    "export-instance": "instance_cmd",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules(argv: Sequence[str]) -> list[ModuleType]:
+    """The command modules a parser for ``argv`` needs: the named command's, or all (for --help)."""
+    names = list(dict.fromkeys(COMMANDS.values()))
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first in COMMANDS:
+        names = [COMMANDS[first]]
+    return [importlib.import_module(f"{__name__}.{n}") for n in names]
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="euca2kvm",
         description="Export EBS volumes of a Eucalyptus cloud from their LVM container files to disk images "
@@ -41,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in COMMANDS:
+    for mod in _modules(sys.argv[1:] if argv is None else argv):
         mod.build_parser(sub)
     return p
 
@@ -56,7 +72,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.enable()
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(threadName)s %(name)s: %(message)s")

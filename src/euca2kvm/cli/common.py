@@ -12,6 +12,12 @@ from rich.console import Console
 
 from ..eucalyptus.discovery import VOLUMES_DIR, Discovery, discover
 
+# Defaults of the libvirt domain and boot test options, here so that building a command's parser
+# imports no QEMU or libvirt code. The boot timeout equals kvm.boottest.DEFAULT_TIMEOUT (tested).
+DEFAULT_DOMAIN_MEMORY_MIB = 1024  # a small-instance default; export-instance uses the VM type's
+DEFAULT_VCPUS = 1
+DEFAULT_BOOT_TIMEOUT = 60.0
+
 # Piped output is read by people too (logs, mails): do not fold tables to 80 columns.
 PIPE_WIDTH = 200
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)

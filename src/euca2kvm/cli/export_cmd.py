@@ -16,21 +16,20 @@ from ..eucalyptus.discovery import Volume
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.formats import FORMATS, VMDK_SUBFORMATS, output_format
-from ..export.gzsource import export_gz
 from ..export.pipeline import ExportOptions, Source, export_source
-from ..lvm.mirrors import check_mirrors
 from ..units import human
-from .common import add_sources, console, console_err, discover_sources, esc, sources
-from .events import Reporter
-from .kvm_cmds import (
+from .common import (
+    DEFAULT_BOOT_TIMEOUT,
     DEFAULT_DOMAIN_MEMORY_MIB,
-    DEFAULT_TIMEOUT,
     DEFAULT_VCPUS,
-    domain_for,
-    result_json,
-    run_boot_test,
-    write_with_install_script,
+    add_sources,
+    console,
+    console_err,
+    discover_sources,
+    esc,
+    sources,
 )
+from .events import Reporter
 
 MAX_JOBS = 16  # volumes in parallel; each also runs --workers I/O threads
 
@@ -69,7 +68,7 @@ def build_parser(sub: Any) -> None:
                    help="boot each image in QEMU (read-only, no network) and fail unless it reaches a login "
                         "prompt or --boot-expect TEXT")
     p.add_argument("--boot-expect", metavar="TEXT", help="text on the serial console or screen that proves the boot")
-    p.add_argument("--boot-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S")
+    p.add_argument("--boot-timeout", type=float, default=DEFAULT_BOOT_TIMEOUT, metavar="S")
     p.add_argument("--json", action="store_true", help="print JSON event lines (start, progress, done, error)")
     p.set_defaults(func=do_export)
 
@@ -92,6 +91,8 @@ def check_legs(vol: Volume, reporter: Reporter) -> None:
     lv = vol.group.vg.lvs[vol.lv]
     if not any(s.type in ("raid1", "mirror") for s in lv.segments):
         return
+    from ..lvm.mirrors import check_mirrors
+
     report = check_mirrors(vol.group, vol.lv)
     if not report.identical:
         raise VerifyError(f"{vol.id}: mirror legs differ: {report.summary()}")
@@ -141,6 +142,8 @@ def after_export(entry: dict[str, Any], outdir: Path, args: argparse.Namespace |
     """--libvirt and --boot-test for one exported image; results go into its manifest entry."""
     if args is None or not (args.libvirt or args.boot_test):
         return
+    from .kvm_cmds import domain_for, result_json, run_boot_test, write_with_install_script
+
     image = Path(entry["output"])
     if args.libvirt:
         dom = domain_for([image], str(entry["id"]).replace("/", "_"), args.memory, args.vcpus, [entry["format"]])
@@ -179,6 +182,8 @@ def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bo
                     check_legs(vol, rep)
                 advance = rep.start(vol.id, vol.size)
                 if vol.compressed:
+                    from ..export.gzsource import export_gz
+
                     entry, reused = export_gz(vol.files[0], outdir, opts, advance, name=vol.id)
                 else:
                     entry, reused = export_source(volume_source(vol), outdir, opts, advance)

@@ -15,10 +15,8 @@ from ..errors import UsageError, VerifyError
 from ..export import qemu_img
 from ..kvm.boottest import DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, BootResult, boot_test
 from ..kvm.libvirt import Disk, Domain, virt_install_command, write_domain
-from .common import console, esc, print_json
+from .common import DEFAULT_DOMAIN_MEMORY_MIB, DEFAULT_VCPUS, console, esc, print_json
 
-DEFAULT_DOMAIN_MEMORY_MIB = 1024  # a small-instance default; export-instance uses the VM type's
-DEFAULT_VCPUS = 1
 DISK_TARGETS = [f"vd{chr(ord('a') + i)}" for i in range(26)]
 
 
