@@ -122,8 +122,16 @@ def build(work: Path) -> dict[str, dict[str, object]]:
     return cases
 
 
-def timed(argv: list[str] | str, shell: bool = False) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of the command (for a shell pipeline, its largest process)."""
+def timed(argv: list[str] | str, shell: bool = False, output: Path | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of the command (for a shell pipeline, its largest process).
+
+    Before the clock starts, the command's previous output is removed and dirty pages are written
+    back: otherwise each run pays for the writeback of the previous runs (the kernel throttles
+    writers past its dirty limits) and the numbers measure the disk, not the command.
+    """
+    if output is not None:
+        output.unlink(missing_ok=True)
+    os.sync()
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, shell=shell, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(proc.pid, 0)
@@ -160,7 +168,7 @@ def main() -> int:
         if name == "striped":
             subprocess.run(["cat", src], stdout=subprocess.DEVNULL, check=True)
         spec = json.dumps({"driver": "raw", "offset": off, "size": size, "file": {"driver": "file", "filename": src}})
-        exp = [*exe, "export", str(c["id"]), "--source", str(vols), "--overwrite", *args.extra.split()]
+        exp = [*exe, "export", str(c["id"]), "--source", str(vols), *args.extra.split()]
         cmds: dict[str, tuple[list[str] | str, bool, Path]] = {
             "euca2kvm raw": ([*exp, "-o", str(out / "raw")], False, out / "raw" / f"{c['id']}.raw"),
             "euca2kvm raw --no-verify": ([*exp, "-o", str(out / "rawnv"), "--no-verify"], False,
@@ -182,11 +190,11 @@ def main() -> int:
                                                    str(work / "qi.qcow2")], False, work / "qi.qcow2")
         times: dict[str, list[float]] = {k: [] for k in cmds}
         rss: dict[str, int] = dict.fromkeys(cmds, 0)
-        for argv, shell, _ in cmds.values():  # warm up
-            timed(argv, shell)
+        for argv, shell, dest in cmds.values():  # warm up
+            timed(argv, shell, dest)
         for _ in range(args.runs):
-            for k, (argv, shell, _) in cmds.items():
-                dt, r = timed(argv, shell)
+            for k, (argv, shell, dest) in cmds.items():
+                dt, r = timed(argv, shell, dest)
                 times[k].append(dt)
                 rss[k] = max(rss[k], r)
         med = {k: statistics.median(v) for k, v in times.items()}
