@@ -9,6 +9,7 @@ import socket
 import pytest
 from pg import ROLE_PASSWORD, PgServer
 
+from _env import missing
 from euca2kvm.errors import ToolError, UsageError
 from euca2kvm.eucalyptus import db as dbmod
 from euca2kvm.eucalyptus.db import read_inventory_db
@@ -149,7 +150,7 @@ def test_wrong_password_names_target_not_secret(pg_shared: PgServer) -> None:
 def test_default_port_is_8777() -> None:
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 8777)) == 0:
-            pytest.skip("something listens on 127.0.0.1:8777")
+            missing("127.0.0.1:8777 must be free: something (a real Eucalyptus database?) listens there")
     with pytest.raises(ToolError, match=r"eucalyptus@127\.0\.0\.1:8777/eucalyptus_shared") as ei:
         read_inventory_db("postgresql://eucalyptus:Pw-Not-Shown@127.0.0.1/eucalyptus_shared")
     assert "Pw-Not-Shown" not in str(ei.value)
