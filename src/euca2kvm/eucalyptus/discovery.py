@@ -205,7 +205,7 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
         out.notes.append(f"{label.device.path}: PV {label.uuid_dashed} without VG metadata (orphan PV)")
     for dev in res.plain:
         base = os.path.basename(dev.path)
-        if (SNAP_GZ_RE.match(base) or dev.path in explicit) and _is_gzip(dev.path):
+        if (SNAP_GZ_RE.match(base) or dev.path in explicit) and is_gzip(dev.path):
             vid = base[:-3] if base.endswith(".gz") else base
             out.volumes.append(Volume(id=vid, kind="snapshot-gz", size=0, files=[dev.path],
                                       segment_types=["gzip"]))
@@ -233,7 +233,8 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
     return out
 
 
-def _is_gzip(path: str) -> bool:
+def is_gzip(path: str) -> bool:
+    """Does the file start with the gzip magic (a snapshot object from object storage)?"""
     try:
         with open(path, "rb") as f:
             return f.read(2) == GZIP_MAGIC

@@ -307,9 +307,7 @@ def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
         try:
             n = os.pwritev(fd, group, start)
         except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise IOFailure(f"no space left on device writing {end - start} bytes at offset {start}") from e
-            raise IOFailure(f"write at offset {start} failed: {e.strerror}") from e
+            raise _write_error(e, end - start, start) from e
         if n < end - start:  # short write: finish piece by piece
             off = start
             for b in group:
@@ -393,14 +391,18 @@ def _write_sparse(fd: int, view: memoryview, lo: int) -> int:
     return written
 
 
+def _write_error(e: OSError, length: int, offset: int) -> IOFailure:
+    if e.errno == errno.ENOSPC:
+        return IOFailure(f"no space left on device writing {length} bytes at offset {offset}")
+    return IOFailure(f"write of {length} bytes at offset {offset} failed: {e.strerror}")
+
+
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while len(data):
         try:
             n = os.pwrite(fd, data, offset)
         except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise IOFailure(f"no space left on device writing {len(data)} bytes at offset {offset}") from e
-            raise IOFailure(f"write at offset {offset} failed: {e.strerror}") from e
+            raise _write_error(e, len(data), offset) from e
         data = data[n:]
         offset += n
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import time
 import zlib
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, IOFailure, VerifyError
+from ..eucalyptus.discovery import GZIP_MAGIC, SNAP_GZ_RE, is_gzip
 from ..lvm.extents import ExtentMap, LinearMapper
 from ..units import MiB, TiB
 from . import manifest
@@ -39,7 +39,6 @@ from .digest import DIGEST_BLOCK, BlockDigest
 from .pipeline import ExportOptions, Source, content_digest, export_source, fingerprint
 from .raw import atomic_output, partial_name
 
-GZIP_MAGIC = b"\x1f\x8b"
 # Compressed bytes read per call: large enough for zlib throughput, small enough to be noise.
 READ_CHUNK = 1 * MiB
 # Largest decompressed output zlib may hand back per call: bounds memory against gzip bombs.
@@ -49,7 +48,6 @@ SPARSE_GRAIN = 4096
 # EBS volumes top out at 16 TiB; a stream inflating beyond that is not a snapshot.
 MAX_OUTPUT = 16 * TiB
 _ZEROS = bytes(DIGEST_BLOCK)
-_SNAP_GZ = re.compile(r"^(snap-(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{17}))\.gz$")
 
 Progress = Callable[[int], None]
 
@@ -64,20 +62,11 @@ class GzResult:
     bytes_written: int  # data bytes written (holes skipped)
 
 
-def is_gzip(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(2) == GZIP_MAGIC
-    except OSError:
-        return False
-
-
 def gz_id(path: str) -> str:
     """The id an object is exported under: ``snap-XXXX`` for ``snap-XXXX.gz``, else the name minus .gz."""
     base = os.path.basename(path)
-    m = _SNAP_GZ.match(base)
-    if m:
-        return m.group(1)
+    if SNAP_GZ_RE.match(base):
+        return base[: -len(".gz")]
     return manifest.safe_name(base[:-3] if base.endswith(".gz") else base, "snapshot")
 
 
@@ -91,7 +80,7 @@ def split_sources(paths: list[str]) -> tuple[list[str], list[str]]:
             rest.append(p)
             with contextlib.suppress(OSError):
                 gz += [
-                    os.path.realpath(os.path.join(p, n)) for n in sorted(os.listdir(p)) if _SNAP_GZ.match(n)
+                    os.path.realpath(os.path.join(p, n)) for n in sorted(os.listdir(p)) if SNAP_GZ_RE.match(n)
                 ]
         elif os.path.isfile(p) and is_gzip(p):
             gz.append(os.path.realpath(p))
