@@ -30,8 +30,8 @@ from array import array
 from collections.abc import Iterator
 
 from ..errors import FormatError, UnsupportedError
-from .extents import Extent, ExtentMap
-from .thin import ByteSource, ExtentMerger, translate
+from .extents import Extent, ExtentMap, ExtentMerger, translate
+from .thin import ByteSource
 
 SNAP_MAGIC = 0x70416E53
 SNAP_VERSION = 1

@@ -166,12 +166,7 @@ class ShiftedMapper:
     base: int
 
     def extents(self, lo: int, hi: int) -> Iterator[Extent]:
-        delta = self.start - self.base
-        for e in self.inner.extents(lo - delta, hi - delta):
-            if e.kind is Kind.DATA:
-                yield Extent(e.start + delta, e.length, e.kind, e.path, e.offset)
-            else:
-                yield Extent(e.start + delta, e.length, e.kind)
+        yield from translate(self.inner, lo - self.start + self.base, hi - lo, lo)
 
     def paths(self) -> set[str]:
         return self.inner.paths()
@@ -202,23 +197,17 @@ class ExtentMap:
         lo = max(0, lo)
         if lo >= hi:
             return
-        pending: Extent | None = None
+        merger = ExtentMerger()
         i = max(0, bisect.bisect_right(self._starts, lo) - 1)
         while i < len(self.mappers) and self.mappers[i].start < hi:
             m = self.mappers[i]
-            a = max(lo, m.start)
-            b = min(hi, m.start + m.length)
-            for e in m.extents(a, b):
-                if pending is not None and _mergeable(pending, e):
-                    pending = Extent(pending.start, pending.length + e.length, pending.kind,
-                                     pending.path, pending.offset)
-                    continue
-                if pending is not None:
-                    yield pending
-                pending = e
+            for e in m.extents(max(lo, m.start), min(hi, m.start + m.length)):
+                done = merger.push(e)
+                if done is not None:
+                    yield done
             i += 1
-        if pending is not None:
-            yield pending
+        if merger.pending is not None:
+            yield merger.pending
 
     def paths(self) -> set[str]:
         out: set[str] = set()
@@ -254,9 +243,27 @@ class ExtentMap:
         return [m.describe() for m in self.mappers]
 
 
-def _mergeable(a: Extent, b: Extent) -> bool:
-    if a.kind is not b.kind or a.end != b.start:
-        return False
-    if a.kind is Kind.DATA:
-        return a.path == b.path and a.offset + a.length == b.offset
-    return True
+class ExtentMerger:
+    """Collects extents in order and merges contiguous neighbours of the same kind/file."""
+
+    def __init__(self) -> None:
+        self.pending: Extent | None = None
+
+    def push(self, e: Extent) -> Extent | None:
+        p = self.pending
+        if p is not None and p.kind is e.kind and p.end == e.start and (
+                e.kind is not Kind.DATA or (p.path == e.path and p.offset + p.length == e.offset)):
+            self.pending = Extent(p.start, p.length + e.length, p.kind, p.path, p.offset)
+            return None
+        self.pending = e
+        return p
+
+
+def translate(inner: ExtentMap, inner_lo: int, length: int, at: int) -> Iterator[Extent]:
+    """``inner`` bytes [inner_lo, inner_lo + length) re-based to start at LV byte ``at``."""
+    delta = at - inner_lo
+    for e in inner.extents(inner_lo, inner_lo + length):
+        if e.kind is Kind.DATA:
+            yield Extent(e.start + delta, e.length, e.kind, e.path, e.offset)
+        else:
+            yield Extent(e.start + delta, e.length, e.kind)

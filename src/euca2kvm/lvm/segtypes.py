@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from ..errors import FormatError, UnsupportedError
 from ..units import SECTOR
 from .cow import CowSnapshotMapper
-from .extents import Extent, ExtentMap, Mapper
+from .extents import Extent, ExtentMap, ExtentMerger, Mapper, translate
 from .mirrors import pick_leg, raid_pairs, seg_int, where
 from .model import LV, VG, Segment
 from .reader import ExtentReader
 from .resolve import Context, resolver
-from .thin import ExtentMerger, ThinMapper, translate
+from .thin import ThinMapper
 
 MAX_STRIPE_SECTORS = 1 << 31  # same bound as resolve.py's striped reader
 MAX_THIN_CHUNK_SECTORS = 2097152  # 1 GiB: dm-thin's DATA_DEV_BLOCK_SIZE_MAX_SECTORS

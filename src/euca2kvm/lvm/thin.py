@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import FormatError
-from .extents import Extent, ExtentMap, Kind
+from .extents import Extent, ExtentMap, ExtentMerger, Kind, translate
 
 META_BLOCK = 4096  # dm persistent-data metadata block size (fixed by the kernel)
 SB_MAGIC = 27022010
@@ -238,32 +238,6 @@ class ThinMetadata:
     def device_details(self, dev_id: int) -> DeviceDetails | None:
         v = self.lookup(self.sb.device_details_root, dev_id, DETAILS_SIZE)
         return None if v is None else DeviceDetails(*struct.unpack("<QQII", v))
-
-
-class ExtentMerger:
-    """Collects extents in order and merges contiguous neighbours of the same kind/file."""
-
-    def __init__(self) -> None:
-        self.pending: Extent | None = None
-
-    def push(self, e: Extent) -> Extent | None:
-        p = self.pending
-        if p is not None and p.kind is e.kind and p.end == e.start and (
-                e.kind is not Kind.DATA or (p.path == e.path and p.offset + p.length == e.offset)):
-            self.pending = Extent(p.start, p.length + e.length, p.kind, p.path, p.offset)
-            return None
-        self.pending = e
-        return p
-
-
-def translate(inner: ExtentMap, inner_lo: int, length: int, at: int) -> Iterator[Extent]:
-    """``inner`` bytes [inner_lo, inner_lo + length) re-based to start at LV byte ``at``."""
-    delta = at - inner_lo
-    for e in inner.extents(inner_lo, inner_lo + length):
-        if e.kind is Kind.DATA:
-            yield Extent(e.start + delta, e.length, e.kind, e.path, e.offset)
-        else:
-            yield Extent(e.start + delta, e.length, e.kind)
 
 
 class ThinMapper:
