@@ -255,6 +255,27 @@ class NbdClient:
         message = payload[6 : 6 + mlen].decode("utf-8", "replace")
         return self._error(err, "".join(c if c.isprintable() else "?" for c in message[:200]))
 
+    def _reply_chunks(self, handle: int, deadline: float, what: str) -> Iterator[tuple[int, int]]:
+        """(type, payload length) of each payload chunk of a structured reply, whose payload the
+        caller reads before asking for the next. Error and NONE chunks are handled here; an error
+        is raised once the reply is complete, so the connection stays in step."""
+        failure: IOFailure | None = None
+        for _ in range(MAX_CHUNKS):
+            flags, rtype, clen = self._chunk(handle, deadline)
+            if rtype & REPLY_FLAG_ERROR_BIT:
+                failure = failure or self._error_chunk(clen, deadline)
+            elif rtype == proto.REPLY_NONE:
+                if clen != 0 or not flags & proto.REPLY_FLAG_DONE:
+                    raise self._violation("malformed NONE chunk")
+            else:
+                yield rtype, clen
+            if flags & proto.REPLY_FLAG_DONE:
+                break
+        else:
+            raise self._violation(f"more than {MAX_CHUNKS} chunks for one {what}")
+        if failure is not None:
+            raise failure
+
     def read_into(self, offset: int, view: memoryview) -> None:
         """Fill ``view`` with the export's bytes at ``offset`` (split into allowed request sizes)."""
         pos = 0
@@ -270,9 +291,7 @@ class NbdClient:
         deadline = time.monotonic() + self.request_timeout
         handle = self._request(proto.CMD_READ, offset, length, deadline)
         covered: list[tuple[int, int]] = []
-        failure: IOFailure | None = None
-        for _ in range(MAX_CHUNKS):
-            flags, rtype, clen = self._chunk(handle, deadline)
+        for rtype, clen in self._reply_chunks(handle, deadline, "read"):
             if rtype == proto.REPLY_OFFSET_DATA:
                 if clen < 8 or clen - 8 > length:
                     raise self._violation(f"data chunk of {clen} bytes for a {length}-byte read")
@@ -292,19 +311,8 @@ class NbdClient:
                 for z in range(a, a + hlen, len(_ZEROS)):
                     view[z : min(z + len(_ZEROS), a + hlen)] = _ZEROS[: min(len(_ZEROS), a + hlen - z)]
                 covered.append((a, hlen))
-            elif rtype & REPLY_FLAG_ERROR_BIT:
-                failure = failure or self._error_chunk(clen, deadline)
-            elif rtype == proto.REPLY_NONE:
-                if clen != 0 or not flags & proto.REPLY_FLAG_DONE:
-                    raise self._violation("malformed NONE chunk")
             else:
                 raise self._violation(f"unexpected chunk type {rtype} in a read reply")
-            if flags & proto.REPLY_FLAG_DONE:
-                break
-        else:
-            raise self._violation(f"more than {MAX_CHUNKS} chunks for one read")
-        if failure is not None:
-            raise failure
         covered.sort()
         pos = 0
         for a, k in covered:
@@ -322,9 +330,7 @@ class NbdClient:
         deadline = time.monotonic() + self.request_timeout
         handle = self._request(proto.CMD_BLOCK_STATUS, offset, length, deadline)
         out: list[Extent] = []
-        failure: IOFailure | None = None
-        for _ in range(MAX_CHUNKS):
-            flags, rtype, clen = self._chunk(handle, deadline)
+        for rtype, clen in self._reply_chunks(handle, deadline, "block status"):
             if rtype == proto.REPLY_BLOCK_STATUS:
                 if clen < 12 or clen > MAX_STATUS_PAYLOAD or (clen - 4) % 8:
                     raise self._violation(f"block status payload of {clen} bytes")
@@ -343,19 +349,8 @@ class NbdClient:
                     if end > pos:
                         out.append(Extent(pos, end - pos, bool(state & proto.STATE_ZERO)))
                     pos = end
-            elif rtype & REPLY_FLAG_ERROR_BIT:
-                failure = failure or self._error_chunk(clen, deadline)
-            elif rtype == proto.REPLY_NONE:
-                if clen != 0 or not flags & proto.REPLY_FLAG_DONE:
-                    raise self._violation("malformed NONE chunk")
             else:
                 raise self._violation(f"unexpected chunk type {rtype} in a block status reply")
-            if flags & proto.REPLY_FLAG_DONE:
-                break
-        else:
-            raise self._violation(f"more than {MAX_CHUNKS} chunks for one block status")
-        if failure is not None:
-            raise failure
         if not out:
             raise self._violation("block status reply without extents")
         return out
