@@ -77,7 +77,7 @@ def test_export_writes_images_and_manifest(lvm_fixtures: Fixtures, tmp_path: Pat
     e = entries["vol-4708bf47"]
     for key in ("id", "vg", "lv", "size", "digest", "output", "format", "files"):
         assert key in e
-    assert e["format"] == "raw" and e["digest"].startswith("blksha256-4m:")
+    assert e["format"] == "raw" and e["digest"].startswith("blkblake3-4m:")
     assert e["sha256"] == want[("euca-ebs-storage-vg-vol-4708bf47", "euca-vol-4708bf47")]["sha256"]
     h = hashlib.sha256(Path(e["output"]).read_bytes()).hexdigest()
     assert h == e["sha256"]

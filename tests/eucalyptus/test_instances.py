@@ -8,7 +8,6 @@ with the id), each carrying a recognisable marker, so the disk order of the doma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -24,11 +23,11 @@ from pg import PgServer
 from _env import missing, need_root, need_tools
 from euca2kvm.errors import EXIT_FORMAT, EXIT_IN_USE
 from euca2kvm.eucalyptus.cloudinuse import cloud_processes, parse_tgtadm_targets
+from refdigest import file_blkdigest, patched_blkdigest
 
 HERE = Path(__file__).resolve().parent
 GiB, MiB = 1 << 30, 1 << 20
 HEADER = 4 * MiB  # Eucalyptus's LVM_HEADER_LENGTH: container = size GiB + 4 MiB
-BLOCK = 4 * MiB  # the manifest's block digest granularity
 PATCH = 64 * 1024
 
 
@@ -71,45 +70,7 @@ def build_container(
                 f.seek(phys)
                 f.write(data[pos : pos + k])
             pos += k
-    return {"size": size, "patches": patches, "blkdigest": expected_blkdigest(size, patches)}
-
-
-def expected_blkdigest(size: int, patches: list[tuple[int, bytes]]) -> str:
-    """blksha256-4m of ``size`` zero bytes overlaid with the patches (independent of the project's code)."""
-    outer, zero = hashlib.sha256(), hashlib.sha256(bytes(BLOCK)).digest()
-    for b in range(0, size, BLOCK):
-        n = min(BLOCK, size - b)
-        hit = [(o, p) for o, p in patches if o < b + n and o + len(p) > b]
-        if not hit:
-            outer.update(zero if n == BLOCK else hashlib.sha256(bytes(n)).digest())
-            continue
-        buf = bytearray(n)
-        for o, p in hit:
-            lo, hi = max(o, b), min(o + len(p), b + n)
-            buf[lo - b : hi - b] = p[lo - o : hi - o]
-        outer.update(hashlib.sha256(buf).digest())
-    return "blksha256-4m:" + outer.hexdigest()
-
-
-def file_blkdigest(path: Path) -> str:
-    """blksha256-4m of a (sparse) file: blocks that are holes are not read."""
-    outer, zero = hashlib.sha256(), hashlib.sha256(bytes(BLOCK)).digest()
-    size = path.stat().st_size
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for b in range(0, size, BLOCK):
-            n = min(BLOCK, size - b)
-            try:
-                nxt = os.lseek(fd, b, os.SEEK_DATA)
-            except OSError:
-                nxt = size
-            if nxt >= b + n:
-                outer.update(zero if n == BLOCK else hashlib.sha256(bytes(n)).digest())
-                continue
-            outer.update(hashlib.sha256(os.pread(fd, n, b)).digest())
-    finally:
-        os.close(fd)
-    return "blksha256-4m:" + outer.hexdigest()
+    return {"size": size, "patches": patches, "blkdigest": patched_blkdigest(size, patches)}
 
 
 def check_domain(xml: Path, vcpus: int, memory_mib: int, files: list[Path]) -> ET.Element:

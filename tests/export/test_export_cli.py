@@ -23,6 +23,7 @@ from euca2kvm.eucalyptus.discovery import discover
 from euca2kvm.export import qemu_img
 from euca2kvm.lvm.reader import ExtentReader
 from lvmwriter import Mda, build_pv, linear_lv, vg_text
+from refdigest import file_blkdigest
 
 MiB = 1 << 20
 Fixtures = tuple[Path, dict[str, Any]]
@@ -69,7 +70,7 @@ def test_every_format_round_trips(lvm_fixtures: Fixtures, tmp_path: Path, scenar
         assert qemu_img.compare(str(ref), str(final), strict=(fmt == "raw"), fmt_a="raw", fmt_b=qfmt or fmt), \
             (fmt, extra)
         entry = json.loads((out / "manifest.json").read_text())["volumes"][0]
-        assert entry["format"] == fmt and entry["verified"] and entry["digest"].startswith("blksha256-4m:")
+        assert entry["format"] == fmt and entry["verified"] and entry["digest"].startswith("blkblake3-4m:")
         cli("verify", str(out / "manifest.json"))
         assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
@@ -94,6 +95,29 @@ def test_verify_catches_one_flipped_byte(lvm_fixtures: Fixtures, tmp_path: Path)
     p = cli("verify", str(out), "--json", check=EXIT_VERIFY)
     status = {Path(r["output"]).suffix: r["status"] for r in json.loads(p.stdout)}
     assert status == {".raw": "mismatch", ".qcow2": "mismatch"}
+
+
+def test_sha256_block_digest_exports_verifies_and_resumes(lvm_fixtures: Fixtures, tmp_path: Path) -> None:
+    """--block-digest sha256 records blksha256-4m; verify and resume use each entry's own algorithm."""
+    root, _ = lvm_fixtures
+    out = tmp_path / "out"
+    src = ["vol-d0750001", "--source", str(root / "dots"), "-o", str(out)]
+    cli("export", *src, "--block-digest", "sha256")
+    cli("export", *src, "--format", "qcow2")
+    entries = {e["format"]: e for e in json.loads((out / "manifest.json").read_text())["volumes"]}
+    raw = out / "vol-d0750001.raw"
+    assert entries["raw"]["digest"] == file_blkdigest(raw, "blksha256-4m")
+    assert entries["qcow2"]["digest"] == file_blkdigest(raw, "blkblake3-4m")
+    cli("verify", str(out))
+    again = [json.loads(ln) for ln in cli("export", *src, "--block-digest", "sha256", "--json").stdout.splitlines()]
+    assert [e["event"] for e in again if e["event"] in ("done", "skipped")] == ["skipped"]
+    data = json.loads((out / "manifest.json").read_text())
+    for e in data["volumes"]:
+        e["digest"] = "blkmd5-4m:" + e["digest"].partition(":")[2]
+    (out / "manifest.json").write_text(json.dumps(data))
+    p = cli("verify", str(out), "--json", check=EXIT_VERIFY)
+    assert {r["status"] for r in json.loads(p.stdout)} == {"unverifiable"}
+    assert "unknown block digest" in p.stdout
 
 
 def test_rerun_skips_verified_outputs_and_redoes_changed_ones(lvm_fixtures: Fixtures, tmp_path: Path) -> None:

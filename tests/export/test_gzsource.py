@@ -20,6 +20,7 @@ from euca2kvm.export import manifest
 from euca2kvm.export.formats import output_format
 from euca2kvm.export.gzsource import decompress, export_gz, gz_id, is_gzip, split_sources
 from euca2kvm.export.pipeline import ExportOptions
+from refdigest import blkdigest
 
 MiB = 1 << 20
 PART = 5 * MiB  # uncompressed bytes per gzip member (Eucalyptus uses snapshot_part_size_mb, 100 by default)
@@ -41,13 +42,6 @@ def multipart_gz(path: Path, data: bytes, part: int = PART) -> int:
         for i in range(0, len(data), part):
             f.write(gzip.compress(data[i : i + part], compresslevel=1, mtime=0))
     return (len(data) + part - 1) // part
-
-
-def blkdigest(data: bytes) -> str:
-    outer = hashlib.sha256()
-    for i in range(0, len(data), 4 * MiB):
-        outer.update(hashlib.sha256(data[i : i + 4 * MiB]).digest())
-    return "blksha256-4m:" + outer.hexdigest()
 
 
 @pytest.fixture

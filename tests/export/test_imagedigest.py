@@ -28,6 +28,7 @@ from euca2kvm.export.digest import BlockDigest
 from euca2kvm.export.imagedigest import image_digest
 from euca2kvm.export.nbdclient import NbdClient
 from euca2kvm.lvm.extents import ExtentMap, FillMapper, Kind, LinearMapper
+from refdigest import blkdigest
 
 KiB, MiB = 1 << 10, 1 << 20
 # 41 MiB + 7 sectors: not a multiple of the 4 MiB digest block (a short last block).
@@ -47,14 +48,6 @@ QEMU_TIMEOUT = 120  # seconds for a qemu-img/qemu-io call on these small images
 
 def _qemu(*argv: str) -> None:
     subprocess.run(argv, check=True, timeout=QEMU_TIMEOUT, stdin=subprocess.DEVNULL, capture_output=True)
-
-
-def _recipe(data: bytes) -> str:
-    """The module docstring's recipe for blksha256-4m, over bytes in memory."""
-    h = hashlib.sha256()
-    for pos in range(0, len(data), 4 * MiB):
-        h.update(hashlib.sha256(data[pos : pos + 4 * MiB]).digest())
-    return "blksha256-4m:" + h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +108,7 @@ FORMATS = [
 @pytest.fixture(scope="module")
 def expected(source: tuple[Path, bytes]) -> tuple[str, str]:
     path, data = source
-    want = _recipe(data)
+    want = blkdigest(data)
     emap = ExtentMap(SIZE, [LinearMapper(0, SIZE, str(path), 0)])
     res = copy_blocks(emap, None, sha256=True, workers=2)
     assert res.digest == want  # the project's own mover agrees with the recipe
@@ -142,7 +135,7 @@ def test_fixed_vhd_probed_as_raw_includes_the_footer(source: tuple[Path, bytes],
           str(source[0]), str(img))
     got = image_digest(str(img))  # documented: without fmt="vpc" the footer is digested too
     assert got.size == SIZE + 512
-    assert got.digest == _recipe(img.read_bytes())
+    assert got.digest == blkdigest(img.read_bytes())
 
 
 def test_flipped_byte_changes_the_digest(source: tuple[Path, bytes], expected: tuple[str, str],
@@ -155,7 +148,7 @@ def test_flipped_byte_changes_the_digest(source: tuple[Path, bytes], expected: t
     data[off] = 0x5A
     got = image_digest(str(img), sha256=True)
     assert got.digest != expected[0]
-    assert got.digest == _recipe(bytes(data))
+    assert got.digest == blkdigest(bytes(data))
     assert got.sha256 == hashlib.sha256(data).hexdigest()
 
 

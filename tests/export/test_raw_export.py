@@ -14,19 +14,12 @@ import pytest
 from _env import need_root, need_tools
 from euca2kvm.errors import FormatError, IOFailure
 from euca2kvm.export.copy import copy_blocks
-from euca2kvm.export.digest import ALGORITHM, DIGEST_BLOCK
+from euca2kvm.export.digest import DEFAULT, DIGEST_BLOCK
 from euca2kvm.export.raw import export_raw, partial_name
 from euca2kvm.lvm.extents import ExtentMap, FillMapper, Kind, LinearMapper, StripedMapper
+from refdigest import blkdigest
 
 MiB = 1 << 20
-
-
-def documented_digest(data: bytes) -> str:
-    """The recipe printed in euca2kvm.export.digest's docstring."""
-    h = hashlib.sha256()
-    for i in range(0, len(data), 4 << 20):
-        h.update(hashlib.sha256(data[i : i + (4 << 20)]).digest())
-    return f"{ALGORITHM}:{h.hexdigest()}"
 
 
 def sparse_source(path: Path, size: int, islands: list[tuple[int, bytes]]) -> None:
@@ -73,7 +66,7 @@ def test_export_exact_sparse_and_digests(tmp_path: Path, layout: tuple[ExtentMap
     data = out.read_bytes()
     assert data == expected
     assert res.sha256 == hashlib.sha256(expected).hexdigest()
-    assert res.digest == documented_digest(expected)
+    assert res.digest == blkdigest(expected)
     nonzero = sum(1 for i in range(0, len(expected), 4096) if expected[i : i + 4096].strip(b"\0"))
     allocated = os.stat(out).st_blocks * 512
     assert allocated <= nonzero * 4096 * 1.01 + 64 * 1024, (allocated, nonzero * 4096)
@@ -83,7 +76,7 @@ def test_export_exact_sparse_and_digests(tmp_path: Path, layout: tuple[ExtentMap
 def test_verify_mode_reads_without_writing(layout: tuple[ExtentMap, bytes]) -> None:
     emap, expected = layout
     res = copy_blocks(emap, None)
-    assert res.digest == documented_digest(expected) and res.bytes_written == 0
+    assert res.digest == blkdigest(expected) and res.bytes_written == 0
 
 
 def test_all_zero_lv_costs_no_reads(tmp_path: Path) -> None:
@@ -92,7 +85,7 @@ def test_all_zero_lv_costs_no_reads(tmp_path: Path) -> None:
     emap = ExtentMap(64 * MiB, [LinearMapper(0, 64 * MiB, str(src), 0)])
     res = export_raw(emap, tmp_path / "z.raw")
     assert res.bytes_read == 0 and res.bytes_written == 0
-    assert res.digest == documented_digest(bytes(64 * MiB))
+    assert res.digest == blkdigest(bytes(64 * MiB))
     assert os.stat(tmp_path / "z.raw").st_blocks == 0
 
 
@@ -155,4 +148,4 @@ def test_enospc_clear_error_and_no_partial(tmp_path: Path) -> None:
 
 
 def test_digest_block_constant() -> None:
-    assert 4 * MiB == DIGEST_BLOCK and ALGORITHM == "blksha256-4m"
+    assert 4 * MiB == DIGEST_BLOCK and DEFAULT.name == "blkblake3-4m"

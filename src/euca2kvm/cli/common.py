@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from ..eucalyptus.discovery import VOLUMES_DIR, Discovery, discover
+from ..export.digest import DEFAULT, OPTIONS, Algorithm
 
 # Defaults of the libvirt domain and boot test options, here so that building a command's parser
 # imports no QEMU or libvirt code. The boot timeout equals kvm.boottest.DEFAULT_TIMEOUT (tested).
@@ -27,6 +28,17 @@ console_err = Console(stderr=True, highlight=False, soft_wrap=True)
 def add_sources(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", "-s", action="append", metavar="PATH",
                    help=f"volumes directory, container file or block device (repeatable; default {VOLUMES_DIR})")
+
+
+def add_digest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sha256", action="store_true", help="also record the plain sha256 of each disk")
+    p.add_argument("--block-digest", choices=sorted(OPTIONS), default=DEFAULT.option,
+                   help=f"hash of the recorded block digest (default {DEFAULT.option}; sha256 is about 2.5x "
+                        "slower)")
+
+
+def digest_algorithm(args: argparse.Namespace) -> Algorithm:
+    return OPTIONS[args.block_digest]
 
 
 def sources(args: argparse.Namespace) -> list[str]:

@@ -22,9 +22,11 @@ from .common import (
     DEFAULT_BOOT_TIMEOUT,
     DEFAULT_DOMAIN_MEMORY_MIB,
     DEFAULT_VCPUS,
+    add_digest_args,
     add_sources,
     console,
     console_err,
+    digest_algorithm,
     discover_sources,
     esc,
     sources,
@@ -48,7 +50,7 @@ def build_parser(sub: Any) -> None:
     p.add_argument("--compress", action="store_true", help="compressed qcow2 (or streamOptimized vmdk)")
     p.add_argument("--vmdk-subformat", choices=VMDK_SUBFORMATS, help="vmdk subformat (default monolithicSparse)")
     p.add_argument("--force", action="store_true", help="export even when a source is in use")
-    p.add_argument("--sha256", action="store_true", help="also record the plain sha256 of each disk")
+    add_digest_args(p)
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip verification: no block digest is computed (raw) and converted images are not "
                         "compared with their source; the manifest records verified=false")
@@ -114,7 +116,7 @@ def do_export(args: argparse.Namespace) -> int:
         raise UsageError("name volumes to export, or --all (not both)")
     fmt = output_format(args.format, compress=args.compress, vmdk_subformat=args.vmdk_subformat)
     opts = ExportOptions(fmt=fmt, sha256=args.sha256, verify=args.verify, workers=args.workers,
-                         fsync=args.fsync, overwrite=args.overwrite)
+                         fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args))
     outdir = Path(args.output)
     try:
         outdir.mkdir(parents=True, exist_ok=True)

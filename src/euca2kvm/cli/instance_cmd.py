@@ -19,7 +19,7 @@ from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.pipeline import ExportOptions, Source, export_source
 from ..units import human
-from .common import console, console_err, esc
+from .common import add_digest_args, console, console_err, digest_algorithm, esc
 from .events import Reporter
 from .plan_cmd import add_plan_args, make_plan
 
@@ -46,7 +46,7 @@ def build_parser(sub: Any) -> None:
         action="store_true",
         help="export even when a volume or instance is in use (the copy may be inconsistent)",
     )
-    p.add_argument("--sha256", action="store_true", help="also record the plain sha256 of each disk")
+    add_digest_args(p)
     p.add_argument("--overwrite", action="store_true", help="export again even when an output still verifies")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help=f"disks in parallel (1-{MAX_JOBS})")
     p.add_argument(
@@ -166,7 +166,8 @@ def do_export_instance(args: argparse.Namespace) -> int:
         except OSError as e:
             raise IOFailure(f"cannot create {outdir}: {e.strerror}") from e
         opts = ExportOptions(
-            fmt=plan.fmt, sha256=args.sha256, verify=True, workers=args.workers, overwrite=args.overwrite
+            fmt=plan.fmt, sha256=args.sha256, verify=True, workers=args.workers, overwrite=args.overwrite,
+            algorithm=digest_algorithm(args),
         )
         errors: list[Euca2kvmError] = []
         entries: dict[str, dict[str, Any]] = {}

@@ -35,7 +35,7 @@ def check_entry(entry: dict[str, Any], workers: int) -> tuple[str, str]:
     if not want:
         return "unverifiable", "exported with --no-verify: no digest recorded"
     try:
-        got = content_digest(out, str(entry.get("format", "raw")), workers)
+        got = content_digest(out, str(entry.get("format", "raw")), str(want), workers)
     except (FormatError, IOFailure) as e:
         return "unverifiable", str(e)
     if got != want:

@@ -11,8 +11,8 @@ the first path that works, each remembered when unsupported:
 3. a buffer: ``preadv`` into a per-worker buffer (the plain ``--sha256``, which needs the bytes in
    order, and sources that cannot be mapped).
 
-Runs of zero grains stay holes in the destination. hashlib releases the GIL, so workers hash in
-parallel. Results are consumed in block order, so the block digest and the optional plain sha256
+Runs of zero grains stay holes in the destination. hashlib and blake3 release the GIL, so workers
+hash in parallel. Results are consumed in block order, so the block digest and the optional plain sha256
 fold in order with at most ``workers + EXTRA_INFLIGHT`` blocks in flight: memory stays bounded
 whatever the disk size. With no destination the same code verifies: it digests what it reads.
 """
@@ -38,7 +38,7 @@ from ..errors import FormatError, IOFailure
 from ..lvm.extents import Extent, ExtentMap, Kind
 from ..lvm.reader import FdCache
 from ..units import KiB
-from .digest import DIGEST_BLOCK, BlockDigest, zero_block_digest
+from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
 
 # Two cores hash and copy at once; a third and fourth worker keep a core busy while another
 # waits on a read that misses the page cache. More only costs memory (4 MiB each).
@@ -194,7 +194,8 @@ class _Block:
 
 
 def _block_job(emap: ExtentMap, src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
-               buffers: BufferPool, keep: bool, name: str, digest: bool = True) -> _Block:
+               buffers: BufferPool, keep: bool, name: str, algo: Algorithm | None) -> _Block:
+    """Copy and/or digest one block; ``algo`` None copies without hashing (--no-verify)."""
     n = hi - lo
     runs: list[tuple[int, int, str, int]] = []  # (offset in block, file offset, path, length)
     for ext in emap.extents(lo, hi):
@@ -207,20 +208,20 @@ def _block_job(emap: ExtentMap, src: Sources, out_fd: int | None, lo: int, hi: i
         for a, b in src.data_ranges(ext):
             runs.append((ext.start - lo + (a - ext.offset), a, ext.path, b - a))
     if not runs and not keep:
-        return _Block(index, lo, hi, zero_block_digest(n), None, 0, 0)
+        return _Block(index, lo, hi, algo.zero(n) if algo else b"", None, 0, 0)
     if out_fd is not None and not keep and src.can_clone and src.clone_runs(out_fd, lo, runs):
         # Blocks shared with the source (reflink): nothing copied; hash from the page cache if asked.
-        block_digest = _mapped_block(src, None, lo, n, runs, digest)[0] if digest else b""
+        block_digest = _mapped_block(src, None, lo, n, runs, algo)[0] if algo else b""
         total = sum(r[3] for r in runs)
-        return _Block(index, lo, hi, block_digest, None, total if digest else 0, total)
+        return _Block(index, lo, hi, block_digest, None, total if algo else 0, total)
     if not keep and src.can_mmap and all(src.mappable(r[2]) for r in runs):
-        block_digest, written = _mapped_block(src, out_fd, lo, n, runs, digest)
+        block_digest, written = _mapped_block(src, out_fd, lo, n, runs, algo)
         return _Block(index, lo, hi, block_digest, None, sum(r[3] for r in runs), written)
-    return _buffered_block(src, out_fd, lo, hi, index, runs, buffers, keep)
+    return _buffered_block(src, out_fd, lo, hi, index, runs, buffers, keep, algo or DEFAULT)
 
 
 def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
-                  runs: list[tuple[int, int, str, int]], digest: bool = True) -> tuple[bytes, int]:
+                  runs: list[tuple[int, int, str, int]], algo: Algorithm | None) -> tuple[bytes, int]:
     """Hash straight from the page cache (mmap) and write with one ``pwritev`` per contiguous span.
 
     Nothing is copied through a user-space buffer: the digest reads the source pages where they
@@ -261,8 +262,8 @@ def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
                     run_maps[runs[i][0]] = (m, rel)
         ordered = [(runs[i][0], run_views[i]) for i in range(len(runs))]  # runs come in LV order
         if all(_ZEROS.startswith(v) for _, v in ordered):
-            return zero_block_digest(n), 0
-        h = hashlib.sha256() if digest else None
+            return algo.zero(n) if algo else b"", 0
+        h = algo.new() if algo else None
         pos = 0
         pieces: list[tuple[int, memoryview]] = []  # (destination offset, bytes) of non-zero grains
         for boff, v in ordered:
@@ -320,7 +321,8 @@ def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
 
 
 def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
-                    runs: list[tuple[int, int, str, int]], buffers: BufferPool, keep: bool) -> _Block:
+                    runs: list[tuple[int, int, str, int]], buffers: BufferPool, keep: bool,
+                    algo: Algorithm) -> _Block:
     """Read into a buffer: for the plain sha256 (bytes needed in order) and sources mmap refuses."""
     n = hi - lo
     buf: bytearray | None = buffers.get()
@@ -344,10 +346,10 @@ def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: i
             view[covered:n] = _ZEROS[: n - covered]
         read = sum(r[3] for r in runs)
         if _ZEROS.startswith(view):
-            digest = zero_block_digest(n)
+            digest = algo.zero(n)
             written = 0
         else:
-            digest = hashlib.sha256(view).digest()
+            digest = algo.block(view)
             written = _write_sparse(out_fd, view, lo) if out_fd is not None else 0
         if keep:
             out = _Block(index, lo, hi, digest, buf, read, written)
@@ -409,7 +411,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
                 workers: int = DEFAULT_WORKERS, progress: ProgressFn | None = None,
-                name: str = "LV", digest: bool = True) -> CopyResult:
+                name: str = "LV", digest: bool = True, algorithm: Algorithm = DEFAULT) -> CopyResult:
     """Digest (and when ``out_fd`` is given, sparsely write) every byte of ``emap``.
 
     ``digest=False`` (``--no-verify``) copies without hashing; the result's digest is then None.
@@ -419,7 +421,8 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
     inflight_max = workers + EXTRA_INFLIGHT
     buffers = BufferPool(inflight_max if sha256 else workers)
     src = Sources()
-    bd = BlockDigest()
+    bd = BlockDigest(algorithm)
+    algo = algorithm if digest or sha256 else None
     plain = hashlib.sha256() if sha256 else None
     total_read = total_written = 0
     pending: deque[Future[_Block]] = deque()
@@ -447,7 +450,7 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
             while len(pending) >= inflight_max:
                 consume(pending.popleft())
             pending.append(pool.submit(_block_job, emap, src, out_fd, lo, hi, index, buffers, sha256, name,
-                                       digest))
+                                       algo))
         while pending:
             consume(pending.popleft())
     except BaseException:

@@ -35,7 +35,7 @@ from ..eucalyptus.discovery import GZIP_MAGIC, SNAP_GZ_RE, is_gzip
 from ..lvm.extents import ExtentMap, LinearMapper
 from ..units import MiB, TiB
 from . import manifest
-from .digest import DIGEST_BLOCK, BlockDigest
+from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
 from .pipeline import ExportOptions, Source, content_digest, export_source, fingerprint
 from .raw import atomic_output, partial_name
 
@@ -92,12 +92,12 @@ def split_sources(paths: list[str]) -> tuple[list[str], list[str]]:
 class _Sink:
     """Collects decompressed bytes into digest blocks; hashes each and writes its non-zero grains."""
 
-    def __init__(self, fd: int | None, sha256: bool) -> None:
+    def __init__(self, fd: int | None, sha256: bool, algorithm: Algorithm = DEFAULT) -> None:
         self.fd = fd
         self.block = bytearray(DIGEST_BLOCK)
         self.fill = 0
         self.pos = 0  # output offset of the block start
-        self.bd = BlockDigest()
+        self.bd = BlockDigest(algorithm)
         self.plain = hashlib.sha256() if sha256 else None
         self.written = 0
 
@@ -119,7 +119,7 @@ class _Sink:
         if (self.block if n == DIGEST_BLOCK else self.block[:n]) == _ZEROS[:n]:
             self.bd.add_zero(n)
         else:
-            self.bd.add(hashlib.sha256(data).digest())
+            self.bd.add(self.bd.algorithm.block(data))
             if self.fd is not None:
                 self._write_sparse(n)
         if self.plain is not None:
@@ -163,9 +163,10 @@ def decompress(
     sha256: bool = False,
     progress: Progress | None = None,
     max_size: int = MAX_OUTPUT,
+    algorithm: Algorithm = DEFAULT,
 ) -> GzResult:
     """Stream every gzip member of ``path`` into ``out_fd`` (sparse; None = digest only)."""
-    sink = _Sink(out_fd, sha256)
+    sink = _Sink(out_fd, sha256, algorithm)
     members = 0
     consumed = 0
     dec: Any = None
@@ -243,7 +244,7 @@ def _reusable(outdir: Path, out: Path, path: str, opts: ExportOptions) -> dict[s
     ):
         return None
     try:
-        return prev if content_digest(out, opts.fmt.name, opts.workers) == prev["digest"] else None
+        return prev if content_digest(out, opts.fmt.name, prev["digest"], opts.workers) == prev["digest"] else None
     except Exception:  # noqa: BLE001 - anything wrong with the old output means: export again
         return None
 
@@ -267,7 +268,7 @@ def export_gz(
     base: dict[str, Any] = {"id": ident, "kind": "snapshot-gz", **(fields or {})}
     if opts.fmt.name == "raw":
         with atomic_output(out, 0, fsync=opts.fsync) as fd:
-            res = decompress(path, fd, sha256=opts.sha256, progress=progress)
+            res = decompress(path, fd, sha256=opts.sha256, progress=progress, algorithm=opts.algorithm)
             try:
                 os.ftruncate(fd, res.size)
             except OSError as e:
@@ -291,7 +292,7 @@ def export_gz(
         tmp = partial_name(out).with_name(partial_name(out).name + ".raw")
         try:
             with atomic_output(tmp, 0) as fd:
-                res = decompress(path, fd, sha256=opts.sha256, progress=progress)
+                res = decompress(path, fd, sha256=opts.sha256, progress=progress, algorithm=opts.algorithm)
                 os.ftruncate(fd, res.size)
             emap = ExtentMap(res.size, [LinearMapper(0, res.size, str(tmp), 0)] if res.size else [])
             entry, _ = export_source(Source(ident, emap, base), outdir, opts)

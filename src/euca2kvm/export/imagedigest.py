@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``blksha256-4m`` digest (:mod:`.digest`) of a disk image of any format qemu reads.
+"""The block digest (:mod:`.digest`) of a disk image of any format qemu reads.
 
 The digest is computed over the *guest-visible* bytes, so an exported qcow2, vmdk, vhdx, vpc or
 vdi image has the digest recorded in the manifest for the volume it was made from.
@@ -50,7 +50,7 @@ from ..procs import die_with_parent
 from ..units import GiB
 from . import qemu_img
 from .copy import DEFAULT_WORKERS, EXTRA_INFLIGHT, ProgressFn, copy_blocks
-from .digest import DIGEST_BLOCK, BlockDigest, zero_block_digest
+from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
 from .nbdclient import Extent, NbdClient
 
 ENV_QEMU_NBD = "QEMU_NBD"
@@ -86,7 +86,7 @@ _ZEROS = bytes(DIGEST_BLOCK)
 
 @dataclass
 class DigestResult:
-    digest: str  # blksha256-4m:<hex>
+    digest: str  # <algorithm>:<hex>
     sha256: str | None  # plain sha256 of all guest bytes, when asked
     size: int  # guest-visible size in bytes
 
@@ -96,7 +96,7 @@ def qemu_nbd_binary() -> str:
 
 
 def image_digest(path: str, fmt: str | None = None, *, sha256: bool = False, workers: int = DEFAULT_WORKERS,
-                 progress: ProgressFn | None = None) -> DigestResult:
+                 progress: ProgressFn | None = None, algorithm: Algorithm = DEFAULT) -> DigestResult:
     """Digest the guest-visible bytes of the image at ``path``.
 
     ``fmt`` is a qemu format name (``raw``, ``qcow2``, ``vmdk``, ``vhdx``, ``vpc``, ``vdi``...);
@@ -128,10 +128,10 @@ def image_digest(path: str, fmt: str | None = None, *, sha256: bool = False, wor
         if fmt != "raw":
             _check(os.path.abspath(path), fmt)
     if fmt == "raw":
-        return _digest_raw(path, sha256, workers, progress)
+        return _digest_raw(path, sha256, workers, progress, algorithm)
     if not isinstance(vsize, int) or vsize < 0:
         raise ToolError(f"qemu-img info reported no virtual size for {path}")
-    result = _digest_nbd(os.path.abspath(path), fmt, sha256, workers, progress)
+    result = _digest_nbd(os.path.abspath(path), fmt, sha256, workers, progress, algorithm)
     if result.size != vsize:
         raise ToolError(f"qemu-nbd exported {result.size} bytes of {path}, qemu-img info says {vsize}")
     return result
@@ -151,7 +151,8 @@ def _check(path: str, fmt: str) -> None:
                       "corruptions (truncated or damaged image)", path)
 
 
-def _digest_raw(path: str, sha256: bool, workers: int, progress: ProgressFn | None) -> DigestResult:
+def _digest_raw(path: str, sha256: bool, workers: int, progress: ProgressFn | None,
+                algorithm: Algorithm) -> DigestResult:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -161,7 +162,8 @@ def _digest_raw(path: str, sha256: bool, workers: int, progress: ProgressFn | No
     finally:
         os.close(fd)
     emap = ExtentMap(size, [LinearMapper(0, size, path, 0)] if size else [])
-    res = copy_blocks(emap, None, sha256=sha256, workers=workers, progress=progress, name=path)
+    res = copy_blocks(emap, None, sha256=sha256, workers=workers, progress=progress, name=path,
+                      algorithm=algorithm)
     if res.digest is None:
         raise AssertionError("copy_blocks hashes unless told not to")
     return DigestResult(res.digest, res.sha256, size)
@@ -268,14 +270,14 @@ class _Block:
 
 
 def _read_block(clients: queue.Queue[NbdClient], buffers: queue.Queue[bytearray], lo: int, n: int,
-                keep: bool) -> _Block:
+                keep: bool, algo: Algorithm) -> _Block:
     client = clients.get()
     buf: bytearray | None = buffers.get()
     assert buf is not None
     try:
         view = memoryview(buf)[:n]
         client.read_into(lo, view)
-        digest = zero_block_digest(n) if _ZEROS.startswith(view) else hashlib.sha256(view).digest()
+        digest = algo.zero(n) if _ZEROS.startswith(view) else algo.block(view)
         if keep:
             out = _Block(n, digest, buf)
             buf = None  # the consumer returns it
@@ -287,14 +289,15 @@ def _read_block(clients: queue.Queue[NbdClient], buffers: queue.Queue[bytearray]
             buffers.put(buf)
 
 
-def _digest_nbd(path: str, fmt: str, sha256: bool, workers: int, progress: ProgressFn | None) -> DigestResult:
+def _digest_nbd(path: str, fmt: str, sha256: bool, workers: int, progress: ProgressFn | None,
+                algorithm: Algorithm) -> DigestResult:
     with qemu_nbd(path, fmt, workers + 1) as (sock, status):
         size = status.size
         readers: list[NbdClient] = []
         try:
             for _ in range(workers):
                 readers.append(NbdClient(sock))
-            digest, plain = _fold(status, readers, size, sha256, progress)
+            digest, plain = _fold(status, readers, size, sha256, progress, algorithm)
         finally:
             for c in readers:
                 c.close()
@@ -302,7 +305,7 @@ def _digest_nbd(path: str, fmt: str, sha256: bool, workers: int, progress: Progr
 
 
 def _fold(status: NbdClient, readers: list[NbdClient], size: int, sha256: bool,
-          progress: ProgressFn | None) -> tuple[str, str | None]:
+          progress: ProgressFn | None, algorithm: Algorithm) -> tuple[str, str | None]:
     workers = len(readers)
     inflight_max = workers + EXTRA_INFLIGHT
     clients: queue.Queue[NbdClient] = queue.Queue()
@@ -312,7 +315,7 @@ def _fold(status: NbdClient, readers: list[NbdClient], size: int, sha256: bool,
     for _ in range(inflight_max if sha256 else workers):
         buffers.put(bytearray(DIGEST_BLOCK))
     zeros = _ZeroRuns(status.extents(STATUS_SPAN))
-    bd = BlockDigest()
+    bd = BlockDigest(algorithm)
     plain = hashlib.sha256() if sha256 else None
     pending: deque[Future[_Block] | _Block] = deque()
 
@@ -335,9 +338,9 @@ def _fold(status: NbdClient, readers: list[NbdClient], size: int, sha256: bool,
             while len(pending) >= inflight_max:
                 consume(pending.popleft())
             if zeros.all_zero(lo, lo + n):
-                pending.append(_Block(n, zero_block_digest(n), None))
+                pending.append(_Block(n, algorithm.zero(n), None))
             else:
-                pending.append(pool.submit(_read_block, clients, buffers, lo, n, sha256))
+                pending.append(pool.submit(_read_block, clients, buffers, lo, n, sha256, algorithm))
         while pending:
             consume(pending.popleft())
     except BaseException:

@@ -26,6 +26,7 @@ from ..lvm.extents import ExtentMap, Kind
 from ..units import MiB, human
 from . import manifest, qemu_img
 from .copy import DEFAULT_WORKERS, CopyResult, Sources, copy_blocks
+from .digest import DEFAULT, Algorithm, algorithm_of
 from .formats import OutputFormat
 from .nbd import serve
 from .raw import atomic_output, partial_name, publish
@@ -48,6 +49,7 @@ class ExportOptions:
     workers: int = DEFAULT_WORKERS
     fsync: bool = False
     overwrite: bool = False
+    algorithm: Algorithm = DEFAULT  # the block digest
 
 
 @dataclass
@@ -99,18 +101,19 @@ def reusable(entry: dict[str, Any] | None, out: Path, src: Source, opts: ExportO
             or entry.get("source") != fingerprint(sorted(src.emap.paths()))):
         return False
     try:
-        found = content_digest(out, opts.fmt.name, opts.workers)
+        found = content_digest(out, opts.fmt.name, entry["digest"], opts.workers)
     except Exception as e:  # noqa: BLE001 - any failure just means: export again
         log.info("existing %s does not verify (%s); exporting again", out, e)
         return False
     return found == entry["digest"]
 
 
-def content_digest(path: Path, fmt: str, workers: int = DEFAULT_WORKERS) -> str:
-    """The block digest of an image's guest-visible content (any format; fixed VHD needs fmt="vpc")."""
+def content_digest(path: Path, fmt: str, recorded: str, workers: int = DEFAULT_WORKERS) -> str:
+    """The block digest of an image's guest-visible content (any format; fixed VHD needs fmt="vpc"),
+    with the algorithm of the ``recorded`` digest it is to be compared with."""
     from .imagedigest import image_digest
 
-    return image_digest(str(path), fmt, workers=workers).digest
+    return image_digest(str(path), fmt, workers=workers, algorithm=algorithm_of(recorded)).digest
 
 
 @contextlib.contextmanager
@@ -133,7 +136,7 @@ def _convert(src: Source, tmp: Path, opts: ExportOptions, progress: Progress | N
     def hash_source() -> None:
         try:
             digest_result.append(copy_blocks(emap, None, sha256=opts.sha256, workers=max(1, opts.workers // 2),
-                                             name=src.id))
+                                             name=src.id, algorithm=opts.algorithm))
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             digest_error.append(e)
 
@@ -185,7 +188,8 @@ def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Prog
     if opts.fmt.name == "raw":
         with atomic_output(out, emap.size, fsync=opts.fsync) as fd:
             res: CopyResult | None = copy_blocks(emap, fd, sha256=opts.sha256, workers=opts.workers,
-                                                 progress=progress, name=src.id, digest=opts.verify)
+                                                 progress=progress, name=src.id, digest=opts.verify,
+                                                 algorithm=opts.algorithm)
     else:
         tmp = partial_name(out)
         with contextlib.suppress(FileNotFoundError):
