@@ -14,7 +14,7 @@ from types import FrameType, ModuleType
 
 from .. import errors
 from ..errors import Euca2kvmError
-from .common import console_err
+from .common import console_err, esc
 
 EPILOG = """exit codes:
   0    success
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc: int = args.func(args)
         return rc
     except Euca2kvmError as e:
-        console_err.print(f"[bold red]euca2kvm: error:[/] {_escape(str(e))}", highlight=False)
+        console_err.print(f"[bold red]euca2kvm: error:[/] {esc(str(e))}", highlight=False)
         logging.getLogger("euca2kvm").debug("details", exc_info=True)
         return e.exit_code
     except KeyboardInterrupt:
@@ -92,12 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return errors.EXIT_SIGTERM
     except BrokenPipeError:
         return errors.EXIT_IO
-
-
-def _escape(s: str) -> str:
-    from rich.markup import escape
-
-    return escape(s)
 
 
 def run() -> None:

@@ -8,10 +8,9 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console
-
 from ..eucalyptus.discovery import VOLUMES_DIR, Discovery, discover
 from ..export.digest import DEFAULT, OPTIONS, Algorithm
+from .console import LazyConsole, escape
 
 # Defaults of the libvirt domain and boot test options, here so that building a command's parser
 # imports no QEMU or libvirt code. The boot timeout equals kvm.boottest.DEFAULT_TIMEOUT (tested).
@@ -19,10 +18,9 @@ DEFAULT_DOMAIN_MEMORY_MIB = 1024  # a small-instance default; export-instance us
 DEFAULT_VCPUS = 1
 DEFAULT_BOOT_TIMEOUT = 60.0
 
-# Piped output is read by people too (logs, mails): do not fold tables to 80 columns.
-PIPE_WIDTH = 200
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
-console_err = Console(stderr=True, highlight=False, soft_wrap=True)
+console = LazyConsole()
+console_err = LazyConsole(stderr=True)
+esc = escape
 
 
 def add_sources(p: argparse.ArgumentParser) -> None:
@@ -49,19 +47,10 @@ def discover_sources(paths: list[str], quiet: bool = False) -> Discovery:
     d = discover(paths)
     if not quiet:
         for w in d.warnings:
-            console_err.print(f"[yellow]warning:[/] {_esc(w)}")
+            console_err.print(f"[yellow]warning:[/] {esc(w)}")
     return d
 
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
-
-
-def _esc(s: str) -> str:
-    from rich.markup import escape
-
-    return escape(s)
-
-
-esc = _esc

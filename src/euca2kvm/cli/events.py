@@ -11,16 +11,6 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from ..errors import Euca2kvmError, Interrupted
 from .common import console_err, esc
 
@@ -36,15 +26,24 @@ class Reporter:
         self.total = total
         self.cancel = cancel
         self._lock = threading.Lock()
-        self._progress: Progress | None = None
-        self._overall: TaskID | None = None
-        self._tasks: dict[str, TaskID] = {}
+        self._progress: Any = None  # a rich Progress, on a terminal only
+        self._overall: Any = None
+        self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> Reporter:
         if not self.as_json and console_err.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                       DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                                      TimeRemainingColumn(), console=console_err, transient=True)
+                                      TimeRemainingColumn(), console=console_err.real(), transient=True)
             self._progress.start()
             self._overall = self._progress.add_task("[bold]all volumes", total=self.total)
         return self

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -113,6 +112,8 @@ class Discovery:
             raise UsageError(f"{ident!r} is ambiguous: " + ", ".join(f"{v.id} ({v.name} in "
                              f"{', '.join(v.files)})" for v in hits) + "; name it as VG/LV")
         names = sorted({v.id for v in self.volumes} | {v.name for v in self.volumes})
+        import difflib  # only to suggest names after a miss
+
         close = difflib.get_close_matches(ident, names, n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         known = f" ({len(self.volumes)} volumes found)" if self.volumes else " (no volumes found)"

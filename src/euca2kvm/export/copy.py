@@ -88,6 +88,10 @@ class Sources(FdCache):
         self.can_clone = True
         self._mappable: dict[str, bool] = {}
         self._data_span: dict[str, tuple[int, int]] = {}  # path -> last (data, hole) offsets seen
+        # One writer at a time: concurrent writes to one file contend for its inode lock, which
+        # the kernel spins on (measured: 2-4x the system time, and exports that took 1.3 s
+        # instead of 0.35 s). Waiting here sleeps, and the other workers go on hashing.
+        self.write_lock = threading.Lock()
 
     def mappable(self, path: str) -> bool:
         """Regular files and block devices can be mapped; remember the answer per path."""
@@ -193,11 +197,9 @@ class _Block:
     written: int
 
 
-def _block_job(emap: ExtentMap, src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
-               buffers: BufferPool, keep: bool, name: str, algo: Algorithm | None) -> _Block:
-    """Copy and/or digest one block; ``algo`` None copies without hashing (--no-verify)."""
-    n = hi - lo
-    runs: list[tuple[int, int, str, int]] = []  # (offset in block, file offset, path, length)
+def _block_runs(emap: ExtentMap, src: Sources, lo: int, hi: int, name: str) -> list[tuple[int, int, str, int]]:
+    """The data runs of block [lo, hi): (offset in block, file offset, path, length); [] = all zeros."""
+    runs: list[tuple[int, int, str, int]] = []
     for ext in emap.extents(lo, hi):
         if ext.kind is Kind.ERROR:
             raise IOFailure(f"{name}: bytes {ext.start}..{ext.end} map to an 'error' segment; "
@@ -207,8 +209,13 @@ def _block_job(emap: ExtentMap, src: Sources, out_fd: int | None, lo: int, hi: i
         assert ext.path is not None
         for a, b in src.data_ranges(ext):
             runs.append((ext.start - lo + (a - ext.offset), a, ext.path, b - a))
-    if not runs and not keep:
-        return _Block(index, lo, hi, algo.zero(n) if algo else b"", None, 0, 0)
+    return runs
+
+
+def _block_job(src: Sources, out_fd: int | None, lo: int, hi: int, index: int, runs: list[tuple[int, int, str, int]],
+               buffers: BufferPool, keep: bool, algo: Algorithm | None) -> _Block:
+    """Copy and/or digest one block; ``algo`` None copies without hashing (--no-verify)."""
+    n = hi - lo
     if out_fd is not None and not keep and src.can_clone and src.clone_runs(out_fd, lo, runs):
         # Blocks shared with the source (reflink): nothing copied; hash from the page cache if asked.
         block_digest = _mapped_block(src, None, lo, n, runs, algo)[0] if algo else b""
@@ -276,7 +283,11 @@ def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
                 m, rel = run_maps[boff]
                 dense = m.find(_ZERO_GRAIN, rel, rel + len(v)) < 0
                 pieces += [(lo + boff + a, view(v, a, b)) for a, b in _nonzero_grains(v, not dense)]
-        written = _pwritev_pieces(out_fd, pieces) if out_fd is not None else 0
+        if out_fd is None:
+            written = 0
+        else:
+            with src.write_lock:
+                written = _pwritev_pieces(out_fd, pieces)
         if h is None:
             return b"", written
         if pos < n:
@@ -350,7 +361,11 @@ def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: i
             written = 0
         else:
             digest = algo.block(view)
-            written = _write_sparse(out_fd, view, lo) if out_fd is not None else 0
+            if out_fd is None:
+                written = 0
+            else:
+                with src.write_lock:
+                    written = _write_sparse(out_fd, view, lo)
         if keep:
             out = _Block(index, lo, hi, digest, buf, read, written)
             buf = None  # ownership passes to the consumer
@@ -425,11 +440,11 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
     algo = algorithm if digest or sha256 else None
     plain = hashlib.sha256() if sha256 else None
     total_read = total_written = 0
-    pending: deque[Future[_Block]] = deque()
+    pending: deque[Future[_Block] | _Block] = deque()
 
-    def consume(fut: Future[_Block]) -> None:
+    def consume(item: Future[_Block] | _Block) -> None:
         nonlocal total_read, total_written
-        blk = fut.result()
+        blk = item.result() if isinstance(item, Future) else item
         bd.add(blk.digest)
         total_read += blk.read
         total_written += blk.written
@@ -449,13 +464,17 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
             hi = min(size, lo + DIGEST_BLOCK)
             while len(pending) >= inflight_max:
                 consume(pending.popleft())
-            pending.append(pool.submit(_block_job, emap, src, out_fd, lo, hi, index, buffers, sha256, name,
-                                       algo))
+            runs = _block_runs(emap, src, lo, hi, name)
+            if runs:
+                pending.append(pool.submit(_block_job, src, out_fd, lo, hi, index, runs, buffers, sha256, algo))
+            else:  # all zeros or holes: known digest, nothing to read or write, no hand-off to a worker
+                pending.append(_Block(index, lo, hi, algo.zero(hi - lo) if algo else b"", None, 0, 0))
         while pending:
             consume(pending.popleft())
     except BaseException:
         for f in pending:
-            f.cancel()
+            if isinstance(f, Future):
+                f.cancel()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

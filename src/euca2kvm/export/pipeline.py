@@ -24,11 +24,10 @@ from typing import Any
 from ..errors import FormatError, IOFailure, VerifyError
 from ..lvm.extents import ExtentMap, Kind
 from ..units import MiB, human
-from . import manifest, qemu_img
+from . import manifest
 from .copy import DEFAULT_WORKERS, CopyResult, Sources, copy_blocks
 from .digest import DEFAULT, Algorithm, algorithm_of
 from .formats import OutputFormat
-from .nbd import serve
 from .raw import atomic_output, partial_name, publish
 
 log = logging.getLogger(__name__)
@@ -119,6 +118,9 @@ def content_digest(path: Path, fmt: str, recorded: str, workers: int = DEFAULT_W
 @contextlib.contextmanager
 def _qemu_source(emap: ExtentMap) -> Iterator[str]:
     """What qemu-img reads: the raw offset/size driver for one contiguous range, else our NBD server."""
+    from . import qemu_img  # here and below: raw exports never load the conversion code
+    from .nbd import serve
+
     single = emap.single_range()
     if single is not None and emap.size % 512 == 0:
         yield qemu_img.raw_range_spec(single[0], single[1], emap.size)
@@ -129,6 +131,8 @@ def _qemu_source(emap: ExtentMap) -> Iterator[str]:
 
 def _convert(src: Source, tmp: Path, opts: ExportOptions, progress: Progress | None) -> CopyResult | None:
     """qemu-img convert into ``tmp``; with verification, the source digest is computed meanwhile."""
+    from . import qemu_img
+
     emap = src.emap
     digest_result: list[CopyResult] = []
     digest_error: list[BaseException] = []
