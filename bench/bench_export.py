@@ -202,7 +202,7 @@ def main() -> int:
               f"{' (qemu-img/dd read an equivalent contiguous file)' if name == 'striped' else ''}; "
               f"median of {args.runs}")
         for k in cmds:
-            line = (f"  {k:22s} {med[k]:7.3f} s  {size / med[k] / 1e9:6.2f} GB/s  "
+            line = (f"  {k:28s} {med[k]:7.3f} s (min {min(times[k]):6.3f})  {size / med[k] / 1e9:6.2f} GB/s  "
                     f"alloc {allocated(cmds[k][2]) / MiB:8.1f} MiB  peak RSS {rss[k] / 1024:6.1f} MiB")
             print(line)
         e, nv = med["euca2kvm raw"], med["euca2kvm raw --no-verify"]
@@ -219,6 +219,7 @@ def main() -> int:
                 nvq = med["euca2kvm qcow2 --no-verify"]
                 ratios.append(f"euca2kvm qcow2(--no-verify)/qemu-img qcow2 = {nvq / qq:.2f}x")
         print("  " + ",\n  ".join(ratios))
+        print("  samples (s): " + "; ".join(f"{k}: {' '.join(f'{t:.2f}' for t in v)}" for k, v in times.items()))
     return 0
 
 
