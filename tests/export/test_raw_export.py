@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _env import need_root, need_tools
 from euca2kvm.errors import FormatError, IOFailure
@@ -149,3 +151,30 @@ def test_enospc_clear_error_and_no_partial(tmp_path: Path) -> None:
 
 def test_digest_block_constant() -> None:
     assert 4 * MiB == DIGEST_BLOCK and DEFAULT.name == "blkblake3-4m"
+
+
+def _reference_nonzero(data: bytes, grain: int) -> list[tuple[int, int]]:
+    """Grain by grain: merge the ranges of grains that are not all zero."""
+    out: list[tuple[int, int]] = []
+    for a in range(0, len(data), grain):
+        b = min(a + grain, len(data))
+        if data[a:b].count(0) != b - a:
+            if out and out[-1][1] == a:
+                out[-1] = (out[-1][0], b)
+            else:
+                out.append((a, b))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["zero", "data", "zero-first-byte", "late-byte"]),
+                          st.integers(1, 3)), max_size=12),
+       st.integers(0, 4095))
+def test_nonzero_grains_match_grain_by_grain(parts: list[tuple[str, int]], tail: int) -> None:
+    from euca2kvm.export.copy import SPARSE_GRAIN, _nonzero_grains
+
+    g = SPARSE_GRAIN
+    chunks = {"zero": bytes(g), "data": b"\x01" + bytes(g - 1), "zero-first-byte": bytes(g - 1) + b"\x02",
+              "late-byte": bytes(g // 2) + b"\x03" + bytes(g // 2 - 1)}
+    data = b"".join(chunks[k] * n for k, n in parts) + bytes(tail)
+    assert list(_nonzero_grains(memoryview(data))) == _reference_nonzero(data, g)

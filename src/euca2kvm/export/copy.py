@@ -49,7 +49,6 @@ EXTRA_INFLIGHT = 2
 # default -S 4k; a finer grain cannot save space.
 SPARSE_GRAIN = 4 * KiB
 _ZEROS = bytes(DIGEST_BLOCK)
-_ZERO_GRAIN = bytes(SPARSE_GRAIN)
 # Populate page tables in one call instead of one fault per page (Linux; 0 elsewhere).
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 # errnos that mean "this kind of file or filesystem cannot do it", not "this copy failed"
@@ -251,7 +250,6 @@ def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
         for i, r in enumerate(runs):
             by_path.setdefault(r[2], []).append(i)
         run_views: dict[int, memoryview] = {}
-        run_maps: dict[int, tuple[mmap.mmap, int]] = {}  # block offset of a run -> (its map, offset in it)
         for path, idx in by_path.items():
             span = max(runs[i][1] + runs[i][3] for i in idx) - min(runs[i][1] for i in idx)
             for group in [idx] if span <= MAX_SHARED_MAP_SPAN else [[i] for i in idx]:
@@ -266,7 +264,6 @@ def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
                 for i in group:
                     rel = runs[i][1] - aligned
                     run_views[i] = view(whole, rel, rel + runs[i][3])
-                    run_maps[runs[i][0]] = (m, rel)
         ordered = [(runs[i][0], run_views[i]) for i in range(len(runs))]  # runs come in LV order
         if all(_ZEROS.startswith(v) for _, v in ordered):
             return algo.zero(n) if algo else b"", 0
@@ -280,9 +277,7 @@ def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
                 h.update(v)
             pos = boff + len(v)
             if out_fd is not None:
-                m, rel = run_maps[boff]
-                dense = m.find(_ZERO_GRAIN, rel, rel + len(v)) < 0
-                pieces += [(lo + boff + a, view(v, a, b)) for a, b in _nonzero_grains(v, not dense)]
+                pieces += [(lo + boff + a, view(v, a, b)) for a, b in _nonzero_grains(v)]
         if out_fd is None:
             written = 0
         else:
@@ -376,27 +371,34 @@ def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: i
             buffers.put(buf)
 
 
-def _nonzero_grains(view: memoryview, may_have_zero_grain: bool = True) -> Iterator[tuple[int, int]]:
-    """[a, b) ranges of ``view`` made of grains that are not all zero (zero grains become holes).
+def _zero_grains(view: memoryview) -> Iterator[int]:
+    """Indices of the all-zero grains of ``view`` (SPARSE_GRAIN-aligned to its start; the last
+    one may be shorter).
 
-    ``may_have_zero_grain=False`` (no run of SPARSE_GRAIN zero bytes anywhere, found by one C-speed
-    search) skips the per-grain checks: dense data costs one call per run.
+    One strided copy gathers the first byte of every grain and only grains that start with a zero
+    byte are compared in full: dense data costs a few microseconds per 4 MiB, where searching for
+    a zero grain (``find``) took a sixth of a dense export's CPU time.
     """
+    firsts = bytes(view[::SPARSE_GRAIN])
+    i = firsts.find(0)
+    while i >= 0:
+        a = i * SPARSE_GRAIN
+        if _ZEROS.startswith(view[a : a + SPARSE_GRAIN]):
+            yield i
+        i = firsts.find(0, i + 1)
+
+
+def _nonzero_grains(view: memoryview) -> Iterator[tuple[int, int]]:
+    """[a, b) ranges of ``view`` made of grains that are not all zero (zero grains become holes)."""
     n = len(view)
-    if not may_have_zero_grain:
-        if n:
-            yield 0, n
-        return
     pos = 0
-    while pos < n:
-        while pos < n and _ZEROS.startswith(view[pos : pos + SPARSE_GRAIN]):
-            pos += SPARSE_GRAIN
-        if pos >= n:
-            return
-        start = pos
-        while pos < n and not _ZEROS.startswith(view[pos : pos + SPARSE_GRAIN]):
-            pos += SPARSE_GRAIN
-        yield start, min(pos, n)
+    for i in _zero_grains(view):
+        a = i * SPARSE_GRAIN
+        if a > pos:
+            yield pos, a
+        pos = min(a + SPARSE_GRAIN, n)
+    if pos < n:
+        yield pos, n
 
 
 def _write_sparse(fd: int, view: memoryview, lo: int) -> int:
@@ -465,7 +467,9 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
             while len(pending) >= inflight_max:
                 consume(pending.popleft())
             runs = _block_runs(emap, src, lo, hi, name)
-            if runs:
+            if runs and workers == 1:  # no hand-off at all: each one costs a wake-up of another thread
+                pending.append(_block_job(src, out_fd, lo, hi, index, runs, buffers, sha256, algo))
+            elif runs:
                 pending.append(pool.submit(_block_job, src, out_fd, lo, hi, index, runs, buffers, sha256, algo))
             else:  # all zeros or holes: known digest, nothing to read or write, no hand-off to a worker
                 pending.append(_Block(index, lo, hi, algo.zero(hi - lo) if algo else b"", None, 0, 0))
