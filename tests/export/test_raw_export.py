@@ -178,3 +178,20 @@ def test_nonzero_grains_match_grain_by_grain(parts: list[tuple[str, int]], tail:
               "late-byte": bytes(g // 2) + b"\x03" + bytes(g // 2 - 1)}
     data = b"".join(chunks[k] * n for k, n in parts) + bytes(tail)
     assert list(_nonzero_grains(memoryview(data))) == _reference_nonzero(data, g)
+
+
+def test_unmappable_source_without_digest_copies_exactly(tmp_path: Path, layout: tuple[ExtentMap, bytes],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources mmap cannot take go through the buffer path; --no-verify there still copies exactly."""
+    from euca2kvm.export import copy as copymod
+
+    monkeypatch.setattr(copymod.Sources, "mappable", lambda self, path: False)
+    emap, expected = layout
+    out = tmp_path / "nv.raw"
+    with open(out, "wb") as f:
+        f.truncate(emap.size)
+        res = copy_blocks(emap, f.fileno(), digest=False, workers=2)
+    assert res.digest is None and out.read_bytes() == expected
+    with open(out, "wb") as f:
+        f.truncate(emap.size)
+        assert copy_blocks(emap, f.fileno(), workers=2).digest == blkdigest(expected)

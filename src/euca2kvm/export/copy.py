@@ -223,7 +223,7 @@ def _block_job(src: Sources, out_fd: int | None, lo: int, hi: int, index: int, r
     if not keep and src.can_mmap and all(src.mappable(r[2]) for r in runs):
         block_digest, written = _mapped_block(src, out_fd, lo, n, runs, algo)
         return _Block(index, lo, hi, block_digest, None, sum(r[3] for r in runs), written)
-    return _buffered_block(src, out_fd, lo, hi, index, runs, buffers, keep, algo or DEFAULT)
+    return _buffered_block(src, out_fd, lo, hi, index, runs, buffers, keep, algo)
 
 
 def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
@@ -328,7 +328,7 @@ def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
 
 def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
                     runs: list[tuple[int, int, str, int]], buffers: BufferPool, keep: bool,
-                    algo: Algorithm) -> _Block:
+                    algo: Algorithm | None) -> _Block:
     """Read into a buffer: for the plain sha256 (bytes needed in order) and sources mmap refuses."""
     n = hi - lo
     buf: bytearray | None = buffers.get()
@@ -352,10 +352,10 @@ def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: i
             view[covered:n] = _ZEROS[: n - covered]
         read = sum(r[3] for r in runs)
         if _ZEROS.startswith(view):
-            digest = algo.zero(n)
+            digest = algo.zero(n) if algo else b""
             written = 0
         else:
-            digest = algo.block(view)
+            digest = algo.block(view) if algo else b""
             if out_fd is None:
                 written = 0
             else:
