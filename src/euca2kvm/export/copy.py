@@ -92,6 +92,11 @@ class Sources(FdCache):
         # instead of 0.35 s). Waiting here sleeps, and the other workers go on hashing.
         self.write_lock = threading.Lock()
 
+    def write(self, fd: int, pieces: list[tuple[int, memoryview]]) -> int:
+        """Write (offset, bytes) pieces to the destination, one writer at a time."""
+        with self.write_lock:
+            return _pwritev_pieces(fd, pieces)
+
     def mappable(self, path: str) -> bool:
         """Regular files and block devices can be mapped; remember the answer per path."""
         ok = self._mappable.get(path)
@@ -278,11 +283,7 @@ def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
             pos = boff + len(v)
             if out_fd is not None:
                 pieces += [(lo + boff + a, view(v, a, b)) for a, b in _nonzero_grains(v)]
-        if out_fd is None:
-            written = 0
-        else:
-            with src.write_lock:
-                written = _pwritev_pieces(out_fd, pieces)
+        written = src.write(out_fd, pieces) if out_fd is not None else 0
         if h is None:
             return b"", written
         if pos < n:
@@ -356,11 +357,7 @@ def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: i
             written = 0
         else:
             digest = algo.block(view) if algo else b""
-            if out_fd is None:
-                written = 0
-            else:
-                with src.write_lock:
-                    written = _write_sparse(out_fd, view, lo)
+            written = src.write(out_fd, sparse_pieces(view, lo)) if out_fd is not None else 0
         if keep:
             out = _Block(index, lo, hi, digest, buf, read, written)
             buf = None  # ownership passes to the consumer
@@ -401,13 +398,14 @@ def _nonzero_grains(view: memoryview) -> Iterator[tuple[int, int]]:
         yield pos, n
 
 
-def _write_sparse(fd: int, view: memoryview, lo: int) -> int:
-    """Write the non-zero grains of ``view`` at ``lo``; zero grains stay holes."""
-    written = 0
-    for a, b in _nonzero_grains(view):
-        _pwrite_all(fd, view[a:b], lo + a)
-        written += b - a
-    return written
+def sparse_pieces(view: memoryview, at: int) -> list[tuple[int, memoryview]]:
+    """The (offset, bytes) pieces that write ``view`` at ``at`` with its zero grains left as holes."""
+    return [(at + a, view[a:b]) for a, b in _nonzero_grains(view)]
+
+
+def write_sparse(fd: int, view: memoryview, at: int) -> int:
+    """Write ``view`` at ``at``, zero grains left as holes; returns the bytes written."""
+    return _pwritev_pieces(fd, sparse_pieces(view, at))
 
 
 def _write_error(e: OSError, length: int, offset: int) -> IOFailure:

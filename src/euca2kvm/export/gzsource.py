@@ -35,6 +35,7 @@ from ..eucalyptus.discovery import GZIP_MAGIC, SNAP_GZ_RE, is_gzip
 from ..lvm.extents import ExtentMap, LinearMapper
 from ..units import MiB, TiB
 from . import manifest
+from .copy import write_sparse
 from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
 from .pipeline import ExportOptions, Source, content_digest, export_source, fingerprint
 from .raw import atomic_output, partial_name
@@ -43,8 +44,6 @@ from .raw import atomic_output, partial_name
 READ_CHUNK = 1 * MiB
 # Largest decompressed output zlib may hand back per call: bounds memory against gzip bombs.
 OUT_WINDOW = 4 * MiB
-# Zero runs shorter than this are written as data: a filesystem block, as in the block mover.
-SPARSE_GRAIN = 4096
 # EBS volumes top out at 16 TiB; a stream inflating beyond that is not a snapshot.
 MAX_OUTPUT = 16 * TiB
 _ZEROS = bytes(DIGEST_BLOCK)
@@ -121,35 +120,11 @@ class _Sink:
         else:
             self.bd.add(self.bd.algorithm.block(data))
             if self.fd is not None:
-                self._write_sparse(n)
+                self.written += write_sparse(self.fd, data, self.pos)
         if self.plain is not None:
             self.plain.update(data)
         self.pos += n
         self.fill = 0
-
-    def _write_sparse(self, n: int) -> None:
-        data = memoryview(self.block)[:n]
-        start = None
-        for g in range(0, n, SPARSE_GRAIN):
-            end = min(n, g + SPARSE_GRAIN)
-            nonzero = self.block[g:end] != _ZEROS[: end - g]
-            if nonzero and start is None:
-                start = g
-            elif not nonzero and start is not None:
-                self._pwrite(data[start:g], self.pos + start)
-                start = None
-        if start is not None:
-            self._pwrite(data[start:], self.pos + start)
-
-    def _pwrite(self, data: memoryview, offset: int) -> None:
-        assert self.fd is not None
-        while len(data):
-            try:
-                n = os.pwrite(self.fd, data, offset)
-            except OSError as e:
-                raise IOFailure(f"write at offset {offset} failed: {e.strerror}") from e
-            self.written += n
-            data, offset = data[n:], offset + n
 
     def finish(self) -> int:
         self._flush()
