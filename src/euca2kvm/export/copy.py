@@ -29,7 +29,6 @@ import queue
 import stat
 import struct
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from ..lvm.extents import Extent, ExtentMap, Kind
 from ..lvm.reader import FdCache
 from ..units import KiB
 from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
+from .inorder import fold_plain, in_order
 
 # Two cores hash and copy at once; a third and fourth worker keep a core busy while another
 # waits on a read that misses the page cache. More only costs memory (4 MiB each).
@@ -433,51 +433,37 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
     """
     workers = max(1, workers)
     size = emap.size
-    inflight_max = workers + EXTRA_INFLIGHT
-    buffers = BufferPool(inflight_max if sha256 else workers)
+    buffers = BufferPool(workers + EXTRA_INFLIGHT if sha256 else workers)
     src = Sources()
     bd = BlockDigest(algorithm)
     algo = algorithm if digest or sha256 else None
     plain = hashlib.sha256() if sha256 else None
     total_read = total_written = 0
-    pending: deque[Future[_Block] | _Block] = deque()
 
-    def consume(item: Future[_Block] | _Block) -> None:
+    def consume(blk: _Block) -> None:
         nonlocal total_read, total_written
-        blk = item.result() if isinstance(item, Future) else item
         bd.add(blk.digest)
         total_read += blk.read
         total_written += blk.written
         if plain is not None:
-            n = blk.hi - blk.lo
-            if blk.buf is not None:
-                plain.update(memoryview(blk.buf)[:n])
-                buffers.put(blk.buf)
-            else:
-                plain.update(_ZEROS[:n])
+            fold_plain(plain, blk.buf, blk.hi - blk.lo, buffers.put)
         if progress is not None:
             progress(blk.hi - blk.lo)
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy")
-    try:
+    def blocks() -> Iterator[Future[_Block] | _Block]:
         for index, lo in enumerate(range(0, size, DIGEST_BLOCK)):
             hi = min(size, lo + DIGEST_BLOCK)
-            while len(pending) >= inflight_max:
-                consume(pending.popleft())
             runs = _block_runs(emap, src, lo, hi, name)
             if runs and workers == 1:  # no hand-off at all: each one costs a wake-up of another thread
-                pending.append(_block_job(src, out_fd, lo, hi, index, runs, buffers, sha256, algo))
+                yield _block_job(src, out_fd, lo, hi, index, runs, buffers, sha256, algo)
             elif runs:
-                pending.append(pool.submit(_block_job, src, out_fd, lo, hi, index, runs, buffers, sha256, algo))
+                yield pool.submit(_block_job, src, out_fd, lo, hi, index, runs, buffers, sha256, algo)
             else:  # all zeros or holes: known digest, nothing to read or write, no hand-off to a worker
-                pending.append(_Block(index, lo, hi, algo.zero(hi - lo) if algo else b"", None, 0, 0))
-        while pending:
-            consume(pending.popleft())
-    except BaseException:
-        for f in pending:
-            if isinstance(f, Future):
-                f.cancel()
-        raise
+                yield _Block(index, lo, hi, algo.zero(hi - lo) if algo else b"", None, 0, 0)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy")
+    try:
+        in_order(blocks(), workers + EXTRA_INFLIGHT, consume)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         src.close()

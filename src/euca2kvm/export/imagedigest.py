@@ -38,7 +38,6 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from ..units import GiB
 from . import qemu_img
 from .copy import DEFAULT_WORKERS, EXTRA_INFLIGHT, ProgressFn, copy_blocks
 from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
+from .inorder import fold_plain, in_order
 from .nbdclient import Extent, NbdClient
 
 ENV_QEMU_NBD = "QEMU_NBD"
@@ -317,36 +317,26 @@ def _fold(status: NbdClient, readers: list[NbdClient], size: int, sha256: bool,
     zeros = _ZeroRuns(status.extents(STATUS_SPAN))
     bd = BlockDigest(algorithm)
     plain = hashlib.sha256() if sha256 else None
-    pending: deque[Future[_Block] | _Block] = deque()
 
-    def consume(item: Future[_Block] | _Block) -> None:
-        blk = item.result() if isinstance(item, Future) else item
+    def consume(blk: _Block) -> None:
         bd.add(blk.digest)
         if plain is not None:
-            if blk.buf is not None:
-                plain.update(memoryview(blk.buf)[: blk.n])
-                buffers.put(blk.buf)
-            else:
-                plain.update(memoryview(_ZEROS)[: blk.n])
+            fold_plain(plain, blk.buf, blk.n, buffers.put)
         if progress is not None:
             progress(blk.n)
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgdigest")
-    try:
+    def blocks() -> Iterator[Future[_Block] | _Block]:
         for lo in range(0, size, DIGEST_BLOCK):
             n = min(DIGEST_BLOCK, size - lo)
-            while len(pending) >= inflight_max:
-                consume(pending.popleft())
             if zeros.all_zero(lo, lo + n):
-                pending.append(_Block(n, algorithm.zero(n), None))
+                yield _Block(n, algorithm.zero(n), None)
             else:
-                pending.append(pool.submit(_read_block, clients, buffers, lo, n, sha256, algorithm))
-        while pending:
-            consume(pending.popleft())
+                yield pool.submit(_read_block, clients, buffers, lo, n, sha256, algorithm)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgdigest")
+    try:
+        in_order(blocks(), inflight_max, consume)
     except BaseException:
-        for item in pending:
-            if isinstance(item, Future):
-                item.cancel()
         for c in readers:
             c.abort()  # wake workers blocked on a read
         raise
