@@ -45,7 +45,8 @@ def pg_shared() -> Iterator[PgServer]:
 def pg_40() -> Iterator[PgServer]:
     """Eucalyptus 4.0 layout: databases eucalyptus_cloud and eucalyptus_storage (public schema).
 
-    metadata_instances lacks metadata_vm_virtualization_type here, as an older release would.
+    metadata_instances lacks metadata_vm_virtualization_type and metadata_vm_sshkey here, as an older
+    (or stripped) release would: the reader must list the key as unavailable, not fail.
     """
     srv = _server()
     try:
@@ -53,7 +54,8 @@ def pg_40() -> Iterator[PgServer]:
         srv.create_db("eucalyptus_storage")
         srv.run_sql("eucalyptus_cloud", CLOUD_SQL)
         srv.run_sql("eucalyptus_cloud",
-                    "ALTER TABLE metadata_instances DROP COLUMN metadata_vm_virtualization_type")
+                    "ALTER TABLE metadata_instances DROP COLUMN metadata_vm_virtualization_type, "
+                    "DROP COLUMN metadata_vm_sshkey")
         srv.run_sql("eucalyptus_storage", STORAGE_SQL)
         yield srv
     finally:

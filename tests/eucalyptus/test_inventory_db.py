@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 
@@ -49,6 +50,29 @@ def _check_cloud(inv: Inventory, virtualization: bool = True) -> None:
         inv.instance("i-00000000")
 
 
+def _check_identity(inv: Inventory, key_column: bool = True) -> None:
+    """What metadata_instances records, normalised; hostile values dropped, never passed on."""
+    run = inv.instance("i-1a2b3c4d")
+    assert (run.mac, run.private_ip, run.public_ip) == ("d0:0d:1a:2b:3c:4d", "172.16.4.21", "10.111.5.77")
+    assert (run.private_dns, run.public_dns) == ("euca-172-16-4-21.eucalyptus.internal",
+                                                 "euca-10-111-5-77.eucalyptus.example.com")
+    assert run.node == "http://10.1.0.21:8775/axis2/services/EucalyptusNC"
+    assert run.platform == "linux"
+    assert base64.b64decode(run.user_data or "") == b"#!/bin/sh\necho provisioned > /root/first-boot\n"
+    if key_column:
+        assert run.public_key is not None and run.public_key.startswith("ssh-rsa AAAAB3NzaC1yc2E")
+        assert run.key_name == "ops-key" and run.unavailable == []
+    else:
+        assert (run.public_key, run.key_name) == (None, None)
+        assert run.unavailable == ["key_name", "public_key"]
+    stopped = inv.instance("i-5e6f7a8b")
+    assert (stopped.mac, stopped.private_ip, stopped.public_ip, stopped.public_dns) == (
+        "d0:0d:5e:6f:7a:8b", "172.16.4.22", None, None)  # 0.0.0.0 and '' are "none", not values
+    assert (stopped.public_key, stopped.key_name, stopped.user_data) == (None, None, None)
+    gone = inv.instance("i-0123456789abcdef0")
+    assert (gone.mac, gone.private_ip, gone.private_dns, gone.public_key) == (None, None, None, None)
+
+
 def _check_storage(inv: Inventory) -> None:
     vols = {v.id: v for v in inv.volumes}
     assert sorted(vols) == ["vol-0000da7a", "vol-0000da7b", "vol-0fedcba987654321f", "vol-4708bf47",
@@ -86,6 +110,7 @@ def test_shared_layout_explicit_database(pg_shared: PgServer) -> None:
     assert "4.1+" in inv.source and "eucalyptus_shared" in inv.source
     assert ROLE_PASSWORD not in inv.source
     _check_cloud(inv)
+    _check_identity(inv)
     _check_storage(inv)
 
 
@@ -94,11 +119,13 @@ def test_shared_layout_probed_and_json_roundtrip(pg_shared: PgServer, tmp_path: 
     assert "4.1+" in inv.source
     _check_cloud(inv)
     assert Inventory.from_json(inv.to_json()) == inv
+    assert json.loads(inv.to_json())["version"] == "1.1"
     path = f"{tmp_path}/inv.json"
     save_inventory(inv, path)
     again = load_inventory(path)
     assert again == inv
     _check_cloud(again)
+    _check_identity(again)
     _check_storage(again)
 
 
@@ -107,10 +134,13 @@ def test_40_layout_explicit_and_probed(pg_40: PgServer, pg_shared: PgServer) -> 
         inv = read_inventory_db(url)
         assert "4.0" in inv.source
         _check_cloud(inv, virtualization=False)  # the column does not exist there: NULL, not a failure
+        _check_identity(inv, key_column=False)
         _check_storage(inv)
     shared = _content(read_inventory_db(pg_shared.url("eucalyptus_shared")))
     for inst in shared["instances"]:  # type: ignore[attr-defined]
         inst["virtualization_type"] = None
+        inst["public_key"] = inst["key_name"] = None
+        inst["unavailable"] = ["key_name", "public_key"]
     assert _content(inv) == shared
 
 

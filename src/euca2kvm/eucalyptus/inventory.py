@@ -9,6 +9,8 @@ planned on one host and run on another. The JSON envelope is::
 
 ``version`` is the format's major version; readers refuse majors they do not know. A string
 ``"1.N"`` is accepted as major 1 (a later minor version only adds keys, which are ignored).
+Version 1.1 adds each instance's identity: MAC, addresses, DNS names, key, user-data, the NC, and
+``unavailable`` (the fields its source could not give, e.g. key material through the API).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..errors import FormatError, IOFailure, UsageError
 
 FORMAT_NAME = "euca2kvm-inventory"
 FORMAT_VERSION = 1
+FORMAT_MINOR = 1  # 1.1: instance identity fields (a 1.0 reader ignores them)
 # An inventory of a large cloud is a few MiB; anything far beyond is not ours (bounded read).
 MAX_INVENTORY_BYTES = 64 << 20
 
@@ -61,6 +64,17 @@ class Instance:
     platform: str | None = None
     virtualization_type: str | None = None
     attachments: list[Attachment] = field(default_factory=list)
+    # Identity (format 1.1): what the cloud recorded, never derived.
+    mac: str | None = None
+    private_ip: str | None = None
+    public_ip: str | None = None
+    private_dns: str | None = None
+    public_dns: str | None = None
+    key_name: str | None = None
+    public_key: str | None = None  # one OpenSSH public key line
+    user_data: str | None = None  # base64 of the bytes the cloud stored
+    node: str | None = None  # the NC that ran it (service tag)
+    unavailable: list[str] = field(default_factory=list)  # fields the source cannot give
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,11 @@ class StorageVolume:
     tid: int | None = None
 
 
+IDENTITY_FIELDS = ("mac", "private_ip", "public_ip", "private_dns", "public_dns", "key_name", "public_key",
+                   "user_data", "node")
+
+
+_FIELD_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _DEV_RE = re.compile(r"^(?P<prefix>xvd|vd|sd|hd)(?P<letters>[a-z]+)(?P<part>[0-9]*)$")
 _CHUNK_RE = re.compile(r"([0-9]+)")
 
@@ -193,7 +212,7 @@ class Inventory:
     def to_json(self) -> str:
         body = asdict(self)
         del body["version"]
-        envelope = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **body}
+        envelope = {"format": FORMAT_NAME, "version": f"{FORMAT_VERSION}.{FORMAT_MINOR}", **body}
         return json.dumps(envelope, indent=2, sort_keys=False) + "\n"
 
     @classmethod
@@ -358,7 +377,14 @@ class _Decoder:
             platform=self.str_(o, "platform", w),
             virtualization_type=self.str_(o, "virtualization_type", w),
             attachments=self.list_(o, "attachments", w, self.attachment),
+            **{k: self.str_(o, k, w) for k in IDENTITY_FIELDS},
+            unavailable=self.list_(o, "unavailable", w, self.name),
         )
+
+    def name(self, value: Any, w: str) -> str:
+        if not isinstance(value, str) or not _FIELD_NAME_RE.fullmatch(value):  # later minors may add names
+            raise self.fail(w, f"expected a field name, got {value!r}")
+        return value
 
     def volume(self, value: Any, w: str) -> Volume:
         o = self.obj(value, w)

@@ -37,7 +37,17 @@ CREATE TABLE metadata_instances (
     metadata_vm_cluster_name varchar(255),
     metadata_vm_service_tag varchar(255),
     metadata_vm_sshkey text,
-    metadata_vm_user_data bytea
+    metadata_vm_user_data bytea,
+    -- Embedded VmNetworkConfig (Eucalyptus 4.x compute-common/.../internal/vm/VmNetworkConfig.java,
+    -- maint-4.0 cluster-manager/.../vm/VmNetworkConfig.java): @Column names as written there.
+    -- metadata_vm_sshkey / metadata_vm_user_data above are VmBootRecord's, metadata_vm_service_tag
+    -- VmRuntimeState's; no release has a key-name column (the name is the key's comment).
+    metadata_vm_private_addressing bool,
+    metadata_vm_mac_address varchar(255),
+    metadata_vm_private_address varchar(255),
+    metadata_vm_public_address varchar(255),
+    metadata_vm_private_dns varchar(255),
+    metadata_vm_public_dns varchar(255)
 );
 
 CREATE TABLE metadata_instances_persistent_volumes (
@@ -168,3 +178,23 @@ VALUES
      '000123456789', 'AIDAEXAMPLEUSER01', 'snap-5e6f7a8b', 'EXTANT', 'vol-4708bf47', 1, 'one', 'one'),
     ('d0000000000000000000000000000002', 1, now(), now(), 'd1000000-0000-4000-8000-000000000002',
      '000123456789', 'AIDAEXAMPLEUSER01', 'snap-99990000', 'GENERATING', 'vol-0000da7a', 2, 'one', 'one');
+
+-- The running instance's identity, as a 4.x CLC stores it (key line from KeyPairs.getAuthKeyString:
+-- "ssh-rsa <b64> <account>@eucalyptus.<keyName>"; user-data as raw bytes); the stopped one lost its
+-- public address (0.0.0.0 placeholder) and has no key; the terminated one has a hostile MAC and key.
+UPDATE metadata_instances SET
+    metadata_vm_mac_address = 'D0:0D:1A:2B:3C:4D', metadata_vm_private_address = '172.16.4.21',
+    metadata_vm_public_address = '10.111.5.77', metadata_vm_private_dns = 'euca-172-16-4-21.eucalyptus.internal',
+    metadata_vm_public_dns = 'euca-10-111-5-77.eucalyptus.example.com', metadata_vm_private_addressing = false,
+    metadata_vm_sshkey = 'ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDtestkeymaterialonly 000123456789@eucalyptus.ops-key',
+    metadata_vm_user_data = convert_to(E'#!/bin/sh\necho provisioned > /root/first-boot\n', 'UTF8')
+  WHERE metadata_display_name = 'i-1a2b3c4d';
+UPDATE metadata_instances SET
+    metadata_vm_mac_address = 'd0:0d:5e:6f:7a:8b', metadata_vm_private_address = '172.16.4.22',
+    metadata_vm_public_address = '0.0.0.0', metadata_vm_private_dns = 'euca-172-16-4-22.eucalyptus.internal',
+    metadata_vm_public_dns = ''
+  WHERE metadata_display_name = 'i-5e6f7a8b';
+UPDATE metadata_instances SET
+    metadata_vm_mac_address = E'd0:0d:00:00:00:01\nx', metadata_vm_private_address = 'not-an-ip',
+    metadata_vm_sshkey = E'ssh-rsa AAAA\nssh-rsa BBBB evil', metadata_vm_private_dns = E'x\x1b[31m.example'
+  WHERE metadata_display_name = 'i-0123456789abcdef0';
