@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from euca2kvm.eucalyptus.inventory import Inventory, VmType
 REGION = "us-east-1"  # moto's backends are per region; the same name is used to seed and to read
 CREDS = Credentials(access_key="AKIDEUCA2KVMTEST", secret_key="not-a-real-secret", region=REGION)
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+USER_DATA = b"#cloud-config\nruncmd: [[touch, /root/ran]]\n"
 
 
 def _free_port() -> int:
@@ -53,7 +55,9 @@ def seeded(moto_endpoint: str) -> dict[str, str]:
     ec2 = boto3.client("ec2", endpoint_url=moto_endpoint, region_name=REGION,
                        aws_access_key_id=CREDS.access_key, aws_secret_access_key=CREDS.secret_key)
     image = "ami-0b1c2d3e"  # moto does not validate image ids unless asked to
-    a = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m1.small",
+    ec2.create_key_pair(KeyName="ops-key")
+    a = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m1.small", KeyName="ops-key",
+                          UserData=USER_DATA.decode(),
                           Placement={"AvailabilityZone": "us-east-1a"})["Instances"][0]
     b = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="c1.medium",
                           Placement={"AvailabilityZone": "us-east-1a"})["Instances"][0]
@@ -199,3 +203,39 @@ def test_signature_v2_for_old_clouds(moto_endpoint: str) -> None:
     assert bodies and all("SignatureVersion=2" in b for b in bodies)
     with pytest.raises(UsageError, match="signature version"):
         make_client(moto_endpoint, CREDS, signature_version="v9")
+
+
+def test_identity_from_the_api(moto_endpoint: str, seeded: dict[str, str]) -> None:
+    """What DescribeInstances/DescribeInstanceAttribute give, and what the API never gives, said so."""
+    import boto3
+
+    ec2 = boto3.client("ec2", endpoint_url=moto_endpoint, region_name=REGION,
+                       aws_access_key_id=CREDS.access_key, aws_secret_access_key=CREDS.secret_key)
+    raw = ec2.describe_instances(InstanceIds=[seeded["a"]])["Reservations"][0]["Instances"][0]
+    inv = read_inventory_api(moto_endpoint, CREDS)
+    a = inv.instance(seeded["a"])
+    assert a.key_name == "ops-key" and a.public_key is None
+    assert base64.b64decode(a.user_data or "") == USER_DATA
+    assert a.private_ip == raw["PrivateIpAddress"] and a.private_dns == raw["PrivateDnsName"]
+    assert a.mac == raw["NetworkInterfaces"][0]["MacAddress"].lower()
+    assert {"public_key", "node"} <= set(a.unavailable) and "mac" not in a.unavailable
+    b = inv.instance(seeded["b"])
+    assert (b.key_name, b.user_data) == (None, None)
+    assert Inventory.from_json(inv.to_json()) == inv
+
+
+def test_identity_without_interfaces_or_user_data(moto_endpoint: str, seeded: dict[str, str]) -> None:
+    """A Eucalyptus EDGE cloud sends no networkInterfaceSet; a failed userData call is not fatal."""
+    def strip_nics(parsed: dict[str, Any], **_: Any) -> None:
+        for r in parsed.get("Reservations") or []:
+            for i in r.get("Instances") or []:
+                i.pop("NetworkInterfaces", None)
+
+    client = _client_with(moto_endpoint, "DescribeInstanceAttribute",
+                          lambda **_: _respond(403, '<?xml version="1.0"?><Response><Errors><Error>'
+                                               "<Code>UnauthorizedOperation</Code><Message>no</Message>"
+                                               "</Error></Errors><RequestID>r</RequestID></Response>"))
+    client.meta.events.register("after-call.ec2.DescribeInstances", strip_nics)
+    a = inventory_from_client(client, moto_endpoint).instance(seeded["a"])
+    assert a.mac is None and a.user_data is None
+    assert a.unavailable == ["mac", "node", "public_key", "user_data"]

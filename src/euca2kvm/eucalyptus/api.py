@@ -10,10 +10,17 @@ resources (ComputeService removes it from the id set and drops the owner restric
 The API does not tell launch-time volumes from runtime attachments: the root device's volume is
 reported as ``kind="boot"``, every other as ``"runtime"``. Storage-side facts (volumes dir, VG/LV
 names, loop devices) are not visible through the API; :mod:`.db` provides those.
+
+Identity: addresses, DNS names and the key name come from DescribeInstances, the MAC only from its
+``networkInterfaceSet`` (absent on Eucalyptus outside VPC mode), user-data from
+DescribeInstanceAttribute ``userData`` (one call per instance). The API never returns key material
+or the NC: ``public_key`` and ``node`` are always listed in ``unavailable``, with whatever else a
+given cloud did not answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import re
@@ -22,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ToolError, UsageError
+from . import identity
 from .credentials import Credentials, normalize_endpoint
 from .inventory import FORMAT_VERSION, Attachment, Instance, Inventory, Snapshot, VmType, Volume
 
@@ -200,7 +208,39 @@ def _instance(raw: dict[str, Any], types: dict[str, VmType]) -> Instance | None:
         vm_type=None if tname is None else types.get(tname, VmType(name=tname)), root_device=root,
         kernel_id=_image_id(raw.get("KernelId")), ramdisk_id=_image_id(raw.get("RamdiskId")),
         image_id=_str(raw.get("ImageId")), platform=_str(raw.get("Platform")),
-        virtualization_type=_str(raw.get("VirtualizationType")), attachments=atts)
+        virtualization_type=_str(raw.get("VirtualizationType")), attachments=atts, **_identity(raw))
+
+
+def _identity(raw: dict[str, Any]) -> dict[str, Any]:
+    """Identity fields DescribeInstances gives; the primary interface (device index 0) has the MAC."""
+    nics = [n for n in raw.get("NetworkInterfaces") or [] if isinstance(n, dict)]
+    nics.sort(key=lambda n: _int((n.get("Attachment") or {}).get("DeviceIndex")) or 0)
+    out: dict[str, Any] = {
+        "mac": identity.mac(nics[0].get("MacAddress")) if nics else None,
+        "private_ip": identity.address(raw.get("PrivateIpAddress")),
+        "public_ip": identity.address(raw.get("PublicIpAddress")),
+        "private_dns": identity.dns_name(raw.get("PrivateDnsName")),
+        "public_dns": identity.dns_name(raw.get("PublicDnsName")),
+        "key_name": identity.key_name(raw.get("KeyName")),
+    }
+    unavailable = {"public_key", "node"}  # never in an EC2 answer
+    if not nics:
+        unavailable.add("mac")
+    out["unavailable"] = sorted(unavailable)
+    return out
+
+
+def _with_user_data(client: Any, inst: Instance) -> Instance:
+    """The instance with its user-data (DescribeInstanceAttribute), or ``user_data`` unavailable."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        resp = client.describe_instance_attribute(InstanceId=inst.id, Attribute="userData")
+    except (ClientError, BotoCoreError) as e:
+        log.debug("DescribeInstanceAttribute userData for %s failed: %s", inst.id, e)
+        return dataclasses.replace(inst, unavailable=sorted({*inst.unavailable, "user_data"}))
+    value = (resp.get("UserData") or {}).get("Value") if isinstance(resp, dict) else None
+    return dataclasses.replace(inst, user_data=identity.user_data_b64(value))
 
 
 def inventory_from_client(client: Any, endpoint: str, verbose: bool = False) -> Inventory:
@@ -220,7 +260,8 @@ def inventory_from_client(client: Any, endpoint: str, verbose: bool = False) -> 
 
     names = {n for i in raw_instances if (n := _str(i.get("InstanceType"))) is not None}
     types = _vm_types(client, names) if names else {}
-    instances = {inst.id: inst for raw in raw_instances if (inst := _instance(raw, types)) is not None}
+    instances = {inst.id: _with_user_data(client, inst) for raw in raw_instances
+                 if (inst := _instance(raw, types)) is not None}
 
     volumes: list[Volume] = []
     for v in raw_volumes:
