@@ -12,36 +12,80 @@ The file is replaced atomically, so a crash never leaves half a manifest.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
-import os
-import re
-import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import FormatError, IOFailure
+from ..errors import FormatError, IOFailure, UsageError
+from .outdir import OutDir
 
 MANIFEST = "manifest.json"
 FORMAT = "euca2kvm-manifest"
 VERSION = 1
 MAX_MANIFEST_BYTES = 64 << 20  # tens of thousands of entries fit in a few MiB
-_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
-_lock = threading.Lock()
+# Characters an output name keeps as they are: every volume id (vol-/volume-/snap-XXXXXXXX),
+# instance disk names and lvm2 names without '_' stay unchanged.
+_KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.+-")
+# NAME_MAX is 255 bytes; this leaves room for the extension, the ".partial" and ".boot.png" suffixes.
+MAX_NAME = 200
+# A longer name keeps its start and ends in "~" + this many hex digits of its sha256 ("~" is never
+# produced otherwise, so a shortened name cannot equal an unshortened one).
+NAME_HASH_HEX = 16
 
 
 def safe_name(name: str, fallback: str = "volume") -> str:
-    """A file name from an id or LV name taken from metadata: no '/', no '..', no hidden file."""
-    cleaned = _SAFE.sub("_", name).lstrip(".")
-    cleaned = cleaned[:200]  # NAME_MAX is 255 with room for an extension
+    """The file name (without extension) of an output whose id is ``name``; injective and reversible.
+
+    Ids come from metadata, tags, file names and inventories, so anything can be in them. '/' (the
+    VG/LV separator) becomes '_'; letters, digits, '.', '+' and '-' stay; every other byte of the
+    UTF-8 encoding, '_' and '%' included, becomes %XX; a leading '.' becomes %2E (never a hidden
+    file, never '.' or '..'). Decoding is: '_' -> '/', %XX -> byte. So ``data/x_y`` is
+    ``data_x%5Fy`` and ``data_x/y`` is ``data%5Fx_y``, ``a b`` is ``a%20b`` and ``a_b`` is ``a%5Fb``,
+    while ``vol-4708bf47`` and ``vg-mseg/lvA`` keep today's names (``vg-mseg_lvA``).
+    Names longer than MAX_NAME are cut and end in "~<hash>" (injective up to a sha256 collision);
+    an empty name becomes ``fallback``. Two ids differing only in case stay distinct names, which a
+    case-insensitive destination (vfat, exFAT, SMB, macOS) would still merge: not handled here.
+    """
+    out: list[str] = []
+    for ch in name:
+        if ch in _KEEP:
+            out.append(ch)
+        elif ch == "/":
+            out.append("_")
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+    if out and out[0] == ".":
+        out[0] = "%2E"
+    cleaned = "".join(out)
+    if len(cleaned) > MAX_NAME:
+        tag = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:NAME_HASH_HEX]
+        cleaned = cleaned[: MAX_NAME - NAME_HASH_HEX - 1] + "~" + tag
     return cleaned or fallback
 
 
 def output_path(outdir: Path, name: str, ext: str) -> Path:
+    """``OUTDIR/<safe_name(name)>.<ext>``: the one place an id becomes an output path."""
     path = outdir / f"{safe_name(name)}.{ext}"
     if path.resolve().parent != outdir.resolve():
         raise FormatError(f"refusing output name {name!r}: it would leave {outdir}")
     return path
+
+
+def check_distinct(outputs: Iterable[tuple[str, Path]]) -> None:
+    """UsageError naming both sources when two of one run's sources would write the same output.
+
+    ``outputs`` are (description of the source, output path). Names are injective, so this
+    catches two sources with the same id (two containers whose LVs carry the same tag, a DAS LV
+    and an overlay volume of one id, ...) and the fallback and shortened names.
+    """
+    seen: dict[Path, str] = {}
+    for who, path in outputs:
+        if path in seen and seen[path] != who:
+            raise UsageError(f"{seen[path]} and {who} would both be exported as {path}; export them "
+                             "one at a time into different directories to keep both")
+        seen.setdefault(path, who)
 
 
 def load(outdir: Path) -> dict[str, Any]:
@@ -71,24 +115,17 @@ def load(outdir: Path) -> dict[str, Any]:
 
 
 def record(outdir: Path, entry: dict[str, Any]) -> None:
-    """Add or replace (by ``output``) one entry, atomically."""
-    with _lock:
+    """Add or replace (by ``output``) one entry, atomically.
+
+    The read-modify-write runs under the output directory's inter-process lock, so concurrent
+    runs (and threads) never lose each other's entries; the new manifest is written under a unique
+    O_EXCL temporary name, fsynced with its directory, and renamed over the old one.
+    """
+    with OutDir(outdir) as od, od.lock():
         data = load(outdir)
         vols = [v for v in data["volumes"] if v.get("output") != entry["output"]]
         vols.append(entry)
         vols.sort(key=lambda v: (str(v.get("id")), str(v.get("output"))))
         data["volumes"] = vols
         data["format"], data["version"] = FORMAT, VERSION
-        path = outdir / MANIFEST
-        tmp = outdir / f".{MANIFEST}.partial"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise IOFailure(f"cannot write {path}: {e.strerror}") from e
+        od.write_file(MANIFEST, json.dumps(data, indent=2, sort_keys=True) + "\n", fsync=True)
