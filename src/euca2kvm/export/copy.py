@@ -2,14 +2,16 @@
 """The block mover: reads an extent map block by block, digests it, and writes a sparse copy.
 
 Work is cut into digest blocks (4 MiB). A block whose extents are all ZERO, or whose source
-bytes are holes (SEEK_DATA), is neither read nor written: its digest is known. Other blocks take
-the first path that works, each remembered when unsupported:
+bytes are holes (SEEK_DATA), is neither read nor written: its digest is known. Other blocks are
+shared with the source by reflink (FICLONERANGE, btrfs/XFS; remembered when unsupported) and
+read only to be hashed, or read with ``preadv`` into a per-worker buffer, hashed and written
+from it with one ``pwritev`` per contiguous span.
 
-1. reflink (FICLONERANGE): the output shares the source's blocks (btrfs, XFS); the digest, if
-   asked for, is computed from the page cache;
-2. mmap: hashed where the pages lie and written with ``pwritev`` straight from the mapping;
-3. a buffer: ``preadv`` into a per-worker buffer (the plain ``--sha256``, which needs the bytes in
-   order, and sources that cannot be mapped).
+Sources are never mapped: a page of a mapping beyond the end of a file that shrank meanwhile
+raises SIGBUS, which kills the process (exit 135, the partial output left behind) and which
+Python cannot catch. A read past the end is just short: :class:`IOFailure` (exit 5) naming the
+file and the offset. The copy through the buffer costs one memory copy per block (measured with
+``bench/bench_export.py``, see the commit that removed the mapping).
 
 Runs of zero grains stay holes in the destination. hashlib and blake3 release the GIL, so workers
 hash in parallel. Results are consumed in block order, so the block digest and the optional plain sha256
@@ -19,11 +21,9 @@ whatever the disk size. With no destination the same code verifies: it digests w
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
-import mmap
 import os
 import queue
 import stat
@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import FormatError, IOFailure
+from ..errors import IOFailure
 from ..lvm.extents import Extent, ExtentMap, Kind
 from ..lvm.reader import FdCache
 from ..units import KiB
@@ -49,13 +49,6 @@ EXTRA_INFLIGHT = 2
 # default -S 4k; a finer grain cannot save space.
 SPARSE_GRAIN = 4 * KiB
 _ZEROS = bytes(DIGEST_BLOCK)
-# Populate page tables in one call instead of one fault per page (Linux; 0 elsewhere).
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-# errnos that mean "this kind of file or filesystem cannot do it", not "this copy failed"
-# A block's runs from one file share a map when they span at most this much of the file (the
-# stripes of a 4 MiB block span about 4 MiB / stripe count of each file); farther apart, each
-# run gets its own map rather than mapping the gap.
-MAX_SHARED_MAP_SPAN = 2 * DIGEST_BLOCK
 # Linux UIO_MAXIOV: most buffers one pwritev takes.
 IOV_MAX = 1024
 # linux/fs.h: share blocks between files (btrfs, XFS with reflink=1, ...)
@@ -63,6 +56,7 @@ FICLONERANGE = 0x4020940D
 # Clone ranges must be whole filesystem blocks; 4 KiB is the block size of every reflink
 # filesystem in use (a larger one just makes the ioctl fail and the copy path take over).
 CLONE_ALIGN = 4 * KiB
+# errnos that mean "this kind of file or filesystem cannot do it", not "this copy failed"
 _UNSUPPORTED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
 
 ProgressFn = Callable[[int], None]
@@ -83,9 +77,7 @@ class Sources(FdCache):
     def __init__(self) -> None:
         super().__init__()
         self.can_seek_data: dict[str, bool] = {}
-        self.can_mmap = True
         self.can_clone = True
-        self._mappable: dict[str, bool] = {}
         self._data_span: dict[str, tuple[int, int]] = {}  # path -> last (data, hole) offsets seen
         # One writer at a time: concurrent writes to one file contend for its inode lock, which
         # the kernel spins on (measured: 2-4x the system time, and exports that took 1.3 s
@@ -96,15 +88,6 @@ class Sources(FdCache):
         """Write (offset, bytes) pieces to the destination, one writer at a time."""
         with self.write_lock:
             return _pwritev_pieces(fd, pieces)
-
-    def mappable(self, path: str) -> bool:
-        """Regular files and block devices can be mapped; remember the answer per path."""
-        ok = self._mappable.get(path)
-        if ok is None:
-            mode = os.fstat(self.fd(path)).st_mode
-            ok = stat.S_ISREG(mode) or stat.S_ISBLK(mode)
-            self._mappable[path] = ok
-        return ok
 
     def clone_runs(self, out_fd: int, lo: int, runs: list[tuple[int, int, str, int]]) -> bool:
         """Share the runs' blocks with the destination (FICLONERANGE, btrfs/XFS reflink).
@@ -138,9 +121,10 @@ class Sources(FdCache):
         fd = self.fd(ext.path)
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode) and st.st_size < end:
-            # SEEK_DATA past EOF looks like a hole: a shrunk source must fail, not read as zeros.
-            raise FormatError(f"file is {st.st_size} bytes but the LV needs bytes up to {end} "
-                              "(truncated, or changed while reading?)", ext.path, st.st_size)
+            # SEEK_DATA past EOF looks like a hole: a shrunk source must fail, not read as zeros. The
+            # scan checked every extent against the file's size, so the file shrank since.
+            raise IOFailure(f"{ext.path} is {st.st_size} bytes but the LV needs bytes up to {end} at "
+                            f"offset {start}: the file shrank while exporting")
         if not self.can_seek_data.get(ext.path, True):
             return [(start, end)]
         out: list[tuple[int, int]] = []
@@ -170,8 +154,7 @@ class Sources(FdCache):
 
 
 class BufferPool:
-    """Block buffers, allocated on first use: the mmap path needs none, so a dense export with the
-    default digest never pays for them (4 MiB each)."""
+    """Block buffers (4 MiB each), allocated on first use: an export of holes allocates none."""
 
     def __init__(self, limit: int) -> None:
         self._free: queue.Queue[bytearray] = queue.Queue()
@@ -219,84 +202,14 @@ def _block_runs(emap: ExtentMap, src: Sources, lo: int, hi: int, name: str) -> l
 def _block_job(src: Sources, out_fd: int | None, lo: int, hi: int, index: int, runs: list[tuple[int, int, str, int]],
                buffers: BufferPool, keep: bool, algo: Algorithm | None) -> _Block:
     """Copy and/or digest one block; ``algo`` None copies without hashing (--no-verify)."""
-    n = hi - lo
     if out_fd is not None and not keep and src.can_clone and src.clone_runs(out_fd, lo, runs):
-        # Blocks shared with the source (reflink): nothing copied; hash from the page cache if asked.
-        block_digest = _mapped_block(src, None, lo, n, runs, algo)[0] if algo else b""
+        # Blocks shared with the source (reflink): nothing copied; read only to hash them, if asked.
         total = sum(r[3] for r in runs)
-        return _Block(index, lo, hi, block_digest, None, total if algo else 0, total)
-    if not keep and src.can_mmap and all(src.mappable(r[2]) for r in runs):
-        block_digest, written = _mapped_block(src, out_fd, lo, n, runs, algo)
-        return _Block(index, lo, hi, block_digest, None, sum(r[3] for r in runs), written)
+        if algo is None:
+            return _Block(index, lo, hi, b"", None, 0, total)
+        hashed = _buffered_block(src, None, lo, hi, index, runs, buffers, False, algo)
+        return _Block(index, lo, hi, hashed.digest, None, hashed.read, total)
     return _buffered_block(src, out_fd, lo, hi, index, runs, buffers, keep, algo)
-
-
-def _mapped_block(src: Sources, out_fd: int | None, lo: int, n: int,
-                  runs: list[tuple[int, int, str, int]], algo: Algorithm | None) -> tuple[bytes, int]:
-    """Hash straight from the page cache (mmap) and write with one ``pwritev`` per contiguous span.
-
-    Nothing is copied through a user-space buffer: the digest reads the source pages where they
-    are, and the kernel copies the non-zero grains from the mapping into the destination. A
-    block's runs from one file share one map when they lie close together (the stripes of one
-    block land in one range of each file), so a 64 KiB-striped LV costs a few system calls per
-    4 MiB, not a few per chunk. Maps live only while their block is processed, so the resident
-    set stays at a few blocks whatever the disk size.
-    """
-    maps: list[mmap.mmap] = []
-    views: list[memoryview] = []  # every view made, released before the maps close
-
-    def view(base: memoryview, a: int, b: int) -> memoryview:
-        v = base[a:b]
-        views.append(v)
-        return v
-
-    try:
-        by_path: dict[str, list[int]] = {}
-        for i, r in enumerate(runs):
-            by_path.setdefault(r[2], []).append(i)
-        run_views: dict[int, memoryview] = {}
-        for path, idx in by_path.items():
-            span = max(runs[i][1] + runs[i][3] for i in idx) - min(runs[i][1] for i in idx)
-            for group in [idx] if span <= MAX_SHARED_MAP_SPAN else [[i] for i in idx]:
-                start = min(runs[i][1] for i in group)
-                end = max(runs[i][1] + runs[i][3] for i in group)
-                aligned = start - start % mmap.ALLOCATIONGRANULARITY
-                m = mmap.mmap(src.fd(path), end - aligned, flags=mmap.MAP_SHARED | _MAP_POPULATE,
-                              prot=mmap.PROT_READ, offset=aligned)
-                maps.append(m)
-                whole = memoryview(m)
-                views.append(whole)
-                for i in group:
-                    rel = runs[i][1] - aligned
-                    run_views[i] = view(whole, rel, rel + runs[i][3])
-        ordered = [(runs[i][0], run_views[i]) for i in range(len(runs))]  # runs come in LV order
-        if all(_ZEROS.startswith(v) for _, v in ordered):
-            return algo.zero(n) if algo else b"", 0
-        h = algo.new() if algo else None
-        pos = 0
-        pieces: list[tuple[int, memoryview]] = []  # (destination offset, bytes) of non-zero grains
-        for boff, v in ordered:
-            if h is not None:
-                if boff > pos:
-                    h.update(_ZEROS[: boff - pos])
-                h.update(v)
-            pos = boff + len(v)
-            if out_fd is not None:
-                pieces += [(lo + boff + a, view(v, a, b)) for a, b in _nonzero_grains(v)]
-        written = src.write(out_fd, pieces) if out_fd is not None else 0
-        if h is None:
-            return b"", written
-        if pos < n:
-            h.update(_ZEROS[: n - pos])
-        return h.digest(), written
-    finally:
-        for v in reversed(views):
-            v.release()
-        for m in maps:
-            # A traceback may still reference a view of the map: let the collector unmap it
-            # then rather than replace the original error with BufferError.
-            with contextlib.suppress(BufferError):
-                m.close()
 
 
 def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
@@ -330,7 +243,10 @@ def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
 def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
                     runs: list[tuple[int, int, str, int]], buffers: BufferPool, keep: bool,
                     algo: Algorithm | None) -> _Block:
-    """Read into a buffer: for the plain sha256 (bytes needed in order) and sources mmap refuses."""
+    """Read the block's runs into a buffer, hash it and write its non-zero grains from there.
+
+    A read that returns fewer bytes than asked for is a source that shrank after the scan
+    checked its size: IOFailure naming the file and the offset, never zeros or stale bytes."""
     n = hi - lo
     buf: bytearray | None = buffers.get()
     assert buf is not None
@@ -346,8 +262,8 @@ def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: i
                 raise IOFailure(f"read of {length} bytes at offset {foff} of {path} failed: "
                                 f"{e.strerror}") from e
             if got != length:
-                raise FormatError(f"short read ({got} of {length} bytes): file shrank while reading?",
-                                  path, foff + got)
+                raise IOFailure(f"short read of {path} at offset {foff + got} ({got} of {length} bytes): "
+                                "the file shrank while exporting")
             covered = boff + length
         if covered < n:
             view[covered:n] = _ZEROS[: n - covered]
