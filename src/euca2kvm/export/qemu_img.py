@@ -232,6 +232,11 @@ def measure(src: str, out_fmt: str, *, src_fmt: str | None = None, src_image_opt
     return result
 
 
+def create(path: str, fmt: str, size: int) -> None:
+    """``qemu-img create -f FMT PATH SIZE``: a new empty image with no backing file."""
+    _run(["create", "-q", "-f", fmt, path, str(size)])
+
+
 def info(path: str, *, fmt: str | None = None, image_opts: bool = False) -> dict[str, Any]:
     """``qemu-img info --output json`` (``virtual-size``, ``format``, ``format-specific``...)."""
     result = _json(["info", *_source(path, fmt, image_opts)])
