@@ -6,18 +6,22 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, VerifyError
+from ..errors import Euca2kvmError, UsageError, VerifyError
 from ..export import qemu_img
+from ..export.outdir import read_bounded, write_atomic
 from ..kvm.boottest import DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, BootResult, boot_test
 from ..kvm.libvirt import Disk, Domain, virt_install_command, write_domain
 from .common import DEFAULT_DOMAIN_MEMORY_MIB, DEFAULT_VCPUS, console, esc, print_json
 
 DISK_TARGETS = [f"vd{chr(ord('a') + i)}" for i in range(26)]
+# A VGA screendump PNG is a few hundred KiB; one larger than this is not ours to copy.
+MAX_SCREENSHOT = 16 << 20
+# Default --timeout of the SSH proof (kept here so the help text needs no paramiko/QEMU import).
+SSH_TIMEOUT = 600.0
 
 
 def build_parser(sub: Any) -> None:
@@ -38,13 +42,22 @@ def build_parser(sub: Any) -> None:
                                    "reached (firmware, boot loader, kernel, login prompt or --expect TEXT) with "
                                    "a screenshot. KVM is used only when a probe shows it runs guests; "
                                    "EUCA2KVM_ACCEL=tcg|kvm overrides. Exits 6 when the goal is not reached.")
-    b.add_argument("image", metavar="IMAGE")
+    b.add_argument("image", metavar="IMAGE|DOMAIN.xml")
     b.add_argument("--format", help="image format (default: detected by qemu-img)")
-    b.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S")
+    b.add_argument("--timeout", type=float, metavar="S",
+                   help=f"give up after S seconds (default {DEFAULT_TIMEOUT:g}; {SSH_TIMEOUT:g} with a domain)")
     b.add_argument("--expect", metavar="TEXT", help="text that proves the boot (default: a login prompt)")
     b.add_argument("--memory", type=int, default=DEFAULT_MEMORY_MIB, metavar="MIB")
     b.add_argument("--workdir", metavar="DIR", help="keep serial log, VGA text and screenshot here")
     b.add_argument("--json", action="store_true")
+    ssh = b.add_argument_group("usable-boot proof (a libvirt domain XML: its disks behind throwaway overlays, "
+                               "its seed read-only, user-mode network with only SSH forwarded to 127.0.0.1)")
+    ssh.add_argument("--domain", action="store_true", help="the argument is a domain XML (implied by .xml)")
+    ssh.add_argument("--ssh-key", metavar="KEY", help="private key to log in with (the instance's key)")
+    ssh.add_argument("--ssh-user", default="root", metavar="USER", help="default: root")
+    ssh.add_argument("--command", metavar="CMD", help="also run CMD in the guest; its exit status must be 0")
+    ssh.add_argument("--expect-host-key", metavar="FILE",
+                     help="public host keys the guest must present (.pub or known_hosts lines)")
     b.set_defaults(func=do_boot_test)
 
 
@@ -66,9 +79,8 @@ def domain_for(images: list[Path], name: str, memory_mib: int, vcpus: int, forma
 def write_with_install_script(domain: Domain, xml_path: Path) -> tuple[Path, Path]:
     write_domain(domain, xml_path)
     script = xml_path.with_name(xml_path.name.removesuffix(".xml") + ".virt-install.sh")
-    script.write_text("#!/bin/sh\n# Equivalent of the domain XML beside this file\nexec "
-                      + shlex.join(virt_install_command(domain)) + "\n")
-    script.chmod(0o755)
+    write_atomic(script, "#!/bin/sh\n# Equivalent of the domain XML beside this file\nexec "
+                 + shlex.join(virt_install_command(domain)) + "\n", mode=0o755)
     return xml_path, script
 
 
@@ -92,17 +104,17 @@ def run_boot_test(image: Path, fmt: str, timeout: float, expect: str | None, mem
     return boot_test(image, fmt, timeout=timeout, expect=expect, workdir=workdir, memory_mib=memory)
 
 
-def keep_beside(image: Path, r: BootResult) -> Path | None:
+def keep_beside(image: Path, r: BootResult, strict: bool = False) -> Path | None:
     """Keep the screenshot and serial log next to the image (``IMAGE.boot.png``/``.boot.log``) when
-    that directory is writable; the boot's work directory is temporary."""
+    that directory is writable (else IOFailure with ``strict``); the boot's work directory is temporary.
+    Returns the screenshot's path. Neither file is written through a symlink at its name."""
     try:
-        image.with_name(image.name + ".boot.log").write_text(r.serial)
+        write_atomic(image.with_name(image.name + ".boot.log"), r.serial)
         if r.screenshot is not None and r.screenshot.exists():
-            shot = image.with_name(image.name + ".boot.png")
-            shutil.copyfile(r.screenshot, shot)
-            return shot
-    except OSError:
-        pass
+            return write_atomic(image.with_name(image.name + ".boot.png"), read_bounded(r.screenshot, MAX_SCREENSHOT))
+    except Euca2kvmError:
+        if strict:
+            raise
     return None
 
 
@@ -114,6 +126,12 @@ def result_json(r: BootResult) -> dict[str, Any]:
 
 
 def do_boot_test(args: argparse.Namespace) -> int:
+    if args.domain or args.image.endswith(".xml"):
+        return do_ssh_proof(args)
+    if args.ssh_key or args.expect_host_key or args.command:
+        raise UsageError("--ssh-key, --command and --expect-host-key need a domain XML (DOMAIN.xml or --domain)")
+    if args.timeout is None:
+        args.timeout = DEFAULT_TIMEOUT
     image = Path(args.image).resolve()
     if not image.exists():
         raise UsageError(f"{image} does not exist")
@@ -141,4 +159,48 @@ def do_boot_test(args: argparse.Namespace) -> int:
         raise VerifyError(f"{image.name} did not reach {'the expected text' if args.expect else 'a login prompt'}: "
                           f"{result.stage.name.lower()} stage ({result.reason})" + (
                               f"; {json.dumps(result.failure)}" if result.failure else ""))
+    return 0
+
+
+def do_ssh_proof(args: argparse.Namespace) -> int:
+    """``boot-test DOMAIN.xml --ssh-key KEY``: boot the domain and prove an SSH login (exit 6 if not)."""
+    from ..kvm import sshproof
+    from ..kvm.domainxml import parse_domain
+
+    if not args.ssh_key:
+        raise UsageError("boot-test with a domain XML needs --ssh-key KEY (the instance's private key)")
+    spec = parse_domain(Path(args.image))
+    expected = sshproof.read_expected_host_keys(Path(args.expect_host_key)) if args.expect_host_key else None
+    work = Path(args.workdir) if args.workdir else None
+    r = sshproof.ssh_proof(spec, Path(args.ssh_key), user=args.ssh_user,
+                           timeout=args.timeout if args.timeout is not None else SSH_TIMEOUT,
+                           command=args.command, expect_host_keys=expected, workdir=work)
+    if args.json:
+        print_json(r.as_json())
+    else:
+        out = sshproof.printable
+        times = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(r.milestones.items(), key=lambda kv: kv[1]))
+        console.print(("[green]SSH OK[/] " if r.ok else "[red]NO SSH[/] ")
+                      + esc(out(f"{r.user}@{spec.name} ({r.accel}): {r.reason} after {r.elapsed:.1f}s")))
+        console.print(f"stages: {esc(times or 'none seen')}"
+                      + (f"; kernel to SSH {r.kernel_to_ssh:.1f}s" if r.kernel_to_ssh is not None else ""))
+        if r.host_key:
+            match = {True: " (expected)", False: " (NOT the expected key)", None: ""}[r.host_key_expected]
+            console.print(f"host key: {esc(r.host_key['type'])} {esc(r.host_key['fingerprint'])}{match}")
+        if r.facts:
+            f = r.facts
+            console.print(f"hostname: {esc(out(f.hostname or '?'))}")
+            for i in f.interfaces:
+                console.print(f"interface: {esc(out(' '.join(i.values())))}")
+            console.print(f"cloud-init: {esc(out(f.cloud_init_status or '?'))}"
+                          + (f" ({esc(out(f.cloud_init_detail))})" if f.cloud_init_detail else ""))
+            console.print(f"instance id: {esc(out(f.instance_id or '?'))}; datasource: {esc(out(f.datasource or '?'))}")
+        if r.command is not None and r.command_status is not None:
+            console.print(f"command exit status {r.command_status}:\n{esc(out(r.command_output.rstrip()))}")
+        if not r.ok and r.serial.strip():
+            console.print("[bold]serial console (last lines):[/]\n" + esc(r.console_tail()))
+    if not r.ok:
+        why = r.reason + (f"; last SSH error: {r.last_ssh_error}" if r.last_ssh_error and not r.milestones.get("ssh")
+                          else "")
+        raise VerifyError(f"{spec.name}: no usable SSH login: {sshproof.printable(why)}")
     return 0
