@@ -33,6 +33,22 @@ CASES: dict[str, Domain] = {
         kernel="/srv/boot/vmlinuz-6.1", initrd="/srv/boot/initrd.img-6.1",
         cmdline="root=/dev/vda1 console=ttyS0 ro quiet",
     ),
+    # What export-instance writes for an EBS instance: the hardware tools/libvirt.xsl gives it on the NC.
+    "eucalyptus": Domain(
+        "i-1a2b3c4d", 256, 2,
+        [Disk("/srv/images/i-1a2b3c4d-sda.raw", "raw", "vda", "virtio", "vol-4708bf47-dev-sda", "none"),
+         Disk("/srv/images/i-1a2b3c4d-vdf.raw", "raw", "vdf", "virtio", "vol-0000da7a-dev-vdf", "none"),
+         Disk("/srv/images/i-1a2b3c4d.seed.iso", "raw", "hdc", "ide", cdrom=True)],
+        mac="d0:0d:1a:2b:3c:4d", nic_model="e1000", boot_dev=True, cpu_topology=True, rng=True,
+        clock="localtime", description="Eucalyptus instance i-1a2b3c4d",
+    ),
+    "eucalyptus-scsi-bridge": Domain(
+        "i-5e6f7a8b", 512, 1,
+        [Disk("/srv/images/i-5e6f7a8b-sda.qcow2", "qcow2", "sda", "scsi", "vol-77778888-dev-sda", "none"),
+         Disk("/srv/images/i-5e6f7a8b.seed.iso", "raw", "hdc", "ide", cdrom=True)],
+        network=None, bridge="br0", mac="d0:0d:5e:6f:7a:8b", nic_model="virtio", boot_dev=True,
+        cpu_topology=True, rng=True, clock="localtime",
+    ),
     "hostile": Domain(
         "../etc/passwd <&> 'x'", 256, 1,
         [Disk("/srv/a&b/<img> \"q\" ',x.raw", "raw", "sda"), Disk("/srv/ide disk.qcow2", "qcow2", "hdb")],
@@ -95,7 +111,14 @@ def test_libvirt_parses_it(name: str, tmp_path: Path) -> None:
     assert back.findtext("name") == dom.name
     assert [s.get("file") for s in back.iter("source") if s.get("file")] == [str(d.path) for d in dom.disks]
     assert back.find("./os/type").get("machine") == "pc"  # type: ignore[union-attr]
-    assert back.find("./devices/disk/boot").get("order") == "1"  # type: ignore[union-attr]
+    if dom.boot_dev:
+        assert back.find("./os/boot").get("dev") == "hd"  # type: ignore[union-attr]
+    else:
+        assert back.find("./devices/disk/boot").get("order") == "1"  # type: ignore[union-attr]
+    if dom.mac is not None:
+        assert back.find("./devices/interface/mac").get("address") == dom.mac  # type: ignore[union-attr]
+        assert back.find("./devices/interface/model").get("type") == dom.nic_model  # type: ignore[union-attr]
+    assert back.find("./sysinfo") is None and back.find("./os/smbios") is None  # never the ec2 identity
     if dom.kernel is not None:
         assert back.findtext("./os/kernel") == str(dom.kernel)
         assert back.findtext("./os/cmdline") == dom.cmdline
@@ -185,3 +208,47 @@ def test_virt_install_command() -> None:
     hostile = virt_install_command(CASES["hostile"])
     assert "path=/srv/a&b/<img> \"q\" ',,x.raw,format=raw,bus=sata,target.dev=sda,boot.order=1" in hostile
     assert hostile[hostile.index("--network") + 1] == "none"
+
+
+def test_eucalyptus_hardware() -> None:
+    """The parts of the NC's domain that matter to the guest, as libvirt.xsl renders them."""
+    root = ET.fromstring(domain_xml(CASES["eucalyptus"]))
+    assert root.find("./os/boot").get("dev") == "hd"  # type: ignore[union-attr]
+    assert root.findtext("vcpu") == "2"
+    assert root.find("./cpu/topology").attrib == {"sockets": "1", "cores": "2", "threads": "1"}  # type: ignore[union-attr]
+    assert root.find("clock").get("offset") == "localtime"  # type: ignore[union-attr]
+    disks = root.findall("./devices/disk")
+    assert [(d.get("device"), d.find("target").get("dev"), d.find("target").get("bus")) for d in disks] == [  # type: ignore[union-attr]
+        ("disk", "vda", "virtio"), ("disk", "vdf", "virtio"), ("cdrom", "hdc", "ide")]
+    assert [d.findtext("serial") for d in disks] == ["vol-4708bf47-dev-sda", "vol-0000da7a-dev-vdf", None]
+    assert [d.find("driver").get("cache") for d in disks] == ["none", "none", None]  # type: ignore[union-attr]
+    assert disks[2].find("readonly") is not None and disks[0].find("readonly") is None
+    assert all(d.find("boot") is None for d in disks)
+    assert root.find("./devices/interface/mac").get("address") == "d0:0d:1a:2b:3c:4d"  # type: ignore[union-attr]
+    rng = root.find("./devices/rng")
+    assert rng is not None and rng.get("model") == "virtio" and rng.findtext("backend") == "/dev/urandom"
+    cmd = virt_install_command(CASES["eucalyptus"])
+    assert "d0:0d:1a:2b:3c:4d" in cmd[cmd.index("--network") + 1]
+    assert "device=cdrom,readonly=on" in [c for c in cmd if "seed.iso" in c][0]
+    bridge = ET.fromstring(domain_xml(CASES["eucalyptus-scsi-bridge"]))
+    assert bridge.find("./devices/interface").get("type") == "bridge"  # type: ignore[union-attr]
+    assert bridge.find("./devices/interface/source").get("bridge") == "br0"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"mac": "D0:0D:1A:2B:3C:4D"}, {"mac": "01:00:5e:00:00:01"}, {"mac": "d0:0d"}, {"nic_model": "ne2k"},
+    {"bridge": "br0"}, {"network": None, "bridge": "br 0"}, {"clock": "variable"},
+    {"disks": [Disk("/a.iso", "raw", "hdc", "ide", cdrom=True)]},
+])
+def test_eucalyptus_options_refuse_bad_input(kwargs: dict[str, object]) -> None:
+    args: dict[str, object] = {"name": "t", "memory_mib": 256, "vcpus": 1, "disks": [Disk("/a")]}
+    args.update(kwargs)
+    with pytest.raises(UsageError):
+        Domain(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kwargs", [{"target_dev": "vda", "bus_name": "scsi"}, {"serial": "a b"},
+                                    {"cache": "fast"}, {"target_dev": "vdb", "cdrom": True}])
+def test_disk_options_refuse_bad_input(kwargs: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        Disk("/a", **kwargs)  # type: ignore[arg-type]

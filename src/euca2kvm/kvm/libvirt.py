@@ -5,18 +5,23 @@ The XML is written with ElementTree in a fixed element order, so the output is s
 and validates against libvirt's RelaxNG schema (``domain.rng``). Names are sanitised to what libvirt and its
 tools accept; paths are made absolute; ElementTree escapes XML special characters, and characters XML 1.0
 cannot carry at all are refused.
+
+The defaults give a generic guest. The optional parts (explicit bus, disk serial, ``cache``, a read-only
+cdrom, the NIC's MAC/model/bridge, ``<boot dev='hd'/>``, CPU topology, virtio-rng, the clock offset) are
+what an instance needs to get the virtual hardware a Eucalyptus node controller gave it; see
+:mod:`euca2kvm.kvm.ncconf`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from euca2kvm.errors import IOFailure, UsageError
+from euca2kvm.errors import UsageError
+from euca2kvm.export.outdir import write_atomic
 
 # Image formats QEMU opens for a guest disk (what euca2kvm export writes).
 FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi")
@@ -24,6 +29,16 @@ FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi")
 # guests without virtio drivers.
 BUS_BY_PREFIX = {"vd": "virtio", "sd": "sata", "hd": "ide"}
 TARGET_DEV = re.compile(r"^(vd|sd|hd)[a-z]{1,3}$")
+# Bus -> the target prefix libvirt expects for it.
+PREFIX_BY_BUS = {"virtio": "vd", "scsi": "sd", "sata": "sd", "ide": "hd"}
+NIC_MODELS = ("virtio", "e1000", "rtl8139")
+CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
+CLOCK_OFFSETS = ("utc", "localtime")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# libvirt's disk <serial> is at most 20 characters on IDE/SATA (the ATA field), unbounded on virtio/scsi; the
+# NC writes "<volId>-dev-<dev>" (vol-4708bf47-dev-sda, 20; longer for 17-hex ids, which QEMU then truncates).
+SERIAL_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")  # IFNAMSIZ - 1
 # libvirt forbids "/" in names; virsh and virt-install treat an all-digit name as a domain id, and a
 # leading "-" as an option. Keep a conservative, shell- and file-name-safe set, capped in length.
 NAME_ALLOWED = re.compile(r"[^A-Za-z0-9_.+-]+")
@@ -65,17 +80,29 @@ class Disk:
     path: str | os.PathLike[str]
     format: str = "raw"
     target_dev: str = "vda"
+    bus_name: str | None = None  # None: from the target prefix (vd virtio, sd sata, hd ide)
+    serial: str | None = None
+    cache: str | None = None
+    cdrom: bool = False  # a read-only cdrom instead of a disk
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise UsageError(f"unsupported disk format {self.format!r} (expected one of {', '.join(FORMATS)})")
         if not TARGET_DEV.match(self.target_dev):
             raise UsageError(f"invalid target device {self.target_dev!r} (expected vdX, sdX or hdX)")
+        if self.bus_name is not None and PREFIX_BY_BUS.get(self.bus_name) != self.target_dev[:2]:
+            raise UsageError(f"target device {self.target_dev!r} does not fit bus {self.bus_name!r}")
+        if self.serial is not None and not SERIAL_RE.match(self.serial):
+            raise UsageError(f"invalid disk serial {self.serial!r}")
+        if self.cache is not None and self.cache not in CACHE_MODES:
+            raise UsageError(f"invalid cache mode {self.cache!r}")
+        if self.cdrom and self.bus not in ("ide", "sata", "scsi"):
+            raise UsageError("a cdrom needs an ide, sata or scsi target")
         object.__setattr__(self, "path", _abs_path(self.path, "disk path"))
 
     @property
     def bus(self) -> str:
-        return BUS_BY_PREFIX[self.target_dev[:2]]
+        return self.bus_name or BUS_BY_PREFIX[self.target_dev[:2]]
 
 
 @dataclass(frozen=True)
@@ -89,8 +116,16 @@ class Domain:
     kernel: str | os.PathLike[str] | None = None
     initrd: str | os.PathLike[str] | None = None
     cmdline: str | None = None
-    network: str | None = "default"  # libvirt network name; None for no NIC
+    network: str | None = "default"  # libvirt network name; None for no NIC (unless bridge)
     domain_type: str = "kvm"
+    bridge: str | None = None  # a host bridge instead of a libvirt network
+    mac: str | None = None
+    nic_model: str = "virtio"
+    boot_dev: bool = False  # <os><boot dev='hd'/> instead of a boot order on the first disk
+    cpu_topology: bool = False  # <cpu><topology sockets='1' cores=vcpus threads='1'/>
+    rng: bool = False  # virtio-rng fed from the host's /dev/urandom
+    clock: str = "utc"
+    description: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", sanitize_name(self.name))
@@ -115,7 +150,25 @@ class Domain:
             _clean_text(self.cmdline, "kernel command line")
         if self.network is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.network):
             raise UsageError(f"invalid network name {self.network!r}")
+        if self.bridge is not None and (self.network is not None or not BRIDGE_RE.match(self.bridge)):
+            raise UsageError(f"invalid bridge {self.bridge!r} (a bridge replaces the network)")
+        if self.mac is not None and not MAC_RE.match(self.mac):
+            raise UsageError(f"invalid MAC address {self.mac!r} (expected lower-case xx:xx:xx:xx:xx:xx)")
+        if self.mac is not None and int(self.mac[:2], 16) & 1:
+            raise UsageError(f"MAC address {self.mac} is a multicast address")
+        if self.nic_model not in NIC_MODELS:
+            raise UsageError(f"NIC model must be one of {', '.join(NIC_MODELS)}, not {self.nic_model!r}")
+        if self.clock not in CLOCK_OFFSETS:
+            raise UsageError(f"clock offset must be utc or localtime, not {self.clock!r}")
+        if self.description is not None:
+            _clean_text(self.description, "description")
+        if self.disks[0].cdrom:
+            raise UsageError("the first disk (the boot disk) cannot be a cdrom")
         object.__setattr__(self, "disks", list(self.disks))
+
+    @property
+    def has_nic(self) -> bool:
+        return self.network is not None or self.bridge is not None
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -129,6 +182,8 @@ def domain_element(domain: Domain) -> ET.Element:
     """The ``<domain>`` element; children in libvirt's customary order."""
     root = ET.Element("domain", {"type": domain.domain_type})
     _sub(root, "name", domain.name)
+    if domain.description is not None:
+        _sub(root, "description", domain.description)
     _sub(root, "memory", str(domain.memory_mib), unit="MiB")
     _sub(root, "currentMemory", str(domain.memory_mib), unit="MiB")
     _sub(root, "vcpu", str(domain.vcpus))
@@ -140,25 +195,40 @@ def domain_element(domain: Domain) -> ET.Element:
             _sub(os_el, "initrd", str(domain.initrd))
         if domain.cmdline is not None:
             _sub(os_el, "cmdline", domain.cmdline)
+    if domain.boot_dev:
+        _sub(os_el, "boot", dev="hd")
     features = _sub(root, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    _sub(root, "clock", offset="utc")
+    if domain.cpu_topology:
+        cpu = _sub(root, "cpu")
+        _sub(cpu, "topology", sockets="1", cores=str(domain.vcpus), threads="1")
+    _sub(root, "clock", offset=domain.clock)
     _sub(root, "on_poweroff", "destroy")
     _sub(root, "on_reboot", "restart")
     _sub(root, "on_crash", "destroy")
     devices = _sub(root, "devices")
     for i, disk in enumerate(domain.disks):
-        d = _sub(devices, "disk", type="file", device="disk")
-        _sub(d, "driver", name="qemu", type=disk.format)
+        d = _sub(devices, "disk", type="file", device="cdrom" if disk.cdrom else "disk")
+        _sub(d, "driver", name="qemu", type=disk.format, **({"cache": disk.cache} if disk.cache else {}))
         _sub(d, "source", file=str(disk.path))
         _sub(d, "target", dev=disk.target_dev, bus=disk.bus)
-        if i == 0:
+        if disk.cdrom:
+            _sub(d, "readonly")
+        if disk.serial is not None:
+            _sub(d, "serial", disk.serial)
+        if i == 0 and not domain.boot_dev:
             _sub(d, "boot", order="1")
-    if domain.network is not None:
-        nic = _sub(devices, "interface", type="network")
-        _sub(nic, "source", network=domain.network)
-        _sub(nic, "model", type="virtio")
+    if domain.has_nic:
+        if domain.bridge is not None:
+            nic = _sub(devices, "interface", type="bridge")
+            _sub(nic, "source", bridge=domain.bridge)
+        else:
+            nic = _sub(devices, "interface", type="network")
+            _sub(nic, "source", network=str(domain.network))
+        if domain.mac is not None:
+            _sub(nic, "mac", address=domain.mac)
+        _sub(nic, "model", type=domain.nic_model)
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
@@ -167,6 +237,9 @@ def domain_element(domain: Domain) -> ET.Element:
     _sub(graphics, "listen", type="address", address="127.0.0.1")
     video = _sub(devices, "video")
     _sub(video, "model", type="vga")
+    if domain.rng:
+        rng = _sub(devices, "rng", model="virtio")
+        _sub(rng, "backend", "/dev/urandom", model="random")
     return root
 
 
@@ -178,21 +251,9 @@ def domain_xml(domain: Domain) -> str:
 
 
 def write_domain(domain: Domain, path: Path) -> Path:
-    """Write the domain XML to ``path`` atomically (temporary file + rename); returns ``path``."""
+    """Write the domain XML to ``path`` atomically, never through a symlink there; returns ``path``."""
     path = Path(path)
-    text = domain_xml(domain)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as e:
-        raise IOFailure(f"cannot write {path}: {e}") from e
+    write_atomic(path, domain_xml(domain), mode=0o644)
     return path
 
 
@@ -213,11 +274,21 @@ def virt_install_command(domain: Domain) -> list[str]:
         "--machine", "pc",
         "--osinfo", "detect=on,require=off",
     ]
+    if domain.cpu_topology:
+        cmd[cmd.index("--vcpus") + 1] = f"{domain.vcpus},sockets=1,cores={domain.vcpus},threads=1"
     for i, disk in enumerate(domain.disks):
         spec = f"path={_opt(str(disk.path))},format={disk.format},bus={disk.bus},target.dev={disk.target_dev}"
-        if i == 0:
+        if disk.cdrom:
+            spec += ",device=cdrom,readonly=on"
+        if disk.cache:
+            spec += f",cache={disk.cache}"
+        if disk.serial:
+            spec += f",serial={disk.serial}"
+        if i == 0 and not domain.boot_dev:
             spec += ",boot.order=1"
         cmd += ["--disk", spec]
+    if domain.boot_dev and domain.kernel is None:
+        cmd += ["--boot", "hd"]
     if domain.kernel is not None:
         boot = f"kernel={_opt(str(domain.kernel))}"
         if domain.initrd is not None:
@@ -225,6 +296,15 @@ def virt_install_command(domain: Domain) -> list[str]:
         if domain.cmdline is not None:
             boot += f",kernel_args={_opt(domain.cmdline)}"
         cmd += ["--boot", boot]
-    cmd += ["--network", f"network={domain.network},model=virtio" if domain.network is not None else "none"]
+    if domain.has_nic:
+        net = f"bridge={domain.bridge}" if domain.bridge is not None else f"network={domain.network}"
+        net += f",mac={domain.mac}" if domain.mac else ""
+        cmd += ["--network", f"{net},model={domain.nic_model}"]
+    else:
+        cmd += ["--network", "none"]
     cmd += ["--graphics", "vnc,listen=127.0.0.1", "--serial", "pty", "--console", "pty,target.type=serial"]
+    if domain.clock != "utc":
+        cmd += ["--clock", f"offset={domain.clock}"]
+    if domain.rng:
+        cmd += ["--rng", "/dev/urandom"]
     return cmd
