@@ -58,6 +58,8 @@ class GuestReport:
     bootable: str = "unknown"  # yes / no / unknown
     reason: str = ""
     notes: list[str] = field(default_factory=list)
+    # The guest's own configuration and what a domain would not give it (guestfiles.attach_config).
+    config: dict[str, Any] | None = None
 
     @property
     def verdict(self) -> str:
@@ -98,11 +100,25 @@ class GuestReport:
         for b in self.boot:
             out.append(f"boot code at {b.where}: {b.loader} ({b.detail})")
         out += [f"note: {n}" for n in self.notes]
+        if self.config is not None:
+            out += _config_lines(self.config)
         out.append(f"bootable: {self.verdict}")
         return out
 
     def render(self) -> str:
         return "\n".join(self.lines()) + "\n"
+
+
+def _config_lines(cfg: dict[str, Any]) -> list[str]:
+    """The guest configuration section (see guestfiles.attach_config); its strings are escaped already."""
+    read = ", ".join(f"{s['where']} {s['fstype']} on {s['mount']}" for s in cfg["sources"] if s["mount"])
+    out = [f"guest config (read-only, from {read or 'no filesystem'}; checked against a {cfg['disk_bus']} disk "
+           f"and {'NIC MAC ' + cfg['mac'] if cfg['mac'] else 'an unknown NIC MAC'}):"]
+    out += ["  " + ln for ln in cfg["summary"]]
+    out += ["  warning: " + (f"{w['file']}:{w['line']}: " if w["line"] else f"{w['file']}: " if w["file"] else "")
+            + w["message"] for w in cfg["warnings"]]
+    out += [f"  note: {n}" for n in cfg["notes"]]
+    return out
 
 
 def _lvm_lines(lvm: object) -> list[str]:

@@ -364,7 +364,11 @@ def guest_setup(reader: Reader, report: GuestReport | None = None) -> GuestSetup
     notes: list[str] = []
     unread: list[str] = []
     mounted: set[str] = set()
-    for where, r, off, size, fstype in _filesystems(reader, report):
+    try:
+        found = _filesystems(reader, report)
+    except Euca2kvmError as e:
+        found, unread = [], [f"filesystems not found: {clean_text(str(e), 400)}"]
+    for where, r, off, size, fstype in found:
         try:
             got = read_filesystem(r, where, off, size, fstype)
         except Euca2kvmError as e:
@@ -408,3 +412,19 @@ def guest_warnings(image_or_emap: str | ExtentMap | Reader, disk_bus: str, mac: 
         if opened is not None:
             opened()
     return setup.warnings(disk_bus, mac)
+
+
+# What ``inspect`` checks against when no domain is given: euca2kvm's own domains use virtio disks.
+DEFAULT_DISK_BUS = "virtio"
+
+
+def attach_config(reader: Reader, report: GuestReport, disk_bus: str = DEFAULT_DISK_BUS,
+                  mac: str | None = None) -> GuestSetup:
+    """Read the guest configuration of the disk ``report`` describes into ``report.config``, with the
+    warnings for a domain with ``disk_bus`` and ``mac``."""
+    setup = guest_setup(reader, report)
+    d = setup.to_dict()
+    d.update(summary=setup.config.summary(), disk_bus=disk_bus, mac=mac,
+             warnings=[w.to_dict() for w in setup.warnings(disk_bus, mac)])
+    report.config = d
+    return setup
