@@ -10,7 +10,9 @@ from typing import Any
 
 from ..errors import UsageError
 from ..eucalyptus.discovery import Volume
-from ..kvm.guest import inspect_disk, open_image
+from ..kvm.guest import GuestReport, inspect_disk, open_image
+from ..kvm.guestfiles import attach_config
+from ..kvm.imagefile import Reader
 from ..lvm.extents import ExtentMap, Kind
 from ..lvm.mirrors import MirrorReport, check_mirrors
 from ..lvm.reader import ExtentReader
@@ -62,8 +64,16 @@ def describe(vol: Volume, max_extents: int, guest: bool = True) -> dict[str, Any
         out["extents_truncated"] = len(shown) > max_extents
         if guest and Kind.ERROR not in emap.kinds():
             with ExtentReader(emap, vol.id) as reader:
-                out["guest"] = inspect_disk(reader, vol.id).to_dict()
+                out["guest"] = guest_report(reader, vol.id).to_dict()
     return out
+
+
+def guest_report(reader: Reader, name: str) -> GuestReport:
+    """The guest section: the disk's layout, then the guest's own configuration (read-only) checked
+    against the domain euca2kvm writes by default."""
+    report = inspect_disk(reader, name)
+    attach_config(reader, report)
+    return report
 
 
 def mirror_report(vol: Volume) -> MirrorReport:
@@ -76,7 +86,7 @@ def inspect_image(path: str, as_json: bool) -> int:
     """An image file that is not a volume container (an exported qcow2, a raw disk): guest section only."""
     reader = open_image(path)
     try:
-        report = inspect_disk(reader, os.path.basename(path))
+        report = guest_report(reader, os.path.basename(path))
     finally:
         close = getattr(reader, "close", None)
         if close is not None:
@@ -144,5 +154,5 @@ def do_inspect(args: argparse.Namespace) -> int:
         console.print(("[green]mirrors:[/] " if ok else "[red]mirrors:[/] ") + esc(mirror_report(vol).summary()))
     if "guest" in info:
         with ExtentReader(vol.extent_map(), vol.id) as reader:
-            console.print("[bold]guest:[/]\n" + esc(inspect_disk(reader, vol.id).render().rstrip()))
+            console.print("[bold]guest:[/]\n" + esc(guest_report(reader, vol.id).render().rstrip()))
     return 0
