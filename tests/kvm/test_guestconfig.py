@@ -223,7 +223,7 @@ CONTENT = st.one_of(st.binary(max_size=400),
                         lambda parts: "".join(parts).encode("utf-8", "surrogatepass")))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(PATHS), CONTENT, max_size=6),
        st.sampled_from(sorted(gc.BUS_NAMES)), st.one_of(st.none(), st.text(max_size=20)))
 def test_fuzz_never_raises(files: dict[str, bytes], bus: str, mac: str | None) -> None:

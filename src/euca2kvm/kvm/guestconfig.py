@@ -134,7 +134,10 @@ def _text(field_: str) -> str:
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, str]]:
-    yield from enumerate(data.decode("utf-8", "replace").splitlines()[:MAX_LINES], 1)
+    # Lines end at \n only (what an editor or sed numbers as lines); str.splitlines would also split
+    # at form feeds and Unicode separators and shift every line number after them.
+    for no, line in enumerate(data.decode("utf-8", "replace").split("\n", MAX_LINES)[:MAX_LINES], 1):
+        yield no, line.removesuffix("\r")
 
 
 def _mac(raw: str) -> str | None:
