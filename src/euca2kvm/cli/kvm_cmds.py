@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import Euca2kvmError, UsageError, VerifyError
 from ..export import qemu_img
-from ..export.outdir import read_bounded, write_atomic
+from ..export.outdir import private_tmp, read_bounded, write_atomic
 from ..kvm.boottest import DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, BootResult, boot_test
 from ..kvm.libvirt import Disk, Domain, virt_install_command, write_domain
 from .common import DEFAULT_DOMAIN_MEMORY_MIB, DEFAULT_VCPUS, console, esc, print_json
@@ -20,6 +19,7 @@ from .common import DEFAULT_DOMAIN_MEMORY_MIB, DEFAULT_VCPUS, console, esc, prin
 DISK_TARGETS = [f"vd{chr(ord('a') + i)}" for i in range(26)]
 # A VGA screendump PNG is a few hundred KiB; one larger than this is not ours to copy.
 MAX_SCREENSHOT = 16 << 20
+BOOT_PREFIX = "euca2kvm-boot-"  # boot-test's work directory in the system temporary directory
 # Default --timeout of the SSH proof (kept here so the help text needs no paramiko/QEMU import).
 SSH_TIMEOUT = 600.0
 
@@ -141,8 +141,8 @@ def do_boot_test(args: argparse.Namespace) -> int:
         work.mkdir(parents=True, exist_ok=True)
         result = run_boot_test(image, fmt, args.timeout, args.expect, args.memory, work)
     else:
-        with tempfile.TemporaryDirectory(prefix="euca2kvm-boot-") as tmp:
-            result = run_boot_test(image, fmt, args.timeout, args.expect, args.memory, Path(tmp))
+        with private_tmp(BOOT_PREFIX) as tmp:  # a killed run's is removed by the next one
+            result = run_boot_test(image, fmt, args.timeout, args.expect, args.memory, tmp)
             result.screenshot = keep_beside(image, result)
     if args.json:
         print_json(result_json(result))

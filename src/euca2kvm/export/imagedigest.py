@@ -52,6 +52,7 @@ from .copy import DEFAULT_WORKERS, EXTRA_INFLIGHT, ProgressFn, copy_blocks
 from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
 from .inorder import fold_plain, in_order
 from .nbdclient import Extent, NbdClient
+from .outdir import RUNTIME_PREFIX, runtime_dir
 
 ENV_QEMU_NBD = "QEMU_NBD"
 # Formats digested through qemu-nbd. Others qemu knows (luks, dmg...) need secrets or are not
@@ -176,7 +177,8 @@ def qemu_nbd(path: str, fmt: str, connections: int) -> Iterator[tuple[str, NbdCl
     Yields (socket path, first connection). The first connection proves qemu-nbd is ready and
     keeps it alive (it exits after its last client leaves); it is closed last.
     """
-    tmpdir = tempfile.mkdtemp(prefix="euca2kvm-nbd-")  # mode 0700: only we can connect
+    # mode 0700: only we can connect; stale ones of dead runs are removed
+    tmpdir = runtime_dir(RUNTIME_PREFIX, tempfile.gettempdir())
     sock = os.path.join(tmpdir, "nbd.sock")
     argv = [qemu_nbd_binary(), "--read-only", f"--shared={connections}", f"--format={fmt}",
             f"--socket={sock}", f"--cache={QEMU_NBD_CACHE}", f"--aio={QEMU_NBD_AIO}", path]

@@ -30,7 +30,6 @@ import shutil
 import socket
 import stat
 import struct
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from urllib.parse import quote
 from ..errors import UsageError
 from ..lvm.extents import Extent, ExtentMap, Kind
 from ..units import KiB, MiB
+from .outdir import RUNTIME_PREFIX, runtime_dir
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class NbdServer:
         self.export_name = export_name
         self._tmpdir: str | None = None
         if sock_path is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="euca2kvm-nbd-")
+            self._tmpdir = runtime_dir(RUNTIME_PREFIX)  # 0700; stale ones of dead runs are removed
             sock_path = os.path.join(self._tmpdir, "nbd.sock")
         if len(os.fsencode(sock_path)) > MAX_SOCK_PATH:
             raise UsageError(f"unix socket path longer than {MAX_SOCK_PATH} bytes: {sock_path}")

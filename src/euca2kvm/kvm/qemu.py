@@ -20,12 +20,12 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 
 from euca2kvm.errors import ToolError, UsageError
+from euca2kvm.export.outdir import open_new_or_truncate, private_tmp
 from euca2kvm.procs import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class QemuProcess:
 
     def __enter__(self) -> QemuProcess:
         log.debug("Starting %s", " ".join(self.args))
-        with open(self.log_path, "wb") as out:
+        with os.fdopen(open_new_or_truncate(self.log_path), "wb") as out:  # never through a symlink
             try:
                 self._proc = subprocess.Popen(
                     die_with_parent(self.args),
@@ -234,6 +234,7 @@ PROBE_FAT_KIB = 3072
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 # Each probe build step is a tiny local operation; 30 s means the tool is stuck.
 PROBE_TOOL_TIMEOUT = 30.0
+PROBE_PREFIX = "euca2kvm-probe-"  # its work directory in the system temporary directory
 
 
 def _run_tool(argv: list[str], timeout: float = PROBE_TOOL_TIMEOUT, stdin: bytes | None = None) -> None:
@@ -277,8 +278,7 @@ def probe_guest_runs(accel: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """Boot the probe disk under ``accel``; True if the guest reached SYSLINUX's protected-mode core."""
     if accel not in ACCELERATORS:
         raise UsageError(f"unknown accelerator {accel!r} (expected one of {', '.join(ACCELERATORS)})")
-    with tempfile.TemporaryDirectory(prefix="euca2kvm-probe-") as d:
-        work = Path(d)
+    with private_tmp(PROBE_PREFIX) as work:  # removed at exit; a killed run's is removed by the next one
         disk = build_probe_disk(work / "probe.img")
         serial = work / "serial.log"
         args = [
