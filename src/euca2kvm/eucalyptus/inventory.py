@@ -16,14 +16,13 @@ Version 1.1 adds each instance's identity: MAC, addresses, DNS names, key, user-
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeVar
 
 from ..errors import FormatError, IOFailure, UsageError
+from ..export.outdir import write_atomic
 
 FORMAT_NAME = "euca2kvm-inventory"
 FORMAT_VERSION = 1
@@ -237,23 +236,9 @@ def load_inventory(path: str) -> Inventory:
 
 
 def save_inventory(inventory: Inventory, path: str) -> None:
-    """Write atomically (temporary file in the same directory, fsync, rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".inventory-", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise IOFailure(f"cannot write inventory {path}: {e.strerror}") from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(inventory.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise IOFailure(f"cannot write inventory {path}: {e.strerror}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write atomically (O_EXCL temporary in the same directory, fsync, rename; never through a
+    symlink at ``path``), readable by the owner only: user-data and key names are in it."""
+    write_atomic(path, inventory.to_json(), mode=0o600)
 
 
 class _Decoder:

@@ -10,9 +10,10 @@ MiB whatever the disk size.
 * ``raw``: decompressed straight into the output, sparsely (runs of zeros stay holes), with the
   block digest (and optional sha256) computed while writing, under a hidden temporary name
   renamed when complete.
-* other formats: decompressed the same way into a hidden temporary raw file in the output
-  directory, which then goes through the ordinary pipeline (``qemu-img convert`` and ``qemu-img
-  compare``) and is deleted. That needs room for the raw image as well as the output.
+* other formats: decompressed the same way into a temporary raw file in a private work
+  directory inside the output directory (see :mod:`.outdir`), which then goes through the
+  ordinary pipeline (``qemu-img convert`` and ``qemu-img compare``) and is deleted.
+  That needs room for the raw image as well as the output.
 
 The uncompressed size is only known at the end (gzip records it modulo 4 GiB per member), so no
 space preflight is possible; running out of space is reported as an I/O error.
@@ -37,8 +38,9 @@ from ..units import MiB, TiB
 from . import manifest
 from .copy import write_sparse
 from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
+from .outdir import OutDir
 from .pipeline import ExportOptions, Source, content_digest, export_source, fingerprint
-from .raw import atomic_output, partial_name
+from .raw import IMAGE, atomic_output, new_image
 
 # Compressed bytes read per call: large enough for zlib throughput, small enough to be noise.
 READ_CHUNK = 1 * MiB
@@ -62,11 +64,12 @@ class GzResult:
 
 
 def gz_id(path: str) -> str:
-    """The id an object is exported under: ``snap-XXXX`` for ``snap-XXXX.gz``, else the name minus .gz."""
+    """The id an object is exported under: ``snap-XXXX`` for ``snap-XXXX.gz``, else the name minus .gz
+    (as it is: :func:`.manifest.output_path` escapes it once into the output name)."""
     base = os.path.basename(path)
     if SNAP_GZ_RE.match(base):
         return base[: -len(".gz")]
-    return manifest.safe_name(base[:-3] if base.endswith(".gz") else base, "snapshot")
+    return (base[:-3] if base.endswith(".gz") else base) or "snapshot"
 
 
 def split_sources(paths: list[str]) -> tuple[list[str], list[str]]:
@@ -242,42 +245,49 @@ def export_gz(
     state = fingerprint([path])
     base: dict[str, Any] = {"id": ident, "kind": "snapshot-gz", **(fields or {})}
     if opts.fmt.name == "raw":
-        with atomic_output(out, 0, fsync=opts.fsync) as fd:
+        entry: dict[str, Any] = {}  # filled in before the image is published, recorded with it
+        with atomic_output(out, 0, fsync=opts.fsync, commit=lambda: manifest.record(outdir, entry)) as fd:
             res = decompress(path, fd, sha256=opts.sha256, progress=progress, algorithm=opts.algorithm)
             try:
                 os.ftruncate(fd, res.size)
             except OSError as e:
                 raise IOFailure(f"cannot size {out} to {res.size} bytes: {e.strerror}") from e
-        entry: dict[str, Any] = {
-            **base,
-            "size": res.size,
-            "digest": res.digest,
-            "output": str(out.resolve()),
-            "format": "raw",
-            "format_options": {},
-            "compressed": False,
-            "verified": True,
-            "estimated_bytes": res.size,
-            "allocated_bytes": os.stat(out).st_blocks * 512,
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "bytes_read": res.bytes_read,
-            "bytes_written": res.bytes_written,
-        }
-    else:
-        tmp = partial_name(out).with_name(partial_name(out).name + ".raw")
-        try:
-            with atomic_output(tmp, 0) as fd:
-                res = decompress(path, fd, sha256=opts.sha256, progress=progress, algorithm=opts.algorithm)
-                os.ftruncate(fd, res.size)
-            emap = ExtentMap(res.size, [LinearMapper(0, res.size, str(tmp), 0)] if res.size else [])
-            entry, _ = export_source(Source(ident, emap, base), outdir, opts)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        if entry.get("digest") and entry["digest"] != res.digest:
-            raise VerifyError(f"{ident}: the digest of the decompressed data changed during conversion")
-        entry["digest"] = res.digest
-        entry["bytes_read"] = res.bytes_read
+            entry.update({
+                **base,
+                "size": res.size,
+                "digest": res.digest,
+                "output": str(outdir.resolve() / out.name),
+                "format": "raw",
+                "format_options": {},
+                "compressed": False,
+                "verified": True,
+                "estimated_bytes": res.size,
+                "allocated_bytes": os.fstat(fd).st_blocks * 512,
+                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "bytes_read": res.bytes_read,
+                "bytes_written": res.bytes_written,
+            })
+            _finish(entry, res, path, state, started)
+        return entry, False
+    # The decompressed temporary lives in a private work directory of this run, never in OUTDIR itself.
+    with OutDir(outdir) as od, od.work(f"{out.name}.raw") as work:
+        with new_image(work, 0) as fd:
+            res = decompress(path, fd, sha256=opts.sha256, progress=progress, algorithm=opts.algorithm)
+            os.ftruncate(fd, res.size)
+        tmp = str(work.file(IMAGE))
+        emap = ExtentMap(res.size, [LinearMapper(0, res.size, tmp, 0)] if res.size else [])
+        entry, _ = export_source(Source(ident, emap, base), outdir, opts)
+    if entry.get("digest") and entry["digest"] != res.digest:
+        raise VerifyError(f"{ident}: the digest of the decompressed data changed during conversion")
+    entry["digest"] = res.digest
+    entry["bytes_read"] = res.bytes_read
+    _finish(entry, res, path, state, started)
+    manifest.record(outdir, entry)
+    return entry, False
+
+
+def _finish(entry: dict[str, Any], res: GzResult, path: str, state: list[dict[str, Any]], started: float) -> None:
+    """The fields every gzip'd snapshot's entry has, whatever the output format."""
     entry.update(
         files=[path],
         source=state,
@@ -287,5 +297,3 @@ def export_gz(
     )
     if res.sha256:
         entry["sha256"] = res.sha256
-    manifest.record(outdir, entry)
-    return entry, False

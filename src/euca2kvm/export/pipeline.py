@@ -7,6 +7,14 @@ contiguous byte range of one file goes through qemu's raw ``offset``/``size`` dr
 else (multi-segment, striped, thin) through the NBD server on a private unix socket. While
 qemu-img converts, the source's block digest is computed on another core; afterwards the
 output is compared with the source by ``qemu-img compare`` (verification, on by default).
+
+Sources that change are refused: the files' size, mtime, ctime and inode are taken before the
+copy and again after it (before the output is published), and an LVM source's metadata is read
+again from its container (:mod:`.identity`). Any difference — a source written, truncated or
+replaced, the VG metadata rewritten since the scan — is an :class:`IOFailure` (exit 5) naming the
+file, "changed while exporting"; nothing is published and the partial output is removed. A copy
+that fails because its source shrank (short read, qemu-img reading past the end) is reported the
+same way. Exit 5 rather than 4 ("in use"): the change is seen in the bytes, not in a holder.
 """
 
 from __future__ import annotations
@@ -17,18 +25,19 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import FormatError, IOFailure, VerifyError
+from ..errors import Euca2kvmError, FormatError, IOFailure, VerifyError
 from ..lvm.extents import ExtentMap, Kind
 from ..units import MiB, human
 from . import manifest
 from .copy import DEFAULT_WORKERS, CopyResult, Sources, copy_blocks
 from .digest import DEFAULT, Algorithm, algorithm_of
 from .formats import OutputFormat
-from .raw import atomic_output, partial_name, publish
+from .outdir import OutDir, WorkDir
+from .raw import IMAGE, new_image
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,7 @@ FORMAT_OVERHEAD_RATIO = 0.01
 FORMAT_OVERHEAD_FIXED = 16 * MiB
 
 Progress = Callable[[int], None]
+NBD_SOCKET = "nbd.sock"  # the NBD server's socket, in the export's private work directory
 
 
 @dataclass(frozen=True)
@@ -53,20 +63,62 @@ class ExportOptions:
 
 @dataclass
 class Source:
-    """What is exported: an id for names, the extent map, descriptive fields for the manifest."""
+    """What is exported: an id for names, the extent map, descriptive fields for the manifest, and
+    what the extent map was built from (:mod:`.identity`; empty for files without LVM)."""
 
     id: str
     emap: ExtentMap
     fields: dict[str, Any]  # kind, vg, lv, segment_types...
+    identity: dict[str, Any] = field(default_factory=dict)  # VG/LV uuids, metadata seqno and checksum
+    recheck: Callable[[], dict[str, Any]] | None = None  # re-reads ``identity`` from the container
 
 
 def fingerprint(paths: list[str]) -> list[dict[str, Any]]:
-    """Size and mtime of each source file: a re-run reuses an output only if these did not change."""
+    """Size, mtime, ctime and inode of each source file: what a copy must find unchanged after it,
+    and a re-run before it reuses an output (a restored mtime still moves the ctime)."""
     out = []
     for p in paths:
-        st = os.stat(p)
-        out.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise IOFailure(f"cannot stat {p}: {e.strerror} (changed while exporting?)") from e
+        out.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                    "ino": st.st_ino})
     return out
+
+
+def identity(src: Source) -> dict[str, Any]:
+    """What a manifest entry must record for its output to be reused: the source's identity and size."""
+    return {**src.identity, "lv_size": src.emap.size}
+
+
+def _changes(src: Source, before: list[dict[str, Any]]) -> str | None:
+    """What changed in ``src`` since ``before`` was taken (and its metadata since the scan), or None."""
+    try:
+        after = fingerprint([f["path"] for f in before])
+        for b, a in zip(before, after, strict=True):
+            diff = [f"{k} {b[k]} -> {a[k]}" for k in b if b[k] != a[k]]
+            if diff:
+                return f"{b['path']} changed while exporting ({', '.join(diff)})"
+        now = src.recheck() if src.recheck is not None else src.identity
+        diff = [f"{k} {v} -> {now.get(k)}" for k, v in src.identity.items() if now.get(k) != v]
+        if diff:
+            return f"the VG metadata of {', '.join(sorted(src.emap.paths()))} changed ({', '.join(diff)})"
+    except IOFailure as e:
+        return str(e)
+    return None
+
+
+def check_unchanged(src: Source, before: list[dict[str, Any]], cause: BaseException | None = None) -> None:
+    """IOFailure naming the file when ``src`` changed since ``before``; nothing is published then.
+
+    With ``cause`` (the copy failed) a change is reported as the reason, the failure as its cause;
+    without a change the caller re-raises the failure itself.
+    """
+    what = _changes(src, before)
+    if what is not None:
+        raise IOFailure(f"{src.id}: {what}; refusing to publish an image of a source that changed while "
+                        "exporting") from cause
 
 
 def data_bytes(emap: ExtentMap) -> int:
@@ -96,7 +148,9 @@ def reusable(entry: dict[str, Any] | None, out: Path, src: Source, opts: ExportO
     """True when ``out`` is a finished export of exactly this source that still verifies."""
     if entry is None or not out.exists() or not entry.get("digest"):
         return False
+    # Entries written before identities were recorded have none: exported again.
     if (entry.get("format") != opts.fmt.name or entry.get("size") != src.emap.size
+            or entry.get("identity") != identity(src)
             or entry.get("source") != fingerprint(sorted(src.emap.paths()))):
         return False
     try:
@@ -116,24 +170,26 @@ def content_digest(path: Path, fmt: str, recorded: str, workers: int = DEFAULT_W
 
 
 @contextlib.contextmanager
-def _qemu_source(emap: ExtentMap) -> Iterator[str]:
-    """What qemu-img reads: the raw offset/size driver for one contiguous range, else our NBD server."""
+def _qemu_source(emap: ExtentMap, work: WorkDir) -> Iterator[str]:
+    """What qemu-img reads: the raw offset/size driver for one contiguous range, else our NBD server
+    (its socket in the private work directory, unless that path is too long for a unix socket)."""
     from . import qemu_img  # here and below: raw exports never load the conversion code
-    from .nbd import serve
+    from .nbd import MAX_SOCK_PATH, serve
 
     single = emap.single_range()
     if single is not None and emap.size % 512 == 0:
         yield qemu_img.raw_range_spec(single[0], single[1], emap.size)
         return
-    with serve(emap) as srv:
+    with serve(emap, work.socket_path(NBD_SOCKET, MAX_SOCK_PATH)) as srv:
         yield srv.uri
 
 
-def _convert(src: Source, tmp: Path, opts: ExportOptions, progress: Progress | None) -> CopyResult | None:
-    """qemu-img convert into ``tmp``; with verification, the source digest is computed meanwhile."""
+def _convert(src: Source, work: WorkDir, opts: ExportOptions, progress: Progress | None) -> CopyResult | None:
+    """qemu-img convert into ``work/IMAGE``; with verification, the source digest is computed meanwhile."""
     from . import qemu_img
 
     emap = src.emap
+    tmp = work.file(IMAGE)
     digest_result: list[CopyResult] = []
     digest_error: list[BaseException] = []
 
@@ -156,7 +212,7 @@ def _convert(src: Source, tmp: Path, opts: ExportOptions, progress: Progress | N
                 progress(now - done[0])
                 done[0] = now
 
-    with _qemu_source(emap) as spec:
+    with _qemu_source(emap, work) as spec:
         qemu_img.convert(spec, str(tmp), opts.fmt.name, opts.fmt.options, compress=opts.fmt.compress,
                          progress_cb=on_percent)
         if opts.verify:
@@ -179,51 +235,59 @@ def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Prog
     if Kind.ERROR in emap.kinds():
         raise FormatError(f"{src.id}: the LV has an 'error' segment: reading it fails under device-mapper "
                           "too; refusing to export invented bytes")
-    out = manifest.output_path(outdir, src.id.replace("/", "_"), opts.fmt.ext)
+    out = manifest.output_path(outdir, src.id, opts.fmt.ext)
     previous = next((v for v in manifest.load(outdir)["volumes"] if v.get("output") == str(out.resolve())), None)
     if not opts.overwrite and reusable(previous, out, src, opts):
         assert previous is not None
         if progress is not None:
             progress(emap.size)
         return previous, True
-    estimate = preflight(emap, opts, outdir)
     source_state = fingerprint(sorted(emap.paths()))
+    estimate = preflight(emap, opts, outdir)
     started = time.monotonic()
-    if opts.fmt.name == "raw":
-        with atomic_output(out, emap.size, fsync=opts.fsync) as fd:
-            res: CopyResult | None = copy_blocks(emap, fd, sha256=opts.sha256, workers=opts.workers,
-                                                 progress=progress, name=src.id, digest=opts.verify,
-                                                 algorithm=opts.algorithm)
-    else:
-        tmp = partial_name(out)
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        try:
-            res = _convert(src, tmp, opts, progress)
-            if opts.fsync:
-                fd = os.open(tmp, os.O_RDONLY)
+    # Everything is written in a private directory of this run (two runs never share a temporary)
+    # and published with its manifest entry under the directory lock (see OutDir.publish).
+    with OutDir(outdir) as od, od.work(out.name) as work:
+        if opts.fmt.name == "raw":
+            with new_image(work, emap.size, fsync=opts.fsync) as fd:
                 try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            publish(tmp, out)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-    elapsed = time.monotonic() - started
+                    res: CopyResult | None = copy_blocks(emap, fd, sha256=opts.sha256, workers=opts.workers,
+                                                         progress=progress, name=src.id, digest=opts.verify,
+                                                         algorithm=opts.algorithm)
+                except Euca2kvmError as e:
+                    check_unchanged(src, source_state, e)
+                    raise
+                check_unchanged(src, source_state)
+        else:
+            try:
+                res = _convert(src, work, opts, progress)
+            except Euca2kvmError as e:
+                check_unchanged(src, source_state, e)
+                raise
+            check_unchanged(src, source_state)
+            if opts.fsync:
+                work.fsync(IMAGE)
+        entry = _entry(src, outdir.resolve() / out.name, opts, res, source_state, estimate,
+                       time.monotonic() - started, work.stat(IMAGE).st_blocks * 512)
+        od.publish(work, IMAGE, out.name, commit=lambda: manifest.record(outdir, entry), fsync=opts.fsync)
+    return entry, False
+
+
+def _entry(src: Source, out: Path, opts: ExportOptions, res: CopyResult | None, source_state: list[dict[str, Any]],
+           estimate: int, elapsed: float, allocated: int) -> dict[str, Any]:
+    """The manifest entry of a finished export of ``src`` to ``out`` (OUTDIR resolved, final name as is)."""
+    emap = src.emap
     entry: dict[str, Any] = {
         "id": src.id, **src.fields, "size": emap.size,
-        "digest": res.digest if res else None, "output": str(out.resolve()), "format": opts.fmt.name,
+        "digest": res.digest if res else None, "output": str(out), "format": opts.fmt.name,
         "format_options": opts.fmt.options, "compressed": opts.fmt.compress,
-        "files": sorted(emap.paths()), "source": source_state,
+        "files": sorted(emap.paths()), "source": source_state, "identity": identity(src),
         "verified": opts.verify, "estimated_bytes": estimate,
-        "allocated_bytes": os.stat(out).st_blocks * 512,
+        "allocated_bytes": allocated,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(elapsed, 3),
     }
     if res is not None and opts.fmt.name == "raw":
         entry["bytes_read"], entry["bytes_written"] = res.bytes_read, res.bytes_written
     if res is not None and res.sha256:
         entry["sha256"] = res.sha256
-    manifest.record(outdir, entry)
-    return entry, False
+    return entry

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Export an extent map to a sparse raw image, atomically.
 
-The image is written under a hidden temporary name in the output directory and renamed over
-the final name only after every byte was read, hashed and written; on any error or interrupt
-the temporary file is removed, so a file under the final name is always complete.
+The image is written in a private work directory inside the output directory (created with
+O_EXCL, never through a symlink) and renamed to the final name only after every byte was read,
+hashed and written; on any error or interrupt the temporary file is removed, so a file under
+the final name is always complete.
 """
 
 from __future__ import annotations
@@ -11,35 +12,36 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import IOFailure
 from ..lvm.extents import ExtentMap
 from .copy import DEFAULT_WORKERS, CopyResult, ProgressFn, copy_blocks
+from .outdir import OutDir, WorkDir
+
+# The image's name inside its private work directory (see outdir.OutDir.work).
+IMAGE = "image"
 
 
 def partial_name(final: Path) -> Path:
-    """The temporary name an output is written under (never looks like a finished image)."""
+    """The name prefix of the temporary an output is written under (never looks like a finished image).
+
+    The temporary itself is ``<this>.<pid>-<random>.partial`` (see :func:`outdir.temp_name`).
+    """
     return final.with_name(f".{final.name}.partial")
 
 
 @contextlib.contextmanager
-def atomic_output(final: Path, size: int, fsync: bool = False) -> Iterator[int]:
-    """Yield a descriptor of a new, empty, ``size``-byte sparse file renamed to ``final`` on success."""
-    tmp = partial_name(final)
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise IOFailure(f"cannot create {tmp}: {e.strerror}") from e
+def new_image(work: WorkDir, size: int, fsync: bool = False) -> Iterator[int]:
+    """A descriptor of a new, empty, ``size``-byte sparse file ``IMAGE`` in ``work``; removed on error."""
+    fd = work.create(IMAGE)
     ok = False
     try:
         try:
             os.ftruncate(fd, size)
         except OSError as e:
-            raise IOFailure(f"cannot size {tmp} to {size} bytes: {e.strerror}") from e
+            raise IOFailure(f"cannot size {work.file(IMAGE)} to {size} bytes: {e.strerror}") from e
         yield fd
         if fsync:
             os.fdatasync(fd)
@@ -48,45 +50,21 @@ def atomic_output(final: Path, size: int, fsync: bool = False) -> Iterator[int]:
         os.close(fd)
         if not ok:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-    try:
-        publish(tmp, final)
-    except IOFailure:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    if fsync:
-        dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+                os.unlink(IMAGE, dir_fd=work.fd)
 
 
-def publish(tmp: Path, final: Path) -> None:
-    """Rename a finished output to its final name, replacing an earlier export.
+@contextlib.contextmanager
+def atomic_output(final: Path, size: int, fsync: bool = False,
+                  commit: Callable[[], None] | None = None) -> Iterator[int]:
+    """Yield a descriptor of a new, empty, ``size``-byte sparse file published as ``final`` on success.
 
-    The earlier file is first moved aside, so neither rename replaces an existing file: ext4
-    (auto_da_alloc) flushes a file renamed over another one synchronously, which costs seconds
-    for a large image. The final name is missing only between the two renames.
+    ``commit`` (recording the manifest entry) runs while the new file is in place under the output
+    directory's lock; if it fails the earlier export is restored (see :meth:`OutDir.publish`).
     """
-    old = final.with_name(f".{final.name}.old")
-    moved = False
-    try:
-        try:
-            os.rename(final, old)
-            moved = True
-        except FileNotFoundError:
-            pass
-        os.rename(tmp, final)
-    except OSError as e:
-        if moved:
-            with contextlib.suppress(OSError):
-                os.rename(old, final)  # put the earlier export back
-        raise IOFailure(f"cannot rename {tmp} to {final}: {e.strerror}") from e
-    if moved:
-        with contextlib.suppress(FileNotFoundError):
-            old.unlink()
+    with OutDir(final.parent) as od, od.work(final.name) as work:
+        with new_image(work, size, fsync=fsync) as fd:
+            yield fd
+        od.publish(work, IMAGE, final.name, commit=commit, fsync=fsync)
 
 
 def export_raw(emap: ExtentMap, final: Path, *, sha256: bool = False, workers: int = DEFAULT_WORKERS,
