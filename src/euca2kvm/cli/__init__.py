@@ -11,10 +11,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType, ModuleType
+from typing import NoReturn
 
 from .. import errors
 from ..errors import Euca2kvmError
 from .common import console_err, esc
+from .console import VisibleFormatter, visible
 
 EPILOG = """exit codes:
   0    success
@@ -47,8 +49,16 @@ def _modules(argv: Sequence[str]) -> list[ModuleType]:
     return [importlib.import_module(f"{__name__}.{n}") for n in names]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (subcommands inherit it) with usage errors escaped: they quote arguments,
+    which a shell glob over a volumes directory can fill with hostile file names."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(visible(message))
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="euca2kvm",
         description="Export EBS volumes of a Eucalyptus cloud from their LVM container files to disk images "
                     "KVM boots, without root, loop devices or device-mapper, never writing to a source.",
@@ -75,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(threadName)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(VisibleFormatter("%(levelname)s %(threadName)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rc: int = args.func(args)

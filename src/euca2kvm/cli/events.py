@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import Euca2kvmError, Interrupted
 from .common import console_err, esc
+from .console import visible
 
 # JSON progress events at most this often per volume: enough for a dashboard, not a flood.
 JSON_PROGRESS_INTERVAL = 1.0
@@ -65,7 +66,8 @@ class Reporter:
         task = None
         if self._progress is not None:
             with self._lock:
-                task = self._progress.add_task(esc(vid), total=size)
+                # rich renders descriptions with Text.from_markup, not through the console's render_str
+                task = self._progress.add_task(esc(visible(vid)), total=size)
         done = 0
         last = 0.0
 
