@@ -120,17 +120,18 @@ def do_inspect(args: argparse.Namespace) -> int:
         console.print("[red]in use:[/] " + esc("; ".join(h.what for h in vol.in_use)))
     if "vg" in info:
         g = info["vg"]
-        console.print(f"VG {esc(g['name'])} id={g['id']} seqno={g['seqno']} extent_size={human(g['extent_size'])}")
+        console.print(f"VG {esc(g['name'])} id={esc(g['id'])} seqno={g['seqno']} extent_size={human(g['extent_size'])}")
         wrapped = " (wrapped in the ring)" if g["metadata_wrapped"] else ""
         console.print(f"   metadata from {esc(g['metadata_from'])}{wrapped}")
         for w in g["warnings"]:
             console.print(f"   [yellow]warning:[/] {esc(w)}")
         for pv in info["pvs"]:
             where = pv["file"] or f"MISSING ({pv['missing']})"
-            console.print(f"PV {pv['name']} {pv['id']} pe_start={pv['pe_start']} pe_count={pv['pe_count']} "
+            console.print(f"PV {esc(pv['name'])} {esc(pv['id'])} pe_start={pv['pe_start']} pe_count={pv['pe_count']} "
                           f"-> {esc(where)}")
         lv = info["lv"]
-        console.print(f"LV {esc(lv['name'])} id={lv['id']} tags={lv['tags']} status={lv['status']}")
+        console.print(f"LV {esc(lv['name'])} id={esc(lv['id'])} tags={esc(','.join(map(str, lv['tags'])))} "
+                      f"status={esc(','.join(map(str, lv['status'])))}")
         for s in lv["segments"]:
             console.print(f"   segment{s['index']}: extents {s['start_extent']}+{s['extent_count']} "
                           f"type={'+'.join([s['type'], *s['flags']])} {esc(str(s['params']))}")

@@ -102,7 +102,7 @@ def build_parser(sub: Any) -> None:
 
 
 def summary(inv: Inventory) -> Table:
-    t = Table(title=f"{len(inv.instances)} instance(s) from {inv.source}")
+    t = Table(title=f"{len(inv.instances)} instance(s) from {esc(inv.source)}")
     for col in ("INSTANCE", "STATE", "TYPE", "CPU", "MEM MiB", "KERNEL", "DISKS (boot first)"):
         t.add_column(col, overflow="fold")
     for inst in inv.instances:
