@@ -401,25 +401,29 @@ HOSTKEY_ALGORITHMS = {
 }
 
 
-class _Ssh:
+class SshSession:
     """One authenticated SSH connection to the guest."""
 
-    def __init__(self, port: int, user: str, pkey: Any, key_types: list[str] | None) -> None:
+    def __init__(self, port: int, user: str, pkey: Any, key_types: list[str] | None,
+                 deadline: float | None = None) -> None:
         import paramiko
 
         self.transport: Any = None
-        sock = socket.create_connection(("127.0.0.1", port), timeout=CONNECT_TIMEOUT)
+        # QEMU's hostfwd accepts at once and then waits for the guest: never wait past the caller's deadline
+        limit = HANDSHAKE_TIMEOUT if deadline is None else max(0.5, min(HANDSHAKE_TIMEOUT, deadline - time.monotonic()))
+        sock = socket.create_connection(("127.0.0.1", port), timeout=min(CONNECT_TIMEOUT, limit))
         try:
             t = paramiko.Transport(sock)
-            t.banner_timeout = HANDSHAKE_TIMEOUT
-            t.handshake_timeout = HANDSHAKE_TIMEOUT
+            t.banner_timeout = limit
+            t.handshake_timeout = limit
+            t.auth_timeout = limit
             if key_types:
                 opts = t.get_security_options()
                 wanted = [a for a in key_types if a in opts.key_types]
                 if wanted:
                     opts.key_types = wanted
             self.transport = t
-            t.start_client(timeout=HANDSHAKE_TIMEOUT)
+            t.start_client(timeout=limit)
             key = t.get_remote_server_key()
             self.host_key = (key.get_name(), key.get_base64())
             t.auth_publickey(user, pkey)
@@ -558,9 +562,9 @@ def _drive(result: SshProof, proc: QemuProcess, port: int, pkey: Any, paramiko: 
         if not proc.alive():
             result.reason = f"QEMU exited with status {proc.returncode}"
             return
-        conn: _Ssh | None = None
+        conn: SshSession | None = None
         try:
-            conn = _Ssh(port, result.user, pkey, key_types)
+            conn = SshSession(port, result.user, pkey, key_types, deadline)
             result.milestones.setdefault("ssh", round(time.monotonic() - start, 2))
             if result.host_key is None:
                 ktype, b64 = conn.host_key
