@@ -9,6 +9,7 @@ stay available where a formula needs them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..errors import FormatError
 from ..units import SECTOR
@@ -93,6 +94,32 @@ class VG:
 
     def lv_size(self, lv: LV) -> int:
         return lv.extent_count * self.extent_size
+
+    @cached_property
+    def references(self) -> dict[tuple[str, str, str], tuple[LV, ...]]:
+        """(segment type, key, name) -> the LVs, in metadata order, with such a segment whose string
+        ``key`` is ``name`` (a snapshot's ``cow_store``, a thin volume's ``thin_pool``...).
+
+        Built once per VG: looking a reference up by scanning every LV, once per LV, made a scan of a
+        VG with hundreds of LVs quadratic (cubic with visibility checks).
+        """
+        refs: dict[tuple[str, str, str], list[LV]] = {}
+        for lv in self.lvs.values():
+            for s in lv.segments:
+                for k, v in s.params.items():
+                    if isinstance(v, str):
+                        found = refs.setdefault((s.type, k, v), [])
+                        if not found or found[-1] is not lv:
+                            found.append(lv)
+        return {k: tuple(v) for k, v in refs.items()}
+
+    @cached_property
+    def position(self) -> dict[str, int]:
+        """LV name -> its index in the metadata."""
+        return {name: i for i, name in enumerate(self.lvs)}
+
+    def referrers(self, seg_type: str, key: str, name: str) -> tuple[LV, ...]:
+        return self.references.get((seg_type, key, name), ())
 
 
 class _Ctx:

@@ -33,6 +33,7 @@ class VolumeGroup:
     missing: dict[str, str]  # PV name -> why it is unavailable
     warnings: list[str] = field(default_factory=list)
     _ctx: Context | None = None
+    _visible: tuple[LV, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -49,7 +50,9 @@ class VolumeGroup:
 
     def visible_lvs(self) -> list[LV]:
         """The LVs lvm shows (lvm2's lv_is_visible: COW LVs instead of the hidden snapshotN)."""
-        return [lv for lv in self.vg.lvs.values() if user_visible(self.vg, lv)]
+        if self._visible is None:  # computed once: callers ask per LV
+            self._visible = tuple(lv for lv in self.vg.lvs.values() if user_visible(self.vg, lv))
+        return list(self._visible)
 
     def files(self) -> list[str]:
         return sorted({d.path for d in self.devices.values() if d is not None})

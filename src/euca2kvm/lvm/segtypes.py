@@ -154,8 +154,7 @@ def _thin(ctx: Context, lv: LV, seg: Segment, start: int) -> Mapper:
 
 @resolver("thin-pool")
 def _thin_pool(ctx: Context, lv: LV, seg: Segment, start: int) -> Mapper:
-    vols = sorted(t.name for t in ctx.vg.lvs.values()
-                  if any(s.type == "thin" and s.param("thin_pool") == lv.name for s in t.segments))
+    vols = sorted(t.name for t in ctx.vg.referrers("thin", "thin_pool", lv.name))
     which = f" ({', '.join(vols)})" if vols else " (it has none)"
     raise UnsupportedError(f"LV {ctx.vg.name}/{lv.name} is a thin pool: a thin pool is not a disk; "
                            f"export its thin volumes{which}")
@@ -211,11 +210,10 @@ resolver(*_REFUSALS, *_RAID_LEVELS)(_refuser)
 
 def snapshot_of_cow(vg: VG, cow: str) -> LV | None:
     """The hidden ``snapshotN`` LV whose COW store (or merging store) is LV ``cow``."""
-    for lv in vg.lvs.values():
-        for s in lv.segments:
-            if s.type == "snapshot" and cow in (s.param("cow_store"), s.param("merging_store")):
-                return lv
-    return None
+    cands = vg.referrers("snapshot", "cow_store", cow) + vg.referrers("snapshot", "merging_store", cow)
+    if len(cands) < 2:
+        return cands[0] if cands else None
+    return min(cands, key=lambda lv: vg.position[lv.name])  # the first in metadata order
 
 
 def user_visible(vg: VG, lv: LV) -> bool:
@@ -244,7 +242,7 @@ def user_target(vg: VG, name: str) -> str:
     snap = snapshot_of_cow(vg, name)
     if snap is not None:
         return snap.name
-    for lv in vg.lvs.values():
+    for lv in vg.referrers("snapshot", "origin", name):
         for s in lv.segments:
             merging = s.param("merging_store")
             if s.type == "snapshot" and s.param("origin") == name and isinstance(merging, str):
