@@ -46,8 +46,18 @@ def test_creation_host_line_as_lvm_writes_it() -> None:
     assert parse(text) == {"creation_host": "host", "creation_time": 1}
 
 
-def test_duplicate_key_last_wins_and_type_flags_kept() -> None:
-    assert parse('a = 1\na = 2\ntype = "raid1+RESHAPE"') == {"a": 2, "type": "raid1+RESHAPE"}
+def test_duplicate_key_first_wins_and_type_flags_kept() -> None:
+    # lvm2 2.03.16 on a PV whose segment says extent_count twice: "Ignoring duplicate config node",
+    # and lvs shows the size of the first value.
+    assert parse('a = 1\na = 2\ntype = "raid1+RESHAPE"') == {"a": 1, "type": "raid1+RESHAPE"}
+
+
+@pytest.mark.parametrize("text, key", [("lv0 {\n}\nlv0 {\na = 1\n}", "lv0"), ("a {\nseg {\n}\nseg {\n}\n}", "seg"),
+                                       ("a = 1\na {\n}", "a"), ("a {\n}\na = 1", "a")])
+def test_repeated_section_is_refused_where_it_repeats(text: str, key: str) -> None:
+    with pytest.raises(FormatError) as ei:
+        parse(text, "/pv", 1000)
+    assert ei.value.path == "/pv" and ei.value.offset == 1000 + text.rindex(key)
 
 
 def test_numbers() -> None:

@@ -10,10 +10,14 @@
     string   := '"' (char | '\\' char)* '"' | "'" char* "'"
     comment  := '#' to end of line, outside strings
 
-Sections become ``dict`` (insertion ordered; a repeated key keeps the last value, as lvm2
-does), lists become ``list``, numbers ``int`` (or ``float`` when written with a dot or an
+Sections become ``dict`` (insertion ordered), lists become ``list``, numbers ``int`` (or ``float`` when written with a dot or an
 exponent), strings and bare words ``str``. Nesting depth and list length are bounded: the
 input is hostile.
+
+Repeated keys, as lvm2 2.03 treats them (checked with ``vgs`` on crafted PVs): a repeated value
+keeps the *first* one (lvm2 warns "Ignoring duplicate config node" and reads the first); a
+repeated section (two ``lv0 { }``, two ``segment1 { }``, two ``pv0 { }``) is conflicting metadata
+and refused: lvm2 fails to read such a VG (or calls it an internal error), it never merges them.
 """
 
 from __future__ import annotations
@@ -117,17 +121,23 @@ def _items(toks: _Tokens, depth: int) -> Section:
         raise toks.error(f"sections nested deeper than {MAX_DEPTH}")
     out: Section = {}
     while toks.kind in (_WORD, _STR):
-        key = toks.value
+        key, at = toks.value, toks.start
         toks.next()
+        value: Section | Value
         if toks.kind == _PUNCT and toks.value == "{":
             toks.next()
-            out[key] = _items(toks, depth + 1)
+            value = _items(toks, depth + 1)
             toks.expect("}")
         elif toks.kind == _PUNCT and toks.value == "=":
             toks.next()
-            out[key] = _value(toks)
+            value = _value(toks)
         else:
             raise toks.error(f"expected '=' or '{{' after {key!r}, found {toks.describe()}")
+        if key in out:
+            if isinstance(value, dict) or isinstance(out[key], dict):
+                raise toks.error(f"section {key!r} appears twice (conflicting metadata)", at)
+            continue  # the first value counts, as in lvm2
+        out[key] = value
     return out
 
 
