@@ -61,6 +61,10 @@ MAX_ENTRIES = 20_000
 MAX_OUTPUT = 4 << 20
 # One debugfs request reads a few blocks; seconds only pass on a hung disk.
 DEBUGFS_TIMEOUT = 30.0
+# Commands given to one debugfs run: less than a pipe buffer (64 KiB), so writing them never blocks.
+MAX_STDIN = 60_000
+# Output of one batch of ``cat``s: the files' sizes add up to at most this, plus the echoed commands.
+MAX_CAT_BATCH = MAX_OUTPUT - (64 << 10)
 # What stays of a tool's stderr for a message.
 STDERR_TAIL = 2048
 # Names from the guest used in a path: no separators, no spaces, no control characters, no "..".
@@ -97,8 +101,11 @@ class FsView(Protocol):
     def entries(self, path: str, want: Callable[[str], bool]) -> Entries | None:
         """The entries of the directory at ``path`` whose names ``want`` accepts (None: no such directory)."""
 
-    def read(self, path: str, size: int) -> bytes:
-        """The regular file at ``path``, ``size`` bytes (known from its entry, at most MAX_FILE)."""
+    def prefetch(self, paths: list[str]) -> None:
+        """A hint: ``entries`` will be asked for these directories (debugfs lists them in one run)."""
+
+    def read_many(self, files: list[tuple[str, int]]) -> dict[str, bytes]:
+        """The regular files ``(path, size)`` (sizes from their entries, each at most MAX_FILE)."""
 
 
 @dataclass
@@ -112,13 +119,21 @@ class GuestFiles:
     unread: str = ""  # why the filesystem could not be read at all
 
 
-def _run(argv: list[str], pass_fds: tuple[int, ...], what: str) -> tuple[bytes, str]:
-    """(stdout, stderr tail) of a read-only tool run, bounded in time and output."""
+def _run(argv: list[str], pass_fds: tuple[int, ...], what: str, stdin: bytes) -> tuple[bytes, str]:
+    """(stdout, stderr tail) of a read-only tool run fed ``stdin``, bounded in time and output."""
+    if len(stdin) > MAX_STDIN:
+        raise AssertionError(f"{len(stdin)} bytes of commands exceed {MAX_STDIN}")
     try:
-        proc = subprocess.Popen(die_with_parent(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(die_with_parent(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, pass_fds=pass_fds)
     except OSError as e:
         raise ToolError(f"cannot run {argv[0]}: {e.strerror} (install e2fsprogs)") from e
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(stdin)  # smaller than a pipe buffer: never blocks on a tool that is not reading yet
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the tool exited at once; its stderr says why
     out, err = bytearray(), bytearray()
     deadline = time.monotonic() + DEBUGFS_TIMEOUT
     expired = ""
@@ -166,34 +181,85 @@ def mode_kind(mode: int) -> str:
 
 
 class DebugfsView:
-    """An ext2/3/4 filesystem at ``offset`` of the host file open as ``fd``, through ``debugfs -c``."""
+    """An ext2/3/4 filesystem at ``offset`` of the host file open as ``fd``, through ``debugfs -c``.
+
+    Requests go in batches on debugfs' standard input (``-f -``); debugfs echoes each one as
+    ``debugfs: REQUEST`` before its output, which is where the output is cut. A listing line always
+    starts with ``/``; a ``cat`` prints exactly the file's size. Output that does not fit that shape
+    (a request that failed) makes the batch's requests run one by one instead.
+    """
 
     def __init__(self, fd: int, offset: int, name: str) -> None:
         self.fd = fd
         self.spec = f"/dev/fd/{fd}?offset={offset}"
         self.name = name
+        self._listings: dict[str, Entries | None] = {}
 
-    def _request(self, request: str) -> tuple[bytes, str]:
-        return _run(["debugfs", "-c", "-R", request, self.spec], (self.fd,), f"{self.name}: debugfs {request!r}")
+    def _batch(self, requests: list[str]) -> tuple[bytes, str]:
+        return _run(["debugfs", "-c", "-f", "-", self.spec], (self.fd,), f"{self.name}: debugfs",
+                    "".join(f"{r}\n" for r in requests).encode())
 
-    def entries(self, path: str, want: Callable[[str], bool]) -> Entries | None:
-        out, err = self._request(f"ls -p {path}")
-        if not out:
-            if path == "/" and err:
-                raise ToolError(f"{self.name}: debugfs cannot open the filesystem: {err[-300:]}")
-            return None
+    @staticmethod
+    def _echo(request: str) -> bytes:
+        return f"debugfs: {request}\n".encode()
+
+    def _listing(self, out: bytes) -> Entries:
         found: Entries = {}
-        for line in out.splitlines()[:MAX_ENTRIES]:
+        for line in out.split(b"\n", MAX_ENTRIES)[:MAX_ENTRIES]:
             m = _LS_LINE.match(line)
-            if m and want(name := m.group(3).decode("utf-8", "replace")):
-                found[name] = (mode_kind(int(m.group(2), 8)), int(m.group(4) or 0))
+            if m:
+                found[m.group(3).decode("utf-8", "replace")] = (mode_kind(int(m.group(2), 8)), int(m.group(4) or 0))
         return found
 
-    def read(self, path: str, size: int) -> bytes:
-        out, err = self._request(f"cat {path}")
-        if len(out) != size:
-            raise IOFailure(f"{self.name}: debugfs printed {len(out)} of {size} bytes of {path}: {err[-300:]}")
+    def prefetch(self, paths: list[str]) -> None:
+        todo = [p for p in dict.fromkeys(paths) if p not in self._listings]
+        if not todo:
+            return
+        requests = [f"ls -p {p}" for p in todo]
+        out, err = self._batch(requests)
+        pos = 0
+        for i, (path, req) in enumerate(zip(todo, requests, strict=True)):
+            if not out.startswith(self._echo(req), pos):
+                raise ToolError(f"{self.name}: debugfs output does not follow its requests: {err[-300:]}")
+            start = pos + len(self._echo(req))
+            nxt = out.find(b"\n" + self._echo(requests[i + 1]), start - 1) + 1 if i + 1 < len(todo) else len(out)
+            if nxt <= 0:
+                raise ToolError(f"{self.name}: debugfs output does not follow its requests: {err[-300:]}")
+            body = out[start:nxt]
+            self._listings[path] = self._listing(body) if body.startswith(b"/") else None
+            pos = nxt
+        if self._listings.get("/") is None and "/" in todo:
+            raise ToolError(f"{self.name}: debugfs cannot open the filesystem: {err[-300:]}")
+
+    def entries(self, path: str, want: Callable[[str], bool]) -> Entries | None:
+        self.prefetch([path])
+        listing = self._listings[path]
+        return None if listing is None else {n: e for n, e in listing.items() if want(n)}
+
+    def read_many(self, files: list[tuple[str, int]]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        batch: list[tuple[str, int]] = []
+        for i, (path, size) in enumerate(files):
+            batch.append((path, size))
+            if i + 1 == len(files) or sum(s for _, s in batch) + files[i + 1][1] > MAX_CAT_BATCH:
+                out.update(self._cat(batch))
+                batch = []
         return out
+
+    def _cat(self, files: list[tuple[str, int]]) -> dict[str, bytes]:
+        out, err = self._batch([f"cat {p}" for p, _ in files])
+        got, pos = {}, 0
+        for path, size in files:
+            echo = self._echo(f"cat {path}")
+            if not out.startswith(echo, pos):
+                break
+            got[path] = out[pos + len(echo) : pos + len(echo) + size]
+            pos += len(echo) + size
+        if pos == len(out) and len(got) == len(files):
+            return got
+        if len(files) == 1:
+            return {}  # this one failed (debugfs said why on stderr); the caller notes it as not read
+        return {k: v for one in files for k, v in self._cat([one]).items()}  # find the one that failed
 
 
 def collect(view: FsView, where: str, fstype: str) -> GuestFiles:
@@ -208,16 +274,17 @@ def collect(view: FsView, where: str, fstype: str) -> GuestFiles:
         return got
     dirs: list[tuple[str, tuple[str, ...] | re.Pattern[str]]] = [
         (d[len(prefix):] or "/", w) for d, w in WANTED.items() if d.startswith(prefix + "/") or d == prefix]
+    view.prefetch([d for d, _ in dirs] + (["/home"] if prefix == "" else []))
     if prefix == "":
         homes = view.entries("/home", lambda n: bool(SAFE_NAME.match(n))) or {}
         users = sorted(n for n, (kind, _) in homes.items() if kind == "dir" and SAFE_NAME.match(n))
         if len(users) > MAX_HOMES:
             got.notes.append(f"{where}: {len(users)} home directories, only the first {MAX_HOMES} looked at")
-        dirs += [(f"/home/{u}/.ssh", HOME_WANTED) for u in users[:MAX_HOMES]]
+        homedirs = [f"/home/{u}/.ssh" for u in users[:MAX_HOMES]]
+        view.prefetch(homedirs)
+        dirs += [(h, HOME_WANTED) for h in homedirs]
+    reads: list[tuple[str, int]] = []
     for d, want in dirs:
-        if len(got.files) >= MAX_FILES:
-            got.notes.append(f"{where}: more than {MAX_FILES} files wanted; the rest not read")
-            break
         try:
             listing = view.entries(d, _wanted(want))
         except FormatError as e:  # one odd directory (hostile, or beyond the XFS reader) costs only itself
@@ -233,8 +300,16 @@ def collect(view: FsView, where: str, fstype: str) -> GuestFiles:
                 continue
             elif size > MAX_FILE:
                 got.notes.append(f"{where}: {path} is {size} bytes, larger than {MAX_FILE}; not read")
-            elif len(got.files) < MAX_FILES:
-                got.files[path] = view.read(inside, size)
+            else:
+                reads.append((inside, size))
+    if len(reads) > MAX_FILES:
+        got.notes.append(f"{where}: {len(reads)} files wanted, only the first {MAX_FILES} read")
+    contents = view.read_many(reads[:MAX_FILES])
+    for inside, _ in reads[:MAX_FILES]:
+        if inside in contents:
+            got.files[prefix + inside] = contents[inside]
+        else:
+            got.notes.append(f"{where}: {prefix + inside} could not be read")
     return got
 
 

@@ -278,6 +278,18 @@ class XfsView:
             out[name] = (_mode_kind(cmode), csize)
         return out
 
+    def prefetch(self, paths: list[str]) -> None:
+        pass  # every read is a pread of the image; nothing to batch
+
+    def read_many(self, files: list[tuple[str, int]]) -> dict[str, bytes]:
+        out = {}
+        for path, size in files:
+            try:
+                out[path] = self.read(path, size)
+            except FormatError:
+                continue  # the caller notes it as not read
+        return out
+
     def read(self, path: str, size: int) -> bytes:
         ino = self._lookup(path)
         if ino is None:
