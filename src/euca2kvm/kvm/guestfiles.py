@@ -9,13 +9,11 @@ LVM reader, as :mod:`.guest` does). A filesystem holding ``/etc`` is a root; one
 
 How:
 
-* ext2/3/4 through e2fsprogs' ``debugfs -c`` (catastrophic mode: read-only, no bitmaps), ``ls -p``
-  to list a directory and ``cat`` to print a file. debugfs needs a file; it is given the host
-  file holding the filesystem as ``/dev/fd/N?offset=BYTES`` (an e2fsprogs unix I/O option; ``N`` is
-  a read-only descriptor euca2kvm opened), so nothing is copied, attached or written. That needs
-  the filesystem to be one contiguous byte range of a raw file: a partition of a raw image or of
-  a volume whose LV is linear, a guest LV in one piece. Other layouts (a qcow2 image, a guest LV
-  in several pieces) are reported as not read.
+* ext2/3/4 through e2fsprogs' ``debugfs -c`` (:mod:`.extfiles`), given the host file holding the
+  filesystem and the byte offset, so nothing is copied, attached or written. That needs the
+  filesystem to be one contiguous byte range of a raw file: a partition of a raw image or of a
+  volume whose LV is linear, a guest LV in one piece. Other layouts (a qcow2 image, a guest LV in
+  several pieces) are reported as not read, and :meth:`GuestSetup.warnings` says so.
 * XFS through :mod:`.xfsfiles`, euca2kvm's own reader on the image reader (xfs_db has no way to
   print a file, nor to open a byte range of a file).
 
@@ -30,20 +28,17 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
-import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import Euca2kvmError, FormatError, IOFailure, ToolError
+from ..errors import Euca2kvmError, FormatError, IOFailure
 from ..lvm.device import Device
 from ..lvm.extents import ExtentMap, Kind
 from ..lvm.reader import ExtentReader
 from ..lvm.scan import scan
-from ..procs import die_with_parent
 from . import guestconfig
+from .extfiles import DebugfsView, Entries
 from .filesystems import probe
 from .guest import GuestReport, inspect_disk
 from .imagefile import RawReader, Reader, Window, clean_text, open_image
@@ -55,18 +50,6 @@ MAX_FILE = 1 << 20
 MAX_FILES = 96
 # Home directories whose authorized_keys are looked at.
 MAX_HOMES = 32
-# Entries of one directory considered (a /usr/bin has a few thousand).
-MAX_ENTRIES = 20_000
-# debugfs output of one ``ls -p`` (about 50 bytes an entry) or one ``cat``.
-MAX_OUTPUT = 4 << 20
-# One debugfs request reads a few blocks; seconds only pass on a hung disk.
-DEBUGFS_TIMEOUT = 30.0
-# Commands given to one debugfs run: less than a pipe buffer (64 KiB), so writing them never blocks.
-MAX_STDIN = 60_000
-# Output of one batch of ``cat``s: the files' sizes add up to at most this, plus the echoed commands.
-MAX_CAT_BATCH = MAX_OUTPUT - (64 << 10)
-# What stays of a tool's stderr for a message.
-STDERR_TAIL = 2048
 # Names from the guest used in a path: no separators, no spaces, no control characters, no "..".
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_@+][A-Za-z0-9._@+:-]{0,127}$")
 
@@ -94,7 +77,6 @@ WANTED: dict[str, tuple[str, ...] | re.Pattern[str]] = {
 }
 HOME_WANTED = ("authorized_keys", "authorized_keys2")
 
-Entries = dict[str, tuple[str, int]]  # name -> (kind: file/dir/symlink/other, size)
 
 
 class FsView(Protocol):
@@ -117,149 +99,6 @@ class GuestFiles:
     present: set[str] = field(default_factory=set)  # paths that exist, read or not
     notes: list[str] = field(default_factory=list)
     unread: str = ""  # why the filesystem could not be read at all
-
-
-def _run(argv: list[str], pass_fds: tuple[int, ...], what: str, stdin: bytes) -> tuple[bytes, str]:
-    """(stdout, stderr tail) of a read-only tool run fed ``stdin``, bounded in time and output."""
-    if len(stdin) > MAX_STDIN:
-        raise AssertionError(f"{len(stdin)} bytes of commands exceed {MAX_STDIN}")
-    try:
-        proc = subprocess.Popen(die_with_parent(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, pass_fds=pass_fds)
-    except OSError as e:
-        raise ToolError(f"cannot run {argv[0]}: {e.strerror} (install e2fsprogs)") from e
-    assert proc.stdin is not None
-    try:
-        proc.stdin.write(stdin)  # smaller than a pipe buffer: never blocks on a tool that is not reading yet
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass  # the tool exited at once; its stderr says why
-    out, err = bytearray(), bytearray()
-    deadline = time.monotonic() + DEBUGFS_TIMEOUT
-    expired = ""
-    with proc, selectors.DefaultSelector() as sel:
-        try:
-            assert proc.stdout is not None and proc.stderr is not None
-            sel.register(proc.stdout, selectors.EVENT_READ, out)
-            sel.register(proc.stderr, selectors.EVENT_READ, err)
-            while sel.get_map() and not expired:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    expired = f"timed out after {DEBUGFS_TIMEOUT:g} s"
-                    break
-                for key, _ in sel.select(left):
-                    chunk = os.read(key.fd, 65536)
-                    if not chunk:
-                        sel.unregister(key.fileobj)
-                        continue
-                    key.data.extend(chunk)
-                    del err[:-STDERR_TAIL]
-                    if len(out) > MAX_OUTPUT:
-                        expired = f"printed more than {MAX_OUTPUT} bytes"
-        except BaseException:
-            proc.kill()  # Ctrl-C or a bug here must not leave the tool running
-            raise
-        if expired:
-            proc.kill()
-        try:
-            proc.wait(max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()  # closed its output but did not exit
-            proc.wait()
-    if expired:
-        raise ToolError(f"{what}: {argv[0]} {expired}")
-    return bytes(out), clean_text(bytes(err).decode("utf-8", "replace").strip(), STDERR_TAIL)
-
-
-_LS_LINE = re.compile(rb"^/(\d+)/([0-7]+)/\d+/\d+/(.*)/(\d*)/$")
-_S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, 0o040000, 0o100000, 0o120000
-
-
-def mode_kind(mode: int) -> str:
-    fmt = mode & _S_IFMT
-    return {_S_IFDIR: "dir", _S_IFREG: "file", _S_IFLNK: "symlink"}.get(fmt, "other")
-
-
-class DebugfsView:
-    """An ext2/3/4 filesystem at ``offset`` of the host file open as ``fd``, through ``debugfs -c``.
-
-    Requests go in batches on debugfs' standard input (``-f -``); debugfs echoes each one as
-    ``debugfs: REQUEST`` before its output, which is where the output is cut. A listing line always
-    starts with ``/``; a ``cat`` prints exactly the file's size. Output that does not fit that shape
-    (a request that failed) makes the batch's requests run one by one instead.
-    """
-
-    def __init__(self, fd: int, offset: int, name: str) -> None:
-        self.fd = fd
-        self.spec = f"/dev/fd/{fd}?offset={offset}"
-        self.name = name
-        self._listings: dict[str, Entries | None] = {}
-
-    def _batch(self, requests: list[str]) -> tuple[bytes, str]:
-        return _run(["debugfs", "-c", "-f", "-", self.spec], (self.fd,), f"{self.name}: debugfs",
-                    "".join(f"{r}\n" for r in requests).encode())
-
-    @staticmethod
-    def _echo(request: str) -> bytes:
-        return f"debugfs: {request}\n".encode()
-
-    def _listing(self, out: bytes) -> Entries:
-        found: Entries = {}
-        for line in out.split(b"\n", MAX_ENTRIES)[:MAX_ENTRIES]:
-            m = _LS_LINE.match(line)
-            if m:
-                found[m.group(3).decode("utf-8", "replace")] = (mode_kind(int(m.group(2), 8)), int(m.group(4) or 0))
-        return found
-
-    def prefetch(self, paths: list[str]) -> None:
-        todo = [p for p in dict.fromkeys(paths) if p not in self._listings]
-        if not todo:
-            return
-        requests = [f"ls -p {p}" for p in todo]
-        out, err = self._batch(requests)
-        pos = 0
-        for i, (path, req) in enumerate(zip(todo, requests, strict=True)):
-            if not out.startswith(self._echo(req), pos):
-                raise ToolError(f"{self.name}: debugfs output does not follow its requests: {err[-300:]}")
-            start = pos + len(self._echo(req))
-            nxt = out.find(b"\n" + self._echo(requests[i + 1]), start - 1) + 1 if i + 1 < len(todo) else len(out)
-            if nxt <= 0:
-                raise ToolError(f"{self.name}: debugfs output does not follow its requests: {err[-300:]}")
-            body = out[start:nxt]
-            self._listings[path] = self._listing(body) if body.startswith(b"/") else None
-            pos = nxt
-        if self._listings.get("/") is None and "/" in todo:
-            raise ToolError(f"{self.name}: debugfs cannot open the filesystem: {err[-300:]}")
-
-    def entries(self, path: str, want: Callable[[str], bool]) -> Entries | None:
-        self.prefetch([path])
-        listing = self._listings[path]
-        return None if listing is None else {n: e for n, e in listing.items() if want(n)}
-
-    def read_many(self, files: list[tuple[str, int]]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        batch: list[tuple[str, int]] = []
-        for i, (path, size) in enumerate(files):
-            batch.append((path, size))
-            if i + 1 == len(files) or sum(s for _, s in batch) + files[i + 1][1] > MAX_CAT_BATCH:
-                out.update(self._cat(batch))
-                batch = []
-        return out
-
-    def _cat(self, files: list[tuple[str, int]]) -> dict[str, bytes]:
-        out, err = self._batch([f"cat {p}" for p, _ in files])
-        got, pos = {}, 0
-        for path, size in files:
-            echo = self._echo(f"cat {path}")
-            if not out.startswith(echo, pos):
-                break
-            got[path] = out[pos + len(echo) : pos + len(echo) + size]
-            pos += len(echo) + size
-        if pos == len(out) and len(got) == len(files):
-            return got
-        if len(files) == 1:
-            return {}  # this one failed (debugfs said why on stderr); the caller notes it as not read
-        return {k: v for one in files for k, v in self._cat([one]).items()}  # find the one that failed
 
 
 def collect(view: FsView, where: str, fstype: str) -> GuestFiles:
@@ -503,3 +342,13 @@ def attach_config(reader: Reader, report: GuestReport, disk_bus: str = DEFAULT_D
              warnings=[w.to_dict() for w in setup.warnings(disk_bus, mac)])
     report.config = d
     return setup
+
+
+def warning_lines(image_or_emap: str | ExtentMap | Reader, disk_bus: str, mac: str | None) -> list[str]:
+    """:func:`guest_warnings` as lines for a plan's warnings; a disk that cannot be read at all gives
+    one line saying the guest was not checked (plan and export-instance go on: these are warnings)."""
+    try:
+        return [f"guest {w.render()}" if w.file else f"guest not fully checked: {w.message}"
+                for w in guest_warnings(image_or_emap, disk_bus, mac)]
+    except Euca2kvmError as e:
+        return [f"guest configuration not checked: {clean_text(str(e), 300)}"]
