@@ -183,3 +183,15 @@ def test_scan_json_keeps_names_exactly(volumes: Path) -> None:
     vols = {(v["vg"], v["lv"]): v for v in json.loads(raw)}
     assert set(vols) == {(VG, LV), (VG_R, LV_R)}
     assert vols[(VG, LV)]["tags"] == [TAG]
+
+
+def test_internal_error_report_is_escaped(tmp_path: Path) -> None:
+    """A bug's traceback (exit 1) quotes exception messages, which can hold names: escaped too."""
+    code = ("import sys\nfrom euca2kvm import cli\nimport euca2kvm.cli.scan_cmd as s\n"
+            "def boom(args):\n    raise RuntimeError(sys.argv[1])\n"
+            "s.do_scan = boom\nsys.exit(cli.main(['scan']))\n")
+    p = subprocess.run([sys.executable, "-c", code, TAG], capture_output=True, env=_env(), timeout=RUN_TIMEOUT_S)
+    err = p.stderr.decode("utf-8", "backslashreplace")
+    assert p.returncode == 1 and "Traceback" in err and "RuntimeError" in err, err
+    assert not any(n in err for n in NEEDLES) and not UNSAFE.search(err), err
+    assert visible(TAG) in err

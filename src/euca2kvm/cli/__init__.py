@@ -10,13 +10,13 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType, ModuleType
+from types import FrameType, ModuleType, TracebackType
 from typing import NoReturn
 
 from .. import errors
 from ..errors import Euca2kvmError
 from .common import console_err, esc
-from .console import VisibleFormatter, visible
+from .console import LINE_BREAK, VisibleFormatter, visible
 
 EPILOG = """exit codes:
   0    success
@@ -80,8 +80,16 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated()
 
 
+def _excepthook(et: type[BaseException], ev: BaseException, tb: TracebackType | None) -> None:
+    """Python's report of an internal error (exit 1), escaped: exception messages quote data."""
+    import traceback
+
+    sys.stderr.write(visible("".join(traceback.format_exception(et, ev, tb)), LINE_BREAK))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.enable()
+    sys.excepthook = _excepthook
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
