@@ -16,8 +16,7 @@ import pytest
 
 from euca2kvm.errors import EXIT_IN_USE, EXIT_IO, InUseError, IOFailure
 from euca2kvm.export import outdir as od_mod
-from euca2kvm.export.outdir import (OutDir, open_new_or_truncate, read_bounded, runtime_dir, temp_name,
-                                    write_atomic)
+from euca2kvm.export.outdir import OutDir, open_new_or_truncate, read_bounded, runtime_dir, temp_name, write_atomic
 
 HOLD = """
 import sys, time
