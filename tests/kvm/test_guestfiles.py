@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,8 @@ import tests.kvm.guestimg as gi
 import lvmfix
 from _env import need_root, need_tools
 from euca2kvm.cli.common import discover_sources
-from euca2kvm.errors import Euca2kvmError
-from euca2kvm.kvm import guestfiles
+from euca2kvm.errors import Euca2kvmError, ToolError
+from euca2kvm.kvm import extfiles, guestfiles
 from euca2kvm.kvm.guest import inspect_disk
 from euca2kvm.kvm.imagefile import RawReader, Window, open_image
 from euca2kvm.kvm.xfsfiles import XfsView
@@ -168,6 +169,9 @@ def test_disk_setup_and_qcow2(disk: tuple[Path, list[tuple[int, int, str]]], tmp
     other = {(w.kind, w.file) for w in setup.warnings("virtio", "52:54:00:00:00:01")}
     assert ("mac-pin", "/etc/udev/rules.d/70-persistent-net.rules") in other
     assert guestfiles.guest_warnings(str(img), "virtio", MAC, fmt="raw") == setup.warnings("virtio", MAC)
+    assert len(guestfiles.warning_lines(str(img), "virtio", MAC)) == 2
+    (missing,) = guestfiles.warning_lines(str(tmp_path / "absent.img"), "virtio", MAC)
+    assert "not checked" in missing
     need_tools("qemu-img")
     q = tmp_path / "disk.qcow2"
     gi.run("qemu-img", "convert", "-O", "qcow2", str(img), str(q))
@@ -298,3 +302,15 @@ def test_ext_file_that_cannot_be_read_costs_only_itself(tmp_path: Path, host_fil
         got = guestfiles.read_filesystem(r, "disk", 0, r.size, "ext4")
     assert got.files == {k: v for k, v in expected().items() if k != "/etc/fstab"}
     assert any("/etc/fstab" in n for n in got.notes)
+
+
+def test_tool_runs_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output beyond the cap and a hung tool both end as ToolError, the process killed, quickly."""
+    need_tools("yes", "sleep")
+    with pytest.raises(ToolError):
+        extfiles._run(["yes"], (), "yes", b"")
+    monkeypatch.setattr(extfiles, "DEBUGFS_TIMEOUT", 0.5)
+    t0 = time.monotonic()
+    with pytest.raises(ToolError):
+        extfiles._run(["sleep", "60"], (), "sleep", b"")
+    assert time.monotonic() - t0 < 10
