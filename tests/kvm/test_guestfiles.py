@@ -275,6 +275,9 @@ def test_guest_lvm_root_in_a_container(tmp_path: Path, host_files: Path) -> None
     warned = sorted((w["kind"], w["file"], w["line"]) for w in cfg["warnings"])
     assert ("device-name", "/boot/grub2/grub.cfg", 1) in warned and ("device-name", "/etc/fstab", 2) in warned
     assert not any(w[0] == "unchecked" for w in warned)  # ext4 on a guest LV in a container: debugfs reached it
+    text = subprocess.run([sys.executable, "-m", "euca2kvm", "inspect", "vol-6e500002", "-s", str(vols)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert text.returncode == 0 and "Traceback" not in text.stderr and "/etc/fstab:2" in text.stdout
     vol = discover_sources([str(vols)], quiet=True).find("vol-6e500002")
     api = guestfiles.guest_warnings(vol.extent_map(), "scsi", "52:54:00:00:00:01")
     assert sorted((w.kind, w.file, w.line) for w in api) == [

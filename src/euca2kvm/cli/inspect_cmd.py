@@ -37,7 +37,10 @@ def build_parser(sub: Any) -> None:
     p.set_defaults(func=do_inspect)
 
 
-def describe(vol: Volume, max_extents: int, guest: bool = True) -> dict[str, Any]:
+def describe(vol: Volume, max_extents: int, guest: bool = True,
+             reports: dict[str, GuestReport] | None = None) -> dict[str, Any]:
+    """The volume as a dict; ``reports["guest"]`` receives the guest report itself (for printing it
+    without reading the guest again)."""
     out: dict[str, Any] = {"volume": vol.to_json()}
     g = vol.group
     if g is not None:
@@ -64,7 +67,10 @@ def describe(vol: Volume, max_extents: int, guest: bool = True) -> dict[str, Any
         out["extents_truncated"] = len(shown) > max_extents
         if guest and Kind.ERROR not in emap.kinds():
             with ExtentReader(emap, vol.id) as reader:
-                out["guest"] = guest_report(reader, vol.id).to_dict()
+                report = guest_report(reader, vol.id)
+            out["guest"] = report.to_dict()
+            if reports is not None:
+                reports["guest"] = report
     return out
 
 
@@ -108,7 +114,8 @@ def do_inspect(args: argparse.Namespace) -> int:
     else:
         d = discover_sources(sources(args), quiet=args.json)
         vol = d.find(args.id)
-    info = describe(vol, args.extents, args.guest)
+    reports: dict[str, GuestReport] = {}
+    info = describe(vol, args.extents, args.guest, reports)
     if args.check_mirrors:
         info["mirrors"] = mirror_report(vol).to_json()
     if args.json:
@@ -153,7 +160,6 @@ def do_inspect(args: argparse.Namespace) -> int:
     if "mirrors" in info:
         ok = info["mirrors"]["identical"]
         console.print(("[green]mirrors:[/] " if ok else "[red]mirrors:[/] ") + esc(mirror_report(vol).summary()))
-    if "guest" in info:
-        with ExtentReader(vol.extent_map(), vol.id) as reader:
-            console.print("[bold]guest:[/]\n" + esc(guest_report(reader, vol.id).render().rstrip()))
+    if "guest" in reports:
+        console.print("[bold]guest:[/]\n" + esc(reports["guest"].render().rstrip()))
     return 0
