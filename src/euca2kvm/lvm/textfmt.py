@@ -10,9 +10,9 @@
     string   := '"' (char | '\\' char)* '"' | "'" char* "'"
     comment  := '#' to end of line, outside strings
 
-Sections become ``dict`` (insertion ordered), lists become ``list``, numbers ``int`` (or ``float`` when written with a dot or an
-exponent), strings and bare words ``str``. Nesting depth and list length are bounded: the
-input is hostile.
+Sections become ``dict`` (insertion ordered), lists become ``list``, numbers ``int`` (or
+``float`` when written with a dot or an exponent), strings and bare words ``str``. Nesting
+depth and list length are bounded: the input is hostile.
 
 Repeated keys, as lvm2 2.03 treats them (checked with ``vgs`` on crafted PVs): a repeated value
 keeps the *first* one (lvm2 warns "Ignoring duplicate config node" and reads the first); a
