@@ -21,7 +21,7 @@ import pytest
 from pg import PgServer
 
 from _env import missing, need_root, need_tools
-from euca2kvm.errors import EXIT_FORMAT, EXIT_IN_USE
+from euca2kvm.errors import EXIT_FORMAT, EXIT_IN_USE, EXIT_IO
 from euca2kvm.eucalyptus.cloudinuse import cloud_processes, parse_tgtadm_targets
 from refdigest import file_blkdigest, patched_blkdigest
 
@@ -73,15 +73,38 @@ def build_container(
     return {"size": size, "patches": patches, "blkdigest": patched_blkdigest(size, patches)}
 
 
-def check_domain(xml: Path, vcpus: int, memory_mib: int, files: list[Path]) -> ET.Element:
+def check_domain(xml: Path, vcpus: int, memory_mib: int, files: list[Path], devs: list[str]) -> ET.Element:
+    """vCPUs, memory, disks in order with their target devices (the NC's sd->vd names), the seed cdrom last."""
     root = ET.parse(xml).getroot()
     assert root.findtext("vcpu") == str(vcpus)
     mem = root.find("memory")
     assert mem is not None and mem.text == str(memory_mib) and mem.get("unit") == "MiB"
-    disks = root.findall("devices/disk")
+    disks = root.findall("devices/disk[@device='disk']")
     assert [d.find("source").get("file") for d in disks] == [str(f.resolve()) for f in files]  # type: ignore[union-attr]
-    assert [d.find("target").get("dev") for d in disks] == ["vda", "vdb", "vdc"][: len(files)]  # type: ignore[union-attr]
+    assert [d.find("target").get("dev") for d in disks] == devs  # type: ignore[union-attr]
+    seed = root.find("devices/disk[@device='cdrom']")
+    assert seed is not None and seed.find("readonly") is not None
+    assert seed.find("source").get("file") == str((xml.parent / f"{xml.stem}.seed.iso").resolve())  # type: ignore[union-attr]
     return root
+
+
+def check_seed(out: Path, inst: str, hostname: str, mac: str | None, key: str | None) -> dict[str, bytes]:
+    """The seed next to the domain: recorded in every disk's manifest entry, its digest right, its files."""
+    import hashlib
+
+    from euca2kvm.kvm.seed import read_seed
+
+    iso = out / f"{inst}.seed.iso"
+    data = iso.read_bytes()
+    entries = [e for e in json.loads((out / "manifest.json").read_text())["volumes"] if e.get("instance") == inst]
+    assert entries and all(e["seed"] == {"output": str(iso.resolve()), "sha256": hashlib.sha256(data).hexdigest(),
+                                         "instance_id": inst} for e in entries)
+    files = read_seed(data)
+    meta = files["meta-data"].decode()
+    assert f'instance-id: "{inst}"' in meta and f'local-hostname: "{hostname}"' in meta
+    assert (key is not None) == ("public-keys" in meta) and (key is None or key in meta)
+    assert (mac is None) or f'macaddress: "{mac}"' in files["network-config"].decode()
+    return files
 
 
 def check_export(out: Path, inst: str, expect: list[tuple[str, str, dict[str, Any]]]) -> list[Path]:
@@ -149,6 +172,14 @@ def test_export_instance_from_database(
     assert "i-1a2b3c4d" in p.stdout and str(voldir) in p.stdout
     assert json.loads(inv.read_text())["volumes_dir"] == str(voldir)
     out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours")
+    os.symlink(victim, out / "i-1a2b3c4d.seed.iso")  # a planted link where the seed goes
+    p = run("export-instance", "i-1a2b3c4d", "--inventory", str(inv), "-o", str(out), check=EXIT_IO)
+    assert victim.read_bytes() == b"not yours" and "Traceback" not in p.stderr
+    assert sorted(os.listdir(out)) == ["i-1a2b3c4d.seed.iso"]  # refused before anything was written
+    os.unlink(out / "i-1a2b3c4d.seed.iso")
     p = run(
         "export-instance", "i-1a2b3c4d", "--inventory", str(inv), "-o", str(out)
     )  # volumes dir from inventory
@@ -161,7 +192,15 @@ def test_export_instance_from_database(
             ("vdg", "vol-0000da7b", vols["vol-0000da7b"]),
         ],
     )
-    check_domain(out / "i-1a2b3c4d.xml", 1, 256, files)  # m1.small in cloud_vm_type: 1 CPU, 256 MiB
+    root = check_domain(out / "i-1a2b3c4d.xml", 1, 256, files, ["vda", "vdf", "vdg"])  # m1.small: 1 CPU, 256 MiB
+    assert [d.findtext("serial") for d in root.findall("devices/disk[@device='disk']")] == [
+        "vol-4708bf47-dev-sda", "vol-0000da7a-dev-vdf", "vol-0000da7b-dev-vdg"]
+    nic = root.find("devices/interface")
+    assert nic is not None and nic.find("mac").get("address") == "d0:0d:1a:2b:3c:4d"  # type: ignore[union-attr]
+    assert nic.find("model").get("type") == "virtio" and root.find("sysinfo") is None  # type: ignore[union-attr]
+    key = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDtestkeymaterialonly 000123456789@eucalyptus.ops-key"
+    files_in_seed = check_seed(out, "i-1a2b3c4d", "euca-172-16-4-21", "d0:0d:1a:2b:3c:4d", key)
+    assert b"provisioned" not in files_in_seed["user-data"]  # recorded, not replayed
     script = (out / "i-1a2b3c4d.virt-install.sh").read_text()
     assert (
         "--vcpus 1" in script
@@ -171,6 +210,40 @@ def test_export_instance_from_database(
     run("verify", str(out))
     again = run("export-instance", "i-1a2b3c4d", "--inventory", str(inv), "-o", str(out))
     assert again.stdout.count("already exported and verified") == 3
+    # An NC without virtio, the images moved to /srv/kvm, a bridge, the user-data replayed, a static address.
+    nc = tmp_path / "eucalyptus.conf"
+    nc.write_text('USE_VIRTIO_ROOT="0"\nUSE_VIRTIO_DISK="0"\n# USE_VIRTIO_NET unset\n')
+    p = run("export-instance", "i-1a2b3c4d", "--inventory", str(inv), "-o", str(out), "--nc-config", str(nc),
+            "--image-dir", "/srv/kvm", "--bridge", "br0", "--replay-user-data", "--static-network",
+            "--static-prefix", "20", "--json")
+    (event,) = [e for line in p.stdout.splitlines() if (e := json.loads(line)).get("event") == "domain"]
+    hw = event["hardware"]
+    assert (hw["nic_model"], hw["mac"], [d["bus"] for d in hw["disks"]]) == ("e1000", "d0:0d:1a:2b:3c:4d",
+                                                                           ["scsi"] * 3)
+    assert event["seed"]["output"] == str((out / "i-1a2b3c4d.seed.iso").resolve())
+    root = ET.parse(out / "i-1a2b3c4d.xml").getroot()
+    disks = root.findall("devices/disk")
+    assert [(d.find("target").get("dev"), d.find("target").get("bus")) for d in disks] == [  # type: ignore[union-attr]
+        ("sda", "scsi"), ("sdf", "scsi"), ("sdg", "scsi"), ("hdc", "ide")]
+    assert [d.find("source").get("file") for d in disks] == [  # type: ignore[union-attr]
+        "/srv/kvm/i-1a2b3c4d-sda.raw", "/srv/kvm/i-1a2b3c4d-vdf.raw", "/srv/kvm/i-1a2b3c4d-vdg.raw",
+        "/srv/kvm/i-1a2b3c4d.seed.iso"]
+    nic = root.find("devices/interface")
+    assert nic is not None and nic.get("type") == "bridge" and nic.find("model").get("type") == "e1000"  # type: ignore[union-attr]
+    seed = check_seed(out, "i-1a2b3c4d", "euca-172-16-4-21", "d0:0d:1a:2b:3c:4d", key)
+    assert seed["user-data"] == b"#!/bin/sh\necho provisioned > /root/first-boot\n"
+    assert b'"172.16.4.21/20"' in seed["network-config"] and b"dhcp4: false" in seed["network-config"]
+    run("verify", str(out))
+    fresh = tmp_path / "fresh"
+    for bad, code in ((["--image-dir", "relative/dir"], 2), (["--nc-config", str(tmp_path / "absent")], 2),
+                      (["--bridge", "br0", "--network", "other"], 2), (["--no-seed", "--replay-user-data"], 2)):
+        p = run("export-instance", "i-1a2b3c4d", "--inventory", str(inv), "-o", str(fresh), *bad, check=code)
+        assert "Traceback" not in p.stderr and not fresh.exists()
+    nul = tmp_path / "nul.conf"
+    nul.write_bytes(b"USE_VIRTIO_NET=1\n\0")
+    p = run("export-instance", "i-1a2b3c4d", "--inventory", str(inv), "-o", str(fresh), "--nc-config", str(nul),
+            check=EXIT_FORMAT)
+    assert "Traceback" not in p.stderr and not fresh.exists()
 
 
 def test_running_instance_is_refused_and_planned_with_reasons(
@@ -360,7 +433,8 @@ def test_export_instance_from_api(moto_url: str, tmp_path: Path) -> None:
     files = check_export(
         out, iid, [("sda1", root, vols[root]), ("sdf", vf, vols[vf]), ("sdg", vg_, vols[vg_])]
     )
-    check_domain(out / f"{iid}.xml", 1, 1740, files)  # moto's m1.small: 1 vCPU, 1740 MiB
+    check_domain(out / f"{iid}.xml", 1, 1740, files, ["vda", "vdf", "vdg"])  # moto's m1.small: 1740 MiB
+    check_seed(out, iid, rec["private_dns"].split(".")[0], rec["mac"], None)  # the API gives no key material
     run("verify", str(out / "manifest.json"))
 
 

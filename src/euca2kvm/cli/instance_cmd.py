@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Euca2kvmError, Interrupted, InUseError, IOFailure, UsageError
-from ..eucalyptus.instances import InstancePlan, PlannedDisk, default_cmdline
+from ..eucalyptus.instances import InstancePlan, PlannedDisk
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
+from ..export.identity import source_identity
+from ..export.outdir import OutDir, write_atomic
 from ..export.pipeline import ExportOptions, Source, export_source
 from ..units import human
 from .common import add_digest_args, console, console_err, digest_algorithm, esc
 from .events import Reporter
+from .instance_domain import add_domain_args, build_domain, check_domain_args, file_names, seed_for
 from .plan_cmd import add_plan_args, make_plan
 
 MAX_JOBS = 16  # disks in parallel; each also runs --workers I/O threads
@@ -56,9 +59,7 @@ def build_parser(sub: Any) -> None:
         metavar="N",
         help=f"I/O and hashing threads per disk (1-16, default {DEFAULT_WORKERS})",
     )
-    p.add_argument(
-        "--network", default="default", metavar="NAME", help="libvirt network of the NIC ('none': no NIC)"
-    )
+    add_domain_args(p)
     p.add_argument("--json", action="store_true", help="print JSON event lines")
     p.set_defaults(func=do_export_instance)
 
@@ -82,36 +83,27 @@ def _refuse(plans: list[InstancePlan], host_blockers: list[Any], force: bool, re
         rep_warn(f"in use, exporting because of --force: {b.message}")
 
 
-def _domain(plan: InstancePlan, outdir: Path, fmt: str, args: argparse.Namespace) -> tuple[Path, Path]:
-    from ..kvm.libvirt import Disk, Domain, virt_install_command, write_domain
+def _domain(
+    plan: InstancePlan, outdir: Path, fmt: str, args: argparse.Namespace, seed: bytes | None
+) -> tuple[Path, Path, dict[str, Any] | None]:
+    """Write the seed (if any), the domain XML and the virt-install script; returns their paths and the seed record."""
+    from ..kvm.libvirt import virt_install_command, write_domain
+    from ..kvm.seed import sha256
 
-    inst = plan.instance
-    disks = [Disk(path=d.output, format=fmt, target_dev=d.target_dev) for d in plan.disks]
-    kernel = args.kernel
-    dom = Domain(
-        name=inst.id,
-        memory_mib=plan.memory_mib,
-        vcpus=plan.vcpus,
-        disks=disks,
-        kernel=os.path.abspath(kernel) if kernel else None,
-        initrd=os.path.abspath(args.ramdisk) if kernel and args.ramdisk else None,
-        cmdline=(args.cmdline or default_cmdline(plan)) if kernel else None,
-        network=None if args.network == "none" else args.network,
-    )
-    xml = write_domain(dom, outdir / f"{dom.name}.xml")
-    script = outdir / f"{dom.name}.virt-install.sh"
+    xml_name, script_name, seed_name = file_names(plan, seed is not None)
+    dom = build_domain(plan, outdir, fmt, args, seed_name)
+    seed_record = None
+    if seed is not None and seed_name is not None:
+        iso = write_atomic(outdir / seed_name, seed, mode=0o644)
+        seed_record = {"output": str(iso.resolve()), "sha256": sha256(seed), "instance_id": plan.instance.id}
+    xml = write_domain(dom, outdir / xml_name)
+    script = outdir / script_name
     text = (
         "#!/bin/sh\n# Defines the exported guest in libvirt (equivalent to virsh define "
         f"{shlex.quote(str(xml))}).\nexec {shlex.join(virt_install_command(dom))}\n"
     )
-    tmp = script.with_name(f".{script.name}.partial")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, script)
-    except OSError as e:
-        raise IOFailure(f"cannot write {script}: {e.strerror}") from e
-    return xml, script
+    write_atomic(script, text, mode=0o755)  # O_EXCL temporary, renamed: never through a symlink
+    return xml, script, seed_record
 
 
 def _source(plan: InstancePlan, d: PlannedDisk) -> Source:
@@ -132,6 +124,7 @@ def _source(plan: InstancePlan, d: PlannedDisk) -> Source:
             "target_dev": d.target_dev,
             "boot": d.is_root,
         },
+        **source_identity(v.group, v.lv),
     )
 
 
@@ -142,6 +135,7 @@ def do_export_instance(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs must be between 1 and {MAX_JOBS}")
     from .inventory_cmd import inventory_from_args
 
+    check_domain_args(args)
     inv = inventory_from_args(args)
     plan, _ = make_plan(args, inv, quiet=args.json)
     outdir = plan.outdir
@@ -161,6 +155,16 @@ def do_export_instance(args: argparse.Namespace) -> int:
                     rep.warn(
                         f"{p.instance.id} used ramdisk {p.instance.ramdisk_id} but no --ramdisk was given"
                     )
+        notes: list[str] = []
+        seeds = {p.instance.id: seed_for(p, args, notes) for p in plan.instances}  # refused before any write
+        for n in notes:
+            rep.warn(n)
+        if outdir.is_dir():  # a link or directory planted at a domain file's name fails now, not after the copy
+            with OutDir(outdir) as od:
+                for p in plan.instances:
+                    for name in file_names(p, seeds[p.instance.id] is not None):
+                        if name is not None:
+                            od.check_replaceable(name)
         try:
             outdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -214,9 +218,10 @@ def do_export_instance(args: argparse.Namespace) -> int:
         for p in plan.instances:
             if any(d.name in failed for d in p.disks):
                 continue
-            xml, script = _domain(p, outdir, plan.fmt.name, args)
+            xml, script, seed = _domain(p, outdir, plan.fmt.name, args, seeds[p.instance.id])
+            hw = p.hardware.to_json() if p.hardware else None
             for d in p.disks:
-                manifest.record(outdir, {**entries[d.name], "domain": str(xml.resolve())})
+                manifest.record(outdir, {**entries[d.name], "domain": str(xml.resolve()), "seed": seed})
             if args.json:
                 sys.stdout.write(
                     json.dumps(
@@ -229,11 +234,17 @@ def do_export_instance(args: argparse.Namespace) -> int:
                             "memory_mib": p.memory_mib,
                             "disks": [str(d.output) for d in p.disks],
                             "kernel": os.path.abspath(args.kernel) if args.kernel else None,
+                            "hardware": hw,
+                            "seed": seed,
                         }
                     )
                     + "\n"
                 )
             else:
+                for line in p.hardware.lines() if p.hardware else []:
+                    console.print(f"{esc(p.instance.id)} hardware: {esc(line)}")
+                if seed is not None:
+                    console.print(f"{esc(p.instance.id)}: NoCloud seed {esc(seed['output'])} sha256 {seed['sha256']}")
                 console.print(
                     f"{esc(p.instance.id)}: {p.vcpus} vCPU, {p.memory_mib} MiB, disks "
                     f"{', '.join(f'{d.target_dev}={d.output.name}' for d in p.disks)} -> {esc(str(xml))}; "

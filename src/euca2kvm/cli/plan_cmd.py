@@ -99,6 +99,12 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cmdline", metavar="ARGS", help="kernel command line with --kernel (default root=/dev/vda...)"
     )
+    h = p.add_argument_group("virtual hardware (default: what a Eucalyptus 4.x NC gives the instance)")
+    h.add_argument("--nc-config", metavar="FILE",
+                   help="the NC's eucalyptus.conf: USE_VIRTIO_ROOT/DISK/NET decide disk bus and NIC model "
+                   "(parsed, never run; default: the packaged file, virtio everywhere)")
+    h.add_argument("--disk-bus", choices=("virtio", "scsi", "ide", "sata"), help="override the disk bus")
+    h.add_argument("--nic-model", choices=("virtio", "e1000", "rtl8139"), help="override the NIC model")
 
 
 def resolve_sources(args: argparse.Namespace, inv: Inventory | None, notes: list[str]) -> list[str]:
@@ -156,6 +162,7 @@ def make_plan(
         if not insts:
             raise UsageError(f"no instance with EBS volumes in the inventory from {inv.source}")
         plan.instances = [plan_instance(i, inv, d, outdir, fmt, host, sources, args.kernel) for i in insts]
+        choose_instance_hardware(args, inv, plan.instances)
     else:
         if ids:
             raise UsageError("instance ids need an inventory (--inventory, --db or --api)")
@@ -166,13 +173,42 @@ def make_plan(
                 attachment="none",
                 is_root=False,
                 name=v.id,
-                output=manifest.output_path(outdir, v.id.replace("/", "_"), fmt.ext),
+                output=manifest.output_path(outdir, v.id, fmt.ext),
                 target_dev="",
             )
             check_volume(disk, d, None, host, fmt, rest)
             plan.volumes.append(disk)
         plan.gz = [(g, manifest.output_path(outdir, gz_id(g), fmt.ext)) for g in gz]
+        try:  # what `export --all` refuses: two sources of one output name (the same id)
+            from .export_cmd import volume_label
+
+            manifest.check_distinct([*((volume_label(v), p.output) for v, p in zip(d.volumes, plan.volumes,
+                                                                                  strict=True)),
+                                     *((f"{gz_id(g)} ({g})", o) for g, o in plan.gz)])
+        except UsageError as e:
+            plan.host_blockers.append(Blocker("name-collision", str(e)))
     return plan, d
+
+
+def choose_instance_hardware(args: argparse.Namespace, inv: Inventory, plans: list[InstancePlan]) -> None:
+    """Each instance's disk bus, target devices, serials, NIC model and MAC, as its NC had them."""
+    from ..eucalyptus import identity
+    from ..kvm.ncconf import DEFAULT, choose_hardware, read_nc_config
+
+    nc_file = getattr(args, "nc_config", None)
+    nc = read_nc_config(nc_file) if nc_file else DEFAULT
+    origin = "database" if inv.source.startswith("postgresql") else "EC2 API" if inv.source.startswith(
+        "ec2") else "inventory"
+    for p in plans:
+        inst = p.instance
+        mac = identity.mac(inst.mac)
+        if inst.mac is not None and mac is None:
+            p.warnings.append(f"{inst.id}: recorded MAC {inst.mac!r} is not a MAC address; libvirt picks one")
+        p.hardware = choose_hardware([(d.volume_id, d.device) for d in p.disks], inst.platform, nc,
+                                     nc_given=bool(nc_file), disk_bus=getattr(args, "disk_bus", None),
+                                     nic_model=getattr(args, "nic_model", None), mac=mac, mac_origin=origin)
+        for disk, chosen in zip(p.disks, p.hardware.disks, strict=True):
+            disk.target_dev = chosen.target_dev
 
 
 def build_parser(sub: Any) -> None:
@@ -250,6 +286,8 @@ def print_plan(plan: Plan) -> None:
     for p in plan.instances:
         if p.boot_verdict:
             console.print(f"{esc(p.instance.id)} boot disk: {esc(p.boot_verdict)}")
+        for line in p.hardware.lines() if p.hardware else []:
+            console.print(f"{esc(p.instance.id)} hardware: {esc(line)}")
         for w in [*p.warnings, *(w for d in p.disks for w in d.warnings)]:
             console_err.print(f"[yellow]warning:[/] {esc(w)}")
     for n in plan.notes:

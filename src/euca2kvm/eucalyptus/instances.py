@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     EXIT_FORMAT,
@@ -36,6 +36,9 @@ from .cloudinuse import HostState, instance_evidence, volume_evidence
 from .discovery import Discovery, Volume
 from .inventory import Attachment, Instance, Inventory
 
+if TYPE_CHECKING:
+    from ..kvm.ncconf import Hardware
+
 # Exit code per blocker kind: what export-instance would fail with.
 EXIT_BY_KIND = {
     "in-use": EXIT_IN_USE,
@@ -46,6 +49,7 @@ EXIT_BY_KIND = {
     "no-boot-loader": EXIT_FORMAT,
     "no-volumes": EXIT_USAGE,
     "no-space": EXIT_IO,
+    "name-collision": EXIT_USAGE,  # two sources, one output name: what `export` refuses with exit 2
 }
 # A Eucalyptus guest without a bootloader was started by the NC with kernel, ramdisk and a root device
 # named sda1 or similar; on KVM the disk is virtio, so the root file system is vda (or vda1).
@@ -72,6 +76,7 @@ class Blocker:
             "in-use": InUseError,
             "missing-file": UsageError,
             "no-volumes": UsageError,
+            "name-collision": UsageError,
             "no-space": IOFailure,
         }.get(self.kind, FormatError)
         return cls(self.message)
@@ -134,6 +139,7 @@ class InstancePlan:
     boot_verdict: str | None = None  # guest inspection of the boot disk
     boot_has_table: bool = False
     needs_kernel: bool = False  # EKI/ERI instance whose boot disk has no boot loader
+    hardware: Hardware | None = None  # the NC's virtual hardware, chosen by the CLI (kvm.ncconf)
 
     @property
     def all_blockers(self) -> list[Blocker]:
@@ -152,6 +158,7 @@ class InstancePlan:
             "root_device": i.root_device,
             "boot_verdict": self.boot_verdict,
             "needs_kernel": self.needs_kernel,
+            "hardware": self.hardware.to_json() if self.hardware is not None else None,
             "disks": [d.to_json() for d in self.disks],
             "blockers": [b.to_json() for b in self.blockers],
             "warnings": self.warnings,
@@ -329,9 +336,13 @@ def plan_instance(
     used: set[str] = set()
     for i, att in enumerate(ordered):
         dev = short_device(att.device) or f"disk{i}"
-        name = manifest.safe_name(f"{inst.id}-{dev}")
+        # The disk's id, as it is; output_path escapes it once (injectively, so distinct ids are
+        # distinct files). Two attachments on one device name get the volume id, then the index.
+        name = f"{inst.id}-{dev}"
         if name in used:
-            name = manifest.safe_name(f"{inst.id}-{dev}-{att.volume_id}")
+            name = f"{inst.id}-{dev}-{att.volume_id}"
+        if name in used:
+            name = f"{inst.id}-{dev}-{att.volume_id}-{i}"
         used.add(name)
         disk = PlannedDisk(
             volume_id=att.volume_id,
@@ -356,5 +367,7 @@ def plan_instance(
 
 
 def default_cmdline(plan: InstancePlan) -> str:
-    root = "/dev/vda1" if plan.boot_has_table else "/dev/vda"
+    """``root=`` the boot disk as the domain attaches it (vda on virtio, sda on scsi/sata, hda on ide)."""
+    dev = plan.disks[0].target_dev if plan.disks and plan.disks[0].target_dev else "vda"
+    root = f"/dev/{dev}1" if plan.boot_has_table else f"/dev/{dev}"
     return f"root={root} {DEFAULT_CMDLINE}"

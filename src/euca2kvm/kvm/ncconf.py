@@ -26,6 +26,7 @@ import re
 import shlex
 import stat
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import FormatError, IOFailure, UsageError
 
@@ -128,6 +129,15 @@ class Hardware:
     cdrom_bus: str = "ide"
     cdrom_dev: str = "hdc"
     notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "disks": [{"target_dev": d.target_dev, "bus": d.bus, "serial": d.serial, "reason": d.reason}
+                      for d in self.disks],
+            "nic_model": self.nic_model, "nic_reason": self.nic_reason, "mac": self.mac,
+            "mac_reason": self.mac_reason, "cdrom": {"bus": self.cdrom_bus, "target_dev": self.cdrom_dev},
+            "notes": self.notes,
+        }
 
     def lines(self) -> list[str]:
         out = [f"disk {d.target_dev}: bus {d.bus} ({d.reason})" for d in self.disks]
