@@ -128,6 +128,7 @@ def test_unsafe_ranges_cover_unicodedata() -> None:
     assert unsafe <= listed, [hex(c) for c in sorted(unsafe - listed)][:20]
     extra = {unicodedata.category(chr(c)) for c in listed - unsafe}
     assert extra <= {"Cn"}, extra  # only code points this Python's Unicode has not assigned yet
+    assert not [c for c in listed if chr(c).isprintable()]  # what visible's fast path relies on
 
 
 def rich_console(terminal: bool) -> Any:

@@ -81,6 +81,8 @@ def visible(text: str, keep: str = "") -> str:
     an odd run before ``x``/``u``/``U`` always starts an escape and an even one never does. Markup
     stays markup: nothing is inserted before a ``[`` or changed in a backslash run before one.
     """
+    if text.isprintable() and "\\" not in text:  # the common case, in C: every unsafe character is unprintable
+        return text
     return _visible_re(keep).sub(_escape_one, text)
 
 
