@@ -103,7 +103,8 @@ def build_parser(sub: Any) -> None:
 
 def summary(inv: Inventory) -> Table:
     t = Table(title=f"{len(inv.instances)} instance(s) from {esc(inv.source)}")
-    for col in ("INSTANCE", "STATE", "TYPE", "CPU", "MEM MiB", "KERNEL", "DISKS (boot first)"):
+    for col in ("INSTANCE", "STATE", "TYPE", "CPU", "MEM MiB", "KERNEL", "MAC", "PRIVATE", "KEY",
+                "DISKS (boot first)"):
         t.add_column(col, overflow="fold")
     for inst in inv.instances:
         vt = inst.vm_type
@@ -115,6 +116,9 @@ def summary(inv: Inventory) -> Table:
             str(vt.cpus) if vt and vt.cpus else "?",
             str(vt.memory_mib) if vt and vt.memory_mib else "?",
             esc(inst.kernel_id or "-"),
+            esc(inst.mac or "-"),
+            esc(" ".join(x for x in (inst.private_ip, inst.private_dns) if x) or "-"),
+            esc(inst.key_name or "-"),
             esc(disks),
         )
     return t
@@ -139,6 +143,9 @@ def do_inventory(args: argparse.Namespace) -> int:
     )
     if inv.das_devices:
         console.print(f"DAS device(s): {esc(', '.join(inv.das_devices))}")
+    missing = sorted({f for i in inv.instances for f in i.unavailable})
+    if missing:
+        console_err.print(f"not available from {esc(inv.source)}: {esc(', '.join(missing))}")
     if args.output:
         console_err.print(f"inventory written to {esc(args.output)}")
     return 0
