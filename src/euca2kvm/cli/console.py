@@ -80,6 +80,8 @@ def visible(text: str, keep: str = "") -> str:
     Injective: a run of backslashes followed by ``x``, ``u``, ``U`` or an escape is doubled, so
     an odd run before ``x``/``u``/``U`` always starts an escape and an even one never does. Markup
     stays markup: nothing is inserted before a ``[`` or changed in a backslash run before one.
+    Applied once, by the output layer: text printed through a console must not be passed through
+    it first, or its escapes would show doubled.
     """
     if text.isprintable() and "\\" not in text:  # the common case, in C: every unsafe character is unprintable
         return text
