@@ -467,3 +467,38 @@ def test_tgtadm_listing_and_processes(tmp_path: Path) -> None:
         (proc / str(pid) / "comm").write_text(comm + "\n")
         (proc / str(pid) / "cmdline").write_bytes(argv)
     assert cloud_processes(str(proc)) == [(101, "eucalyptus-cloud"), (102, "tgtd")]
+
+
+def test_hostile_identity_in_an_inventory_file(db_volumes: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """A hand-edited (or forged) inventory: bad MAC, multi-line key, escape codes, bad base64. The export
+    goes on with what is valid, the seed and domain carry none of it, and bad user-data stops it early."""
+    from euca2kvm.kvm.seed import read_seed
+
+    voldir, vols = db_volumes
+    inv = tmp_path / "inv.json"
+    inv.write_text(json.dumps({
+        "format": "euca2kvm-inventory", "version": "1.1", "source": "forged", "captured_at": "2026-01-01T00:00:00Z",
+        "volumes_dir": str(voldir),
+        "instances": [{
+            "id": "i-1a2b3c4d", "state": "stopped", "root_device": "/dev/sda",
+            "vm_type": {"name": "m1.small", "cpus": 1, "memory_mib": 256},
+            "attachments": [{"volume_id": "vol-4708bf47", "device": "/dev/sda", "is_root": True, "kind": "boot"}],
+            "mac": "d0:0d:00:00:00:01\ninstance-id: x", "private_dns": "h\x1b[31m.example",
+            "public_key": "ssh-rsa AAAA a\nssh-rsa BBBB b", "user_data": "not base64!!",
+            "private_ip": "172.16.4.21", "unavailable": [],
+        }],
+    }))
+    fresh = tmp_path / "fresh"
+    p = run("export-instance", "i-1a2b3c4d", "--inventory", str(inv), "-o", str(fresh), "--replay-user-data",
+            check=2)
+    assert "Traceback" not in p.stderr and not fresh.exists()
+    out = tmp_path / "out"
+    p = run("export-instance", "i-1a2b3c4d", "--inventory", str(inv), "-o", str(out))
+    assert "Traceback" not in p.stderr and "\x1b[31m" not in p.stdout + p.stderr
+    assert file_blkdigest(out / "i-1a2b3c4d-sda.raw") == vols["vol-4708bf47"]["blkdigest"]
+    root = ET.parse(out / "i-1a2b3c4d.xml").getroot()
+    assert root.find("devices/interface/mac") is None  # not a MAC: libvirt picks one, the guest is told
+    files = read_seed((out / "i-1a2b3c4d.seed.iso").read_bytes())
+    meta = files["meta-data"].decode()
+    assert meta == 'instance-id: "i-1a2b3c4d"\nlocal-hostname: "i-1a2b3c4d"\n'  # no key, no forged hostname
+    assert b"macaddress" not in files["network-config"]

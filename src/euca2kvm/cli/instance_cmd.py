@@ -159,6 +159,8 @@ def do_export_instance(args: argparse.Namespace) -> int:
         seeds = {p.instance.id: seed_for(p, args, notes) for p in plan.instances}  # refused before any write
         for n in notes:
             rep.warn(n)
+        for p in plan.instances:  # a domain that cannot be built fails now, not after the copy
+            build_domain(p, outdir, plan.fmt.name, args, file_names(p, seeds[p.instance.id] is not None)[2])
         if outdir.is_dir():  # a link or directory planted at a domain file's name fails now, not after the copy
             with OutDir(outdir) as od:
                 for p in plan.instances:
