@@ -123,3 +123,11 @@ def test_duplicate_or_odd_devices_get_free_letters() -> None:
         choose_hardware(DISKS, "linux", DEFAULT, nc_given=False, disk_bus="floppy")
     with pytest.raises(UsageError):
         choose_hardware(DISKS, "linux", DEFAULT, nc_given=False, nic_model="ne2k")
+
+
+def test_ata_serials_fit_or_are_left_out() -> None:
+    hw = choose_hardware([("vol-4708bf47", "sda"), ("vol-0fedcba987654321f", "sdb")], "linux", DEFAULT,
+                         nc_given=False, disk_bus="sata")
+    assert [d.serial for d in hw.disks] == ["vol-4708bf47-dev-sda", None]
+    hw = choose_hardware([("vol-0fedcba987654321f", "sdb")], "linux", DEFAULT, nc_given=False)
+    assert hw.disks[0].serial == "vol-0fedcba987654321f-dev-sdb"  # virtio: kept whole

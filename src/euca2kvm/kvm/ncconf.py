@@ -38,6 +38,7 @@ DISK_BUSES = ("virtio", "scsi", "ide", "sata")
 NIC_MODELS = ("virtio", "e1000", "rtl8139")
 PREFIX = {"virtio": "vd", "scsi": "sd", "sata": "sd", "ide": "hd"}
 IDE_UNITS = "abcd"  # two IDE channels x master/slave on the pc machine
+ATA_SERIAL_MAX = 20  # the ATA IDENTIFY serial field (IDE and SATA); virtio and SCSI carry longer ones
 _ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 _ATOI = re.compile(r"^\s*([+-]?[0-9]+)")
 _DEVICE = re.compile(r"^(?:/dev/)?(?:xvd|vd|sd|hd)([a-z]{1,3})[0-9]*$")
@@ -202,8 +203,11 @@ def choose_hardware(
             if device:
                 reason += f"; {device} renamed {target}"
         used.add(target)
-        dev_name = _short(device) or target
-        chosen.append(DiskChoice(bus, target, f"{volume_id}-dev-{dev_name}", reason))
+        serial: str | None = f"{volume_id}-dev-{_short(device) or target}"  # what the NC sets
+        if bus in ("ide", "sata") and serial is not None and len(serial) > ATA_SERIAL_MAX:
+            serial = None
+            reason += f"; no serial (more than {ATA_SERIAL_MAX} characters for ATA)"
+        chosen.append(DiskChoice(bus, target, serial, reason))
     if nic_model is not None:
         model, nic_reason = nic_model, "--nic-model"
     elif windows:
