@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +15,8 @@ from ..eucalyptus.discovery import Volume
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.formats import FORMATS, VMDK_SUBFORMATS, output_format
+from ..export.identity import source_identity
+from ..export.outdir import OutDir
 from ..export.pipeline import ExportOptions, Source, export_source
 from ..units import human
 from .common import (
@@ -104,7 +105,19 @@ def check_legs(vol: Volume, reporter: Reporter) -> None:
 
 def volume_source(vol: Volume) -> Source:
     return Source(vol.id, vol.extent_map(),
-                  {"kind": vol.kind, "vg": vol.vg, "lv": vol.lv, "segment_types": vol.segment_types})
+                  {"kind": vol.kind, "vg": vol.vg, "lv": vol.lv, "segment_types": vol.segment_types},
+                  **source_identity(vol.group, vol.lv))
+
+
+def volume_label(vol: Volume) -> str:
+    """A volume as an error naming two of them tells them apart: id, VG/LV and files."""
+    return f"{vol.id} ({vol.name} in {', '.join(vol.files)})"
+
+
+def check_outputs(vols: list[Volume], outdir: Path, ext: str) -> None:
+    """Two volumes of one run that would write the same output (the same id: two containers whose
+    LVs carry the same tag) are refused before anything is written, naming both (exit 2)."""
+    manifest.check_distinct((volume_label(v), manifest.output_path(outdir, v.id, ext)) for v in vols)
 
 
 def do_export(args: argparse.Namespace) -> int:
@@ -135,6 +148,8 @@ def do_export(args: argparse.Namespace) -> int:
             raise UsageError("no exportable volume found")
     else:
         vols = [d.find(i) for i in dict.fromkeys(args.ids)]  # unknown ids fail before anything is written
+        vols = list({id(v): v for v in vols}.values())  # one volume named twice (id and path) is one export
+    check_outputs(vols, outdir, fmt.ext)
     if not args.verify and not args.json:
         console_err.print("note: --no-verify: no digest is computed and outputs are not compared with sources")
     return run_exports(vols, outdir, opts, args.force, args.jobs, args.json, args)
@@ -144,26 +159,21 @@ def after_export(entry: dict[str, Any], outdir: Path, args: argparse.Namespace |
     """--libvirt and --boot-test for one exported image; results go into its manifest entry."""
     if args is None or not (args.libvirt or args.boot_test):
         return
-    from .kvm_cmds import domain_for, result_json, run_boot_test, write_with_install_script
+    from .kvm_cmds import domain_for, keep_beside, result_json, run_boot_test, write_with_install_script
 
     image = Path(entry["output"])
     if args.libvirt:
-        dom = domain_for([image], str(entry["id"]).replace("/", "_"), args.memory, args.vcpus, [entry["format"]])
+        dom = domain_for([image], image.stem, args.memory, args.vcpus, [entry["format"]])  # the injective name
         xml, script = write_with_install_script(dom, image.with_name(f"{dom.name}.xml"))
         entry["libvirt"] = {"domain": str(xml), "virt_install": str(script)}
     if args.boot_test:
-        work = outdir / f".{image.name}.boot"
-        work.mkdir(exist_ok=True)
-        res = run_boot_test(image, entry["format"], args.boot_timeout, args.boot_expect, 512, work)
-        shot = outdir / f"{image.name}.boot.png"
-        if res.screenshot and res.screenshot.exists():
-            res.screenshot.replace(shot)
-        (outdir / f"{image.name}.boot.log").write_text(res.serial)
+        with OutDir(outdir) as od, od.work(f"{image.name}.boot") as work:  # private, removed afterwards
+            res = run_boot_test(image, entry["format"], args.boot_timeout, args.boot_expect, 512, work.path)
+            shot = keep_beside(image, res, strict=True)
         summary = result_json(res)
         summary.pop("serial")
-        summary["screenshot"] = str(shot) if shot.exists() else None
+        summary["screenshot"] = str(shot) if shot is not None else None
         entry["boot_test"] = summary
-        shutil.rmtree(work, ignore_errors=True)
     manifest.record(outdir, entry)
     if args.boot_test and not entry["boot_test"]["ok"]:
         raise VerifyError(f"{entry['id']}: exported image did not boot: {res.summary()}")
