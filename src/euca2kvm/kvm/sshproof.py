@@ -509,7 +509,10 @@ def ssh_proof(spec: DomainSpec, key_path: Path, *, user: str = DEFAULT_USER, tim
         raise UsageError(f"timeout must be positive, not {timeout}")
     if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", user):
         raise UsageError(f"invalid SSH user name {user!r}")
-    import paramiko
+    try:
+        import paramiko
+    except ImportError as e:
+        raise ToolError(f"the SSH proof needs the Python package paramiko: {e}") from e
 
     _quiet_paramiko()
     pkey = load_private_key(key_path)
