@@ -37,6 +37,11 @@ def _export(src: Path, vol: str, out: Path, *extra: str) -> subprocess.Popen[str
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _writing(out: Path, hidden: Any) -> bool:
+    """An export into ``out`` has started writing its image (a partial file, or one in its work directory)."""
+    return any((out / d).is_file() or (out / d / "image").exists() for d in hidden(out))
+
+
 def test_four_concurrent_exports_keep_every_entry(tmp_path: Path, volume: Any, cli: Any, hidden: Any) -> None:
     vols = [f"vol-c0c0000{i}" for i in range(PROCS)]
     srcs = []
@@ -80,8 +85,7 @@ def test_same_output_twice_at_once_is_refused_and_never_mixes(tmp_path: Path, vo
     out.mkdir()
     first = _export(src, vol, out, "--format", "qcow2", "--workers", "1")
     deadline = time.monotonic() + START_TIMEOUT
-    while (not any((out / d / "image").exists() for d in hidden(out)) and first.poll() is None
-           and time.monotonic() < deadline):
+    while not _writing(out, hidden) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert first.poll() is None, "the first export ended before the second started"
     first.send_signal(signal.SIGSTOP)  # converting (no OUTDIR lock held): frozen while the second runs

@@ -34,8 +34,21 @@ def _start(src: Path, out: Path) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _runtime_dirs(pid: int) -> list[str]:
-    return [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"euca2kvm-nbd-{pid}-")]
+def _nbd_dirs() -> set[str]:
+    """NBD socket directories in the system temporary directory (any run's, any naming)."""
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("euca2kvm-nbd-")}
+
+
+def _owned_by_live_process(name: str) -> bool:
+    """``euca2kvm-nbd-<pid>-XXXXXXXX`` of a running process (another test's, say)."""
+    pid = name.removeprefix("euca2kvm-nbd-").split("-")[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _kill_when(proc: subprocess.Popen[str], ready: Any) -> None:
@@ -61,28 +74,38 @@ def test_sigkill_during_an_nbd_export_then_rerun_leaves_nothing(tmp_path: Path, 
     else:  # a short OUTDIR (as /srv/export): the socket fits in its work directory
         out = Path(tempfile.mkdtemp(prefix="e2k-"))
         request.addfinalizer(lambda: shutil.rmtree(out, ignore_errors=True))
+    before = _nbd_dirs()
     proc = _start(src, out)
 
-    def serving() -> bool:
-        if long_path:
-            return any(os.path.exists(os.path.join(tempfile.gettempdir(), d, "nbd.sock"))
-                       for d in _runtime_dirs(proc.pid))
-        return any((out / d / "nbd.sock").exists() for d in hidden(out))
+    def sockets() -> list[str]:
+        tmp = [d for d in _nbd_dirs() - before if os.path.exists(os.path.join(tempfile.gettempdir(), d, "nbd.sock"))]
+        return tmp + [d for d in hidden(out) if (out / d / "nbd.sock").exists()]
 
-    _kill_when(proc, serving)
+    _kill_when(proc, sockets)
     assert not (out / f"{VOL}.qcow2").exists()
-    stale_tmp = _runtime_dirs(proc.pid)
-    assert bool(stale_tmp) == long_path  # a socket in OUTDIR's work directory needs no other directory
+    killed = [d for d in _nbd_dirs() - before if not _owned_by_live_process(d)]
+    assert bool(killed) == long_path  # a socket in OUTDIR's work directory needs no directory in /tmp
     stale_file = out / f".manifest.json.{proc.pid}-0badf00d.partial"
     stale_file.write_text("{")  # a dead run's temporary file
     cli("export", VOL, "--source", str(src), "-o", str(out), "--format", "qcow2")
-    assert hidden(out) == [] and _runtime_dirs(proc.pid) == []
+    assert hidden(out) == []
+    assert [d for d in killed if os.path.lexists(os.path.join(tempfile.gettempdir(), d))] == []
     assert sorted(os.listdir(out)) == ["manifest.json", f"{VOL}.qcow2"]
     cli("verify", str(out / "manifest.json"))
 
 
-def test_enospc_writing_the_manifest_restores_the_earlier_image(tmp_path: Path, volume: Any, cli: Any,
-                                                                hidden: Any) -> None:
+def _fill_leaving(mnt: Path, room: int) -> Path:
+    """A filler file leaving exactly ``room`` bytes free on the filesystem of ``mnt``."""
+    st = os.statvfs(mnt)
+    filler = mnt / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\xff" * (st.f_bavail * st.f_frsize - room))
+    return filler
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["first-export", "overwrite"])
+def test_enospc_writing_the_manifest_leaves_no_unrecorded_image(tmp_path: Path, earlier: bool, volume: Any,
+                                                               cli: Any, hidden: Any) -> None:
     need_root()
     need_tools("mount", "umount")
     src = tmp_path / "src"
@@ -92,21 +115,24 @@ def test_enospc_writing_the_manifest_restores_the_earlier_image(tmp_path: Path, 
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=True, timeout=30)
     try:
-        args = ["export", VOL, "--source", str(src), "-o", str(mnt)]
-        cli(*args)
+        args = ["export", VOL, "--source", str(src), "-o", str(mnt), "--overwrite"]
         image = mnt / f"{VOL}.raw"
-        before = (image.stat().st_ino, hashlib.sha256(image.read_bytes()).hexdigest(),
-                  (mnt / "manifest.json").read_bytes())
-        st = os.statvfs(mnt)
-        filler = mnt / "filler"  # leave room for the new image and not one page more
-        with open(filler, "wb") as f:
-            f.write(b"\xff" * (st.f_bavail * st.f_frsize - 8 * MiB))
-        p = cli(*args, "--overwrite", check=EXIT_IO)
+        before = None
+        if earlier:
+            cli(*args)
+            before = (image.stat().st_ino, hashlib.sha256(image.read_bytes()).hexdigest(),
+                      (mnt / "manifest.json").read_bytes())
+        filler = _fill_leaving(mnt, 8 * MiB)  # room for the new image and not one page more
+        p = cli(*args, check=EXIT_IO)
         assert "manifest.json" in p.stderr
+        assert hidden(mnt) == []
+        if not earlier:  # nothing published that the manifest does not record
+            assert sorted(os.listdir(mnt)) == ["filler"]
+            return
         after = (image.stat().st_ino, hashlib.sha256(image.read_bytes()).hexdigest(),
                  (mnt / "manifest.json").read_bytes())
         assert after == before  # the earlier image, still the one recorded
-        assert hidden(mnt) == [] and sorted(os.listdir(mnt)) == ["filler", "manifest.json", f"{VOL}.raw"]
+        assert sorted(os.listdir(mnt)) == ["filler", "manifest.json", f"{VOL}.raw"]
         filler.unlink()
         cli("verify", str(mnt / "manifest.json"))
         assert json.loads((mnt / "manifest.json").read_text())["volumes"][0]["output"] == str(image)
