@@ -74,6 +74,7 @@ def test_guest_facts_from_real_output(tmp_path: Path) -> None:
     assert f.hostname == "euca-172-16-9-30"
     assert f.interfaces == [{"name": "ens3", "mac": "d0:0d:3f:2a:91:c0", "state": "up"}]
     assert (f.cloud_init_status, f.instance_id, f.datasource) == ("done", "i-3f2a91c0", "NoCloud")
+    assert f.cloud_init_detail == "DataSourceNoCloud [seed=/dev/sr0][dsmode=net]"
     assert [k["type"] for k in f.host_keys] == ["ssh-ed25519", "ecdsa-sha2-nistp256"]
     # cloud-init disabled (no seed): no result.json, no datasource
     off = GuestFacts.parse("@@euca2kvm:cloud-init\nstatus: disabled\n@@euca2kvm:result\n@@euca2kvm:end\n")

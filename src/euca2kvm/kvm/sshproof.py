@@ -172,12 +172,13 @@ class GuestFacts:
                                      "state": words[2] if len(words) > 2 else ""})
         ci = sections.get("cloud-init", [])
         f.cloud_init_long = "\n".join(ci).strip()
-        for ln in ci:
+        for i, ln in enumerate(ci):
             key, _, value = ln.partition(":")
             if key.strip() == "status" and f.cloud_init_status is None:
                 f.cloud_init_status = value.strip()
             elif key.strip() == "detail" and f.cloud_init_detail is None:
-                f.cloud_init_detail = value.strip() or None
+                # cloud-init 22.4 prints the detail on the line after "detail:"
+                f.cloud_init_detail = value.strip() or (ci[i + 1].strip() if i + 1 < len(ci) else "") or None
         if f.cloud_init_status is None and ci and ci[0].strip() == "absent":
             f.cloud_init_status = "not installed"
         f.instance_id = next((ln.strip() for ln in sections.get("instance-id", []) if ln.strip()), None)
