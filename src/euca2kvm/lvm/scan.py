@@ -72,7 +72,7 @@ def scan(devices: Iterable[Device]) -> ScanResult:
     res = ScanResult()
     by_uuid: dict[str, list[PVLabel]] = {}
     copies: list[tuple[VG, MetadataCopy]] = []
-    bad_copies: dict[str, list[str]] = {}
+    bad_copies: dict[str, list[FormatError]] = {}
     for dev in devices:
         try:
             label = find_label(dev)
@@ -94,7 +94,7 @@ def scan(devices: Iterable[Device]) -> ScanResult:
             except FormatError as e:
                 msg = f"skipped a metadata copy: {e}"
                 res.warnings.append(msg)
-                bad_copies.setdefault(str(dev), []).append(str(e))
+                bad_copies.setdefault(str(dev), []).append(e)
                 continue
             copies.append((vg, copy))
 
@@ -105,6 +105,10 @@ def scan(devices: Iterable[Device]) -> ScanResult:
     for _vg_id, group in groups.items():
         group.sort(key=lambda t: t[0].seqno, reverse=True)
         vg, copy = group[0]
+        rival = next((oc for o, oc in group[1:] if o.seqno == vg.seqno and oc.text != copy.text), None)
+        if rival is not None:
+            _refuse_conflict(res, vg, copy, rival, group, by_uuid, claimed)
+            continue
         vgv = _assemble(vg, copy, by_uuid)
         for older, ocopy in group[1:]:
             if older.seqno < vg.seqno:
@@ -124,11 +128,33 @@ def scan(devices: Iterable[Device]) -> ScanResult:
             reasons = bad_copies.get(str(dev))
             if reasons:
                 res.errors[str(dev)] = FormatError(
-                    f"PV {format_uuid(uuid)} has no valid metadata copy: " + "; ".join(reasons), dev.path)
+                    f"PV {format_uuid(uuid)} has no valid metadata copy: " + "; ".join(map(str, reasons)),
+                    dev.path, reasons[0].offset)
             else:
                 res.orphans.append(label)
     res.vgs.sort(key=lambda v: (v.name, v.vg.id))
     return res
+
+
+def _refuse_conflict(res: ScanResult, vg: VG, copy: MetadataCopy, rival: MetadataCopy,
+                     group: list[tuple[VG, MetadataCopy]], by_uuid: dict[str, list[PVLabel]],
+                     claimed: set[str]) -> None:
+    """Two copies of one VG with the same seqno and different text: which is the VG is unknowable.
+
+    lvm2 2.03 warns ("found mismatch with other metadata") and uses the copy of whichever device it
+    scanned first; an export must not depend on file order, so every PV of the VG is refused.
+    """
+    err = FormatError(f"VG {vg.name} (id {vg.id}): two different metadata copies with the same seqno "
+                      f"{vg.seqno}, in {copy.origin} and in {rival.origin}; refusing to guess which one "
+                      "describes the VG (conflicting metadata)", copy.header.device.path,
+                      copy.header.where + copy.locn.offset)
+    uuids = {pv.uuid for v, _ in group for pv in v.pvs.values()}
+    for uuid in uuids:
+        claimed.add(uuid)
+        for label in by_uuid.get(uuid, []):
+            res.errors[str(label.device)] = err
+    for _, c in group:
+        res.errors[str(c.header.device)] = err
 
 
 def _assemble(vg: VG, copy: MetadataCopy, by_uuid: dict[str, list[PVLabel]]) -> VolumeGroup:
