@@ -25,6 +25,7 @@ def build_parser(sub: Any) -> None:
 
 def do_scan(args: argparse.Namespace) -> int:
     d = discover_sources(args.paths or [VOLUMES_DIR], quiet=args.json)
+    d.check_named(args.paths)
     if args.json:
         print_json([v.to_json() for v in d.volumes])
         return 0

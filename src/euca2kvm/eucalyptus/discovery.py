@@ -95,9 +95,28 @@ class Discovery:
     volumes: list[Volume] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    unusable: dict[str, Euca2kvmError] = field(default_factory=dict)  # file -> why it gave no volume
+
+    def unusable_error(self, ident: str) -> Euca2kvmError | None:
+        """Why the file ``ident`` names (a path, or the file name of a scanned file) is no volume."""
+        if os.path.exists(ident):
+            return self.unusable.get(os.path.realpath(ident))
+        named = [e for p, e in self.unusable.items() if os.path.basename(p) == ident]
+        return named[0] if len(named) == 1 else None
+
+    def check_named(self, paths: Iterable[str]) -> None:
+        """A file named as a source that is unusable fails with its own error (a corrupt container is a
+        format error, exit 3), not with an empty listing."""
+        for p in paths:
+            err = None if os.path.isdir(p) else self.unusable_error(p)
+            if err is not None:
+                raise err
 
     def find(self, ident: str) -> Volume:
-        """A volume by id, ``VG/LV`` or container path; UsageError with close matches otherwise."""
+        """A volume by id, ``VG/LV`` or container path; UsageError with close matches otherwise.
+
+        An ident that names an unusable file raises that file's error instead.
+        """
         hits = [v for v in self.volumes if v.id == ident or v.name == ident]
         if not hits and os.path.exists(ident):
             real = os.path.realpath(ident)
@@ -108,6 +127,9 @@ class Discovery:
                 hits = named or hits
         if len(hits) == 1:
             return hits[0]
+        err = None if hits else self.unusable_error(ident)
+        if err is not None:
+            raise err
         if len(hits) > 1:
             raise UsageError(f"{ident!r} is ambiguous: " + ", ".join(f"{v.id} ({v.name} in "
                              f"{', '.join(v.files)})" for v in hits) + "; name it as VG/LV")
@@ -177,10 +199,12 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
             devices.append(Device(f, 0, file_size(f)))
         except Euca2kvmError as e:
             out.warnings.append(f"{f}: {e}")
+            out.unusable[f] = e
     res = scan(devices)
     out.warnings.extend(res.warnings)
     for dev_name, err in res.errors.items():
         out.warnings.append(f"{dev_name}: unusable: {err.reason}")
+        out.unusable[dev_name] = err
     used_by_vg: set[str] = set()
     for g in res.vgs:
         used_by_vg.update(g.files())
