@@ -35,7 +35,7 @@ from ..units import MiB, human
 from . import manifest
 from .copy import DEFAULT_WORKERS, CopyResult, Sources, copy_blocks
 from .digest import DEFAULT, Algorithm, algorithm_of
-from .formats import OutputFormat
+from .formats import OutputFormat, check_size
 from .outdir import OutDir, WorkDir
 from .raw import IMAGE, new_image
 
@@ -235,6 +235,7 @@ def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Prog
     if Kind.ERROR in emap.kinds():
         raise FormatError(f"{src.id}: the LV has an 'error' segment: reading it fails under device-mapper "
                           "too; refusing to export invented bytes")
+    check_size(opts.fmt, emap.size, src.id)
     out = manifest.output_path(outdir, src.id, opts.fmt.ext)
     previous = next((v for v in manifest.load(outdir)["volumes"] if v.get("output") == str(out.resolve())), None)
     if not opts.overwrite and reusable(previous, out, src, opts):
