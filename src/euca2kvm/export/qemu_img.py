@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Thin typed wrappers around ``qemu-img``: every call is a subprocess with a timeout.
 
-Failures raise :class:`ToolError` carrying the tail of qemu-img's stderr; ``compare`` returns
+Failures raise :class:`ToolError` carrying the tail of qemu-img's stderr, or :class:`IOFailure`
+when that tail names an I/O errno (no space left, quota, file too large, EIO: exit 5, like the
+raw writer's); ``compare`` returns
 ``False`` for "images differ" (exit 1) so callers can raise :class:`VerifyError` themselves.
 The binary is ``$QEMU_IMG`` if set, else ``qemu-img`` on ``PATH``.
 """
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ..errors import FormatError, ToolError, UnsupportedError
+from ..errors import FormatError, IOFailure, ToolError, UnsupportedError
 from ..procs import die_with_parent
 from ..units import MiB
 
@@ -43,6 +45,9 @@ _COMPARE_ERRORS = {2: "error opening an image", 3: "error checking sector alloca
                    4: "error reading an image"}
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _VERSION = re.compile(r"qemu-img version (\d+)\.(\d+)\.(\d+)")
+# qemu prints strerror(): ENOSPC, EDQUOT, EFBIG, EIO as worded in the C locale, which qemu-img runs
+# in so that these texts are not translated.
+_IO_ERRNO = re.compile(r"No space left on device|Disk quota exceeded|File too large|Input/output error")
 
 ProgressCallback = Callable[[float], None]
 
@@ -72,7 +77,8 @@ def _run(args: Sequence[str], *, timeout: float | None = QUICK_TIMEOUT, stall_ti
     cmd = " ".join(argv[:2])
     try:
         proc = subprocess.Popen(die_with_parent(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, close_fds=True)
+                                stderr=subprocess.PIPE, close_fds=True,
+                                env={**os.environ, "LC_ALL": "C"})
     except OSError as e:
         hint = f"set ${ENV_BINARY} or install qemu-utils"
         raise ToolError(f"cannot run {argv[0]}: {e.strerror} ({hint})") from e
@@ -116,7 +122,8 @@ def _run(args: Sequence[str], *, timeout: float | None = QUICK_TIMEOUT, stall_ti
     if expired:
         raise ToolError(f"{cmd} {expired}: {tail}".rstrip(": "))
     if rc not in ok:
-        raise ToolError(f"{cmd} failed with exit status {rc}: {tail or '(no message)'}")
+        msg = f"{cmd} failed with exit status {rc}: {tail or '(no message)'}"
+        raise IOFailure(msg) if _IO_ERRNO.search(tail) else ToolError(msg)
     return rc, bytes(out)
 
 
