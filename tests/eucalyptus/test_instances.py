@@ -271,6 +271,12 @@ def test_running_instance_is_refused_and_planned_with_reasons(
     assert not out.exists()
     (ip,) = plan["instances"]
     assert [d["volume_id"] for d in ip["disks"]] == ["vol-4708bf47", "vol-0000da7a", "vol-0000da7b"]
+    hw = ip["hardware"]  # the NC's hardware, and the plan's disk targets agree with it
+    assert [(d["bus"], d["target_dev"]) for d in hw["disks"]] == [("virtio", "vda"), ("virtio", "vdf"),
+                                                                  ("virtio", "vdg")]
+    assert [d["target_dev"] for d in ip["disks"]] == ["vda", "vdf", "vdg"]
+    assert (hw["mac"], hw["nic_model"], hw["cdrom"]) == ("d0:0d:1a:2b:3c:4d", "virtio",
+                                                         {"bus": "ide", "target_dev": "hdc"})
     assert [d["output"] for d in ip["disks"]] == [
         str(out / f"i-1a2b3c4d-{x}.raw") for x in ("sda", "vdf", "vdg")
     ]

@@ -208,39 +208,6 @@ def _vm_state(v: Any) -> str | None:
     return None if s is None else s.lower().replace("_", "-")  # SHUTTING_DOWN -> shutting-down
 
 
-# metadata_instances columns of an instance's identity -> inventory field. Sources (Eucalyptus 4.x,
-# clc/modules/compute-common/.../internal/vm/ from 4.2 on, cluster-manager/.../vm/ before): the embedded
-# VmNetworkConfig (mac, addresses, DNS names), VmBootRecord (sshkey: the public key line, whose
-# "<account>@eucalyptus.<name>" comment carries the key name; user_data: bytea) and VmRuntimeState
-# (service_tag: the NC). There is no key-name column.
-_IDENTITY_COLUMNS = {
-    "metadata_vm_mac_address": "mac", "metadata_vm_private_address": "private_ip",
-    "metadata_vm_public_address": "public_ip", "metadata_vm_private_dns": "private_dns",
-    "metadata_vm_public_dns": "public_dns", "metadata_vm_sshkey": "public_key",
-    "metadata_vm_user_data": "user_data", "metadata_vm_service_tag": "node",
-}
-
-
-def _identity(r: dict[str, Any], absent: set[str]) -> dict[str, Any]:
-    key = identity.public_key(r["metadata_vm_sshkey"])
-    out: dict[str, Any] = {
-        "mac": identity.mac(r["metadata_vm_mac_address"]),
-        "private_ip": identity.address(r["metadata_vm_private_address"]),
-        "public_ip": identity.address(r["metadata_vm_public_address"]),
-        "private_dns": identity.dns_name(r["metadata_vm_private_dns"]),
-        "public_dns": identity.dns_name(r["metadata_vm_public_dns"]),
-        "public_key": key,
-        "key_name": identity.key_name_from_key(key),
-        "user_data": identity.user_data_b64(r["metadata_vm_user_data"]),
-        "node": _s(r["metadata_vm_service_tag"]),
-    }
-    unavailable = {_IDENTITY_COLUMNS[c] for c in absent if c in _IDENTITY_COLUMNS}
-    if "public_key" in unavailable or key is not None and out["key_name"] is None:
-        unavailable.add("key_name")  # only the key's comment names it
-    out["unavailable"] = sorted(unavailable)
-    return out
-
-
 def _read_cloud(t: _Tables) -> tuple[list[Instance], list[Volume], list[Snapshot]]:
     vm_types = {
         _s(r["id"]): VmType(name=_s(r["config_vm_type_name"]) or "?", cpus=_i(r["config_vm_type_cpu"]),
@@ -268,7 +235,7 @@ def _read_cloud(t: _Tables) -> tuple[list[Instance], list[Volume], list[Snapshot
     for r in t.rows("metadata_instances", [
             "id", "metadata_display_name", "metadata_state", "metadata_vm_type_id",
             "metadata_vm_machine_image_id", "metadata_vm_kernel_image_id", "metadata_vm_ramdisk_image_id",
-            "metadata_vm_platform", "metadata_vm_virtualization_type", *_IDENTITY_COLUMNS], required=True):
+            "metadata_vm_platform", "metadata_vm_virtualization_type", *identity.DB_COLUMNS], required=True):
         iid = _s(r["metadata_display_name"])
         if iid is None:
             continue
@@ -281,7 +248,7 @@ def _read_cloud(t: _Tables) -> tuple[list[Instance], list[Volume], list[Snapshot
             ramdisk_id=_s(r["metadata_vm_ramdisk_image_id"]), image_id=_s(r["metadata_vm_machine_image_id"]),
             platform=_s(r["metadata_vm_platform"]),
             virtualization_type=_s(r["metadata_vm_virtualization_type"]), attachments=atts,
-            **_identity(r, t.absent.get("metadata_instances", set()))))
+            **identity.from_db_row(r, t.absent.get("metadata_instances", set()))))
     attached = {a.volume_id for i in instances if i.state not in ("terminated", "buried")
                 for a in i.attachments if a.status not in ("detached", "failed")}
     volumes: list[Volume] = []

@@ -105,6 +105,46 @@ def decode_user_data(b64: str) -> bytes:
     return base64.b64decode(b64, validate=True)
 
 
+# metadata_instances columns of an instance's identity -> inventory field. Sources (Eucalyptus 4.x,
+# clc/modules/compute-common/.../internal/vm/ from 4.2 on, cluster-manager/.../vm/ before): the embedded
+# VmNetworkConfig (mac, addresses, DNS names), VmBootRecord (sshkey: the public key line, whose
+# "<account>@eucalyptus.<name>" comment carries the key name; user_data: bytea) and VmRuntimeState
+# (service_tag: the NC). There is no key-name column.
+DB_COLUMNS = {
+    "metadata_vm_mac_address": "mac", "metadata_vm_private_address": "private_ip",
+    "metadata_vm_public_address": "public_ip", "metadata_vm_private_dns": "private_dns",
+    "metadata_vm_public_dns": "public_dns", "metadata_vm_sshkey": "public_key",
+    "metadata_vm_user_data": "user_data", "metadata_vm_service_tag": "node",
+}
+
+
+def from_db_row(r: dict[str, Any], absent: set[str]) -> dict[str, Any]:
+    """Instance fields from a metadata_instances row; ``absent``: identity columns this release lacks."""
+    key = public_key(r["metadata_vm_sshkey"])
+    out: dict[str, Any] = {
+        "mac": mac(r["metadata_vm_mac_address"]),
+        "private_ip": address(r["metadata_vm_private_address"]),
+        "public_ip": address(r["metadata_vm_public_address"]),
+        "private_dns": dns_name(r["metadata_vm_private_dns"]),
+        "public_dns": dns_name(r["metadata_vm_public_dns"]),
+        "public_key": key,
+        "key_name": key_name_from_key(key),
+        "user_data": user_data_b64(r["metadata_vm_user_data"]),
+        "node": _text(r["metadata_vm_service_tag"]),
+    }
+    unavailable = {DB_COLUMNS[c] for c in absent if c in DB_COLUMNS}
+    if "public_key" in unavailable or key is not None and out["key_name"] is None:
+        unavailable.add("key_name")  # only the key's comment names it
+    out["unavailable"] = sorted(unavailable)
+    return out
+
+
+def _text(value: Any) -> str | None:
+    if value is None or _CONTROL.search(str(value)) or not str(value).strip() or len(str(value)) > 4096:
+        return None
+    return str(value).strip()
+
+
 def hostname(private_dns: str | None, instance_id: str) -> str:
     """The guest's host name: the first label of its private DNS name, else the instance id."""
     if private_dns:
