@@ -37,7 +37,9 @@ def build_parser(sub: Any) -> None:
         "to "
         "OUTDIR/<instance>-<device>.<ext>, verified and recorded in OUTDIR/manifest.json with the "
         "instance and device, and write OUTDIR/<instance>.xml (a libvirt domain with the VM type's "
-        "vCPUs and memory, disks vda, vdb, ... in that order) and OUTDIR/<instance>.virt-install.sh. "
+        "vCPUs and memory and the virtual hardware the Eucalyptus NC gave it: disk bus and serials, MAC, NIC "
+        "model, rng, CPU topology), OUTDIR/<instance>.virt-install.sh and OUTDIR/<instance>.seed.iso (a "
+        "cloud-init NoCloud seed with the instance id, hostname, key and MAC, attached read-only). "
         "An instance started with a separate kernel (EKI/ERI) whose boot volume has no boot loader "
         "needs --kernel/--ramdisk: the domain then boots that kernel directly (exit 3 without them). "
         "Everything is checked before anything is written.",

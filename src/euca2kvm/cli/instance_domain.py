@@ -31,7 +31,8 @@ def add_domain_args(p: argparse.ArgumentParser) -> None:
                    help="absolute directory the images (and seed) will be in on the KVM host; the domain's "
                    "disk paths point there (default: OUTDIR)")
     g.add_argument("--no-seed", action="store_true",
-                   help="no OUTDIR/<instance>.seed.iso (cloud-init then looks for the EC2 metadata service)")
+                   help="no OUTDIR/<instance>.seed.iso (cloud-init then finds no datasource and stays disabled; "
+                   "a guest pinned to its old MAC keeps its network only if the domain has that MAC)")
     g.add_argument("--replay-user-data", action="store_true",
                    help="put the instance's original user-data into the seed (it already ran once in the cloud)")
     g.add_argument("--static-network", action="store_true",
