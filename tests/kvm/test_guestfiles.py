@@ -317,3 +317,37 @@ def test_tool_runs_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ToolError):
         extfiles._run(["sleep", "60"], (), "sleep", b"")
     assert time.monotonic() - t0 < 10
+
+
+def test_plan_warns_for_the_chosen_hardware(disk: tuple[Path, list[tuple[int, int, str]]], tmp_path: Path) -> None:
+    """plan checks the boot volume's guest config against the disk bus and MAC it chose (nothing written)."""
+    need_root()
+    need_tools("lvm", "losetup", "debugfs")
+    img, _ = disk
+    vols = tmp_path / "volumes"
+    vols.mkdir()
+    lvmfix.euca_container(vols, "vol-6e500003", img)
+    inv = tmp_path / "inventory.json"
+
+    def plan(mac: str, *extra: str) -> list[str]:
+        inv.write_text(json.dumps({
+            "format": "euca2kvm-inventory", "version": 1, "source": "test", "captured_at": "2024-05-01T10:00:00Z",
+            "volumes_dir": str(vols), "storage_volumes": [],
+            "instances": [{"id": "i-6e500003", "state": "stopped", "root_device": "/dev/sda", "mac": mac,
+                           "vm_type": {"name": "m1.small", "cpus": 1, "memory_mib": 512},
+                           "attachments": [{"volume_id": "vol-6e500003", "device": "/dev/sda", "is_root": True,
+                                            "kind": "boot"}]}]}))
+        p = subprocess.run([sys.executable, "-m", "euca2kvm", "plan", "i-6e500003", "-o", str(tmp_path / "out"),
+                            "--inventory", str(inv), "--json", *extra],
+                           capture_output=True, text=True, timeout=120, check=False)
+        assert "Traceback" not in p.stderr and not (tmp_path / "out").exists()
+        (only,) = json.loads(p.stdout)["instances"]
+        return [w for w in only["warnings"] if "guest" in w]
+
+    grub = GUEST["boot/grub/grub.cfg"].count(b"\n")
+    virtio = plan(MAC)
+    assert sorted(w.split("guest ", 1)[1].split(": ")[0] for w in virtio) == ["/boot/grub/grub.cfg:" + str(grub),
+                                                                              "/etc/fstab:2"]
+    scsi = plan("52:54:00:00:00:01", "--disk-bus", "scsi")  # sda1 is right on scsi; the pinned MAC is not
+    assert any("/etc/fstab:2" in w for w in scsi) and not any("grub.cfg" in w for w in scsi)
+    assert any("70-persistent-net.rules:1" in w for w in scsi)

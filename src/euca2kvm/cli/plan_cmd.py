@@ -209,6 +209,12 @@ def choose_instance_hardware(args: argparse.Namespace, inv: Inventory, plans: li
                                      nic_model=getattr(args, "nic_model", None), mac=mac, mac_origin=origin)
         for disk, chosen in zip(p.disks, p.hardware.disks, strict=True):
             disk.target_dev = chosen.target_dev
+        boot = p.disks[0] if p.disks else None
+        if boot is not None and boot.volume is not None and p.boot_verdict is not None:
+            from ..kvm.guestfiles import warning_lines  # the boot disk's guest config against this hardware
+
+            p.warnings += [f"{inst.id}: {w}" for w in warning_lines(boot.volume.extent_map, p.hardware.disks[0].bus,
+                                                                     p.hardware.mac)]
 
 
 def build_parser(sub: Any) -> None:

@@ -344,11 +344,14 @@ def attach_config(reader: Reader, report: GuestReport, disk_bus: str = DEFAULT_D
     return setup
 
 
-def warning_lines(image_or_emap: str | ExtentMap | Reader, disk_bus: str, mac: str | None) -> list[str]:
-    """:func:`guest_warnings` as lines for a plan's warnings; a disk that cannot be read at all gives
-    one line saying the guest was not checked (plan and export-instance go on: these are warnings)."""
+def warning_lines(disk: str | ExtentMap | Reader | Callable[[], ExtentMap], disk_bus: str,
+                  mac: str | None) -> list[str]:
+    """:func:`guest_warnings` as lines for a plan's warnings (``disk`` may also be a function giving
+    the extent map, such as a volume's ``extent_map``); a disk that cannot be read at all gives one
+    line saying the guest was not checked (plan and export-instance go on: these are warnings)."""
     try:
+        source = disk() if callable(disk) else disk
         return [f"guest {w.render()}" if w.file else f"guest not fully checked: {w.message}"
-                for w in guest_warnings(image_or_emap, disk_bus, mac)]
+                for w in guest_warnings(source, disk_bus, mac)]
     except Euca2kvmError as e:
         return [f"guest configuration not checked: {clean_text(str(e), 300)}"]
