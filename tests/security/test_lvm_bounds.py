@@ -209,3 +209,15 @@ def test_limits_are_qemu_imgs_own(tmp_path: Path, fmt: str) -> None:
                            capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
         assert (p.returncode == 0) == ok, (fmt, size, p.stderr)
         img.unlink(missing_ok=True)
+
+
+def test_largest_lv_within_bounds_is_read_and_refused_only_by_the_output(tmp_path: Path) -> None:
+    # (2**23 - 1) extents of 1 TiB: 2**63 - 2**40 bytes, all "zero": valid metadata, no file to read
+    src = hostile(tmp_path / "vol-b1900001", zero_lv((1 << 23) - 1), extent_size=1 << 31)
+    for args in (("scan", str(src)), ("inspect", str(src))):
+        p = cli(*args)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, (args, p.stderr)
+    out = garbage_outdir(tmp_path)
+    p = cli("export", "vol-b1900001", "--source", str(tmp_path), "-o", str(out), "--format", "qcow2")
+    assert p.returncode == EXIT_FORMAT and str(MAX_SIZE["qcow2"]) in p.stderr and "Traceback" not in p.stderr
+    assert_untouched(out)

@@ -121,6 +121,8 @@ class Discovery:
         if not hits and os.path.exists(ident):
             real = os.path.realpath(ident)
             hits = [v for v in self.volumes if real in v.files]
+            if not hits:  # an LV that reads no file (all "zero" segments) lives in its VG's files
+                hits = [v for v in self.volumes if not v.files and v.group is not None and real in v.group.files()]
             if len(hits) > 1:
                 # A multi-LV VG on this file: only unambiguous when one LV is named after it.
                 named = [v for v in hits if v.id == os.path.basename(real)]
