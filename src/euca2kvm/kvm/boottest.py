@@ -15,12 +15,12 @@ import contextlib
 import enum
 import logging
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from euca2kvm.errors import ToolError, UsageError
+from euca2kvm.export.outdir import private_tmp
 from euca2kvm.kvm.qemu import (
     KVM_INTERNAL_ERROR,
     HmpMonitor,
@@ -50,6 +50,8 @@ FINAL_CAPTURE_TIMEOUT = 2.0
 # Guest RAM: enough for a cloud kernel with a small initrd, a GRUB or memtest image.
 DEFAULT_MEMORY_MIB = 512
 DEFAULT_TIMEOUT = 60.0
+# The QEMU monitor socket's directory, short (unix socket paths are limited to 108 bytes) and private.
+MONITOR_PREFIX = "euca2kvm-mon-"
 
 
 class Stage(enum.IntEnum):
@@ -241,8 +243,8 @@ def boot_test(
     for stale in (serial_path, vga_path, png_path):
         stale.unlink(missing_ok=True)
     # The socket lives in a short private directory: unix socket paths are limited to 108 bytes.
-    with tempfile.TemporaryDirectory(prefix="euca2kvm-mon-") as sockdir:
-        sock = Path(sockdir) / "monitor.sock"
+    with private_tmp(MONITOR_PREFIX) as sockdir:  # a killed run's is removed by the next one
+        sock = sockdir / "monitor.sock"
         args = _qemu_args(image, fmt, chosen, memory_mib, bus, serial_path, sock)
         start = time.monotonic()
         deadline = start + timeout
