@@ -101,7 +101,7 @@ def test_faithful_domain_maps_to_qemu(tmp_path: Path) -> None:
     assert blockdevs[1]["backing"]["backing"] is None  # a backing file named inside an image is never opened
     assert blockdevs[2]["read-only"] and blockdevs[2]["file"]["filename"] == str(seed)
     devices = arg_values(args, "-device")
-    assert any(d.startswith("virtio-blk-pci,drive=d0") for d in devices)
+    assert any(d.startswith("virtio-blk-pci,drive=d0,serial=vol-1a2b3c4d-dev-sda") for d in devices)
     assert "ahci,id=ahci0" in devices and any(d.startswith("ide-hd,drive=d1,bus=ahci0.1") for d in devices)
     assert any(d.startswith("ide-cd,drive=d2,bus=ide.1,unit=0") for d in devices)
     assert "e1000,netdev=n0,mac=d0:0d:0a:00:00:05" in devices and "virtio-rng-pci" in devices
@@ -166,6 +166,7 @@ def test_hostile_xml_is_a_format_error(tmp_path: Path, case: str) -> None:
     ("type='qcow2'", "type='vmdk'"),  # a format that can name further host files
     ("<vcpu placement='static'>2</vcpu>", "<vcpu>two</vcpu>"),
     ("<name>i-3f2a91c0</name>", "<name>a\x1b[2Jb</name>"),  # control character (not even XML)
+    ("vol-1a2b3c4d-dev-sda", "x,drive=d1"),  # a serial that would inject QEMU device options
 ])
 def test_bad_values_are_refused(tmp_path: Path, edit: tuple[str, str]) -> None:
     raw, q, seed = images(tmp_path)

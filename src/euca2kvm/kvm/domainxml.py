@@ -31,6 +31,7 @@ MAX_DISKS = 16
 MAX_NICS = 4
 MEMORY_MIB_RANGE = (16, 64 * 1024)
 VCPU_RANGE = (1, 64)
+SERIAL = re.compile(r"^[A-Za-z0-9._-]{0,64}$")
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # libvirt's memory units (docs: formatdomain "Memory Allocation"); the default unit is KiB.
 MEMORY_UNITS = {
@@ -52,6 +53,7 @@ class DiskSpec:
     target: str
     readonly: bool
     boot_order: int | None = None
+    serial: str | None = None  # the NC's <serial>volId-dev-devName</serial>: /dev/disk/by-id names in the guest
 
 
 @dataclass(frozen=True)
@@ -169,11 +171,16 @@ def _disk(el: ET.Element, where: str, base: Path) -> DiskSpec | None:
     if fmt not in DISK_FORMATS:
         raise FormatError(f"disk {dev}: format {fmt!r} is not supported (expected one of "
                           f"{', '.join(DISK_FORMATS)})", where)
+    serial = el.findtext("serial")
+    if serial is not None:
+        serial = serial.strip()
+        if not SERIAL.match(serial):  # it goes into a QEMU -device option: no commas, nothing odd
+            raise FormatError(f"disk {dev}: invalid serial {serial[:40]!r}", where)
     boot = el.find("boot")
     order = _int(boot.get("order"), f"disk {dev} boot order", where, 1, 1000) if boot is not None else None
     return DiskSpec(path=_path(source.get("file"), f"disk {dev} source file", where, base), format=fmt,
                     device=device, bus=bus, target=dev, readonly=device == "cdrom" or el.find("readonly") is not None,
-                    boot_order=order)
+                    boot_order=order, serial=serial or None)
 
 
 def _nic(el: ET.Element, where: str) -> NicSpec:

@@ -88,6 +88,8 @@ NIC_DEVICE = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", 
 IDE_SLOTS = 4
 SATA_SLOTS = 6
 SCSI_SLOTS = 16
+# QEMU refuses an IDE/SATA drive serial longer than ATA's 20-character field.
+ATA_SERIAL_MAX = 20
 
 
 def _fact_script(wait: int) -> str:
@@ -338,6 +340,8 @@ def qemu_args(spec: DomainSpec, accel: str, workdir: Path, serial: Path, port: i
                 args += ["-device", "virtio-scsi-pci,id=scsi0"]
                 controllers.add("scsi")
             dev += f",bus=scsi0.0,channel=0,scsi-id={slot},lun=0"
+        if disk.serial and (disk.bus in ("virtio", "scsi") or len(disk.serial) <= ATA_SERIAL_MAX):
+            dev += f",serial={disk.serial}"
         if has_order and disk.boot_order is not None:
             dev += f",bootindex={disk.boot_order}"
         elif not has_order and disk is first_disk:
