@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from _env import need_tools
-from euca2kvm.errors import EXIT_FORMAT, FormatError
+from euca2kvm.errors import EXIT_FORMAT, Euca2kvmError, FormatError
 from euca2kvm.eucalyptus.discovery import discover
 from euca2kvm.export.formats import MAX_SIZE, check_size, output_format
+from euca2kvm.lvm import Device, ExtentReader, scan
 from lvmwriter import Mda, build_pv, linear_lv, vg_text
 
 MiB = 1 << 20
@@ -221,3 +225,43 @@ def test_largest_lv_within_bounds_is_read_and_refused_only_by_the_output(tmp_pat
     p = cli("export", "vol-b1900001", "--source", str(tmp_path), "-o", str(out), "--format", "qcow2")
     assert p.returncode == EXIT_FORMAT and str(MAX_SIZE["qcow2"]) in p.stderr and "Traceback" not in p.stderr
     assert_untouched(out)
+
+
+# --- any number anywhere -----------------------------------------------------------------------
+
+FUZZ_TEXT = vg_text("vg-fuzz", HVGID, 3, [("pv0", HPVID, 2048, 2)],
+                    linear_lv("lin", LVID, 1) + TWO_STRIPES.replace("lv0 {", "str {", 1).replace(LVID, LVID[:-1] + "6")
+                    + zero_lv(3).replace("lv0 {", "zer {", 1).replace(LVID, LVID[:-1] + "7"), extent_size=16).decode()
+NUMBERS = [m.start() for m in re.finditer(r"(?<=[=\[,] )-?[0-9]+|(?<=\n)-?[0-9]+(?=\n\])", FUZZ_TEXT)]
+EDGES = [-(1 << 63), -1, 0, 1, 2, 7, (1 << 31) - 1, 1 << 31, (1 << 32) - 1, 1 << 32, (1 << 63) - 1, 1 << 63,
+         (1 << 64) - 1, 1 << 64, 1 << 80]
+READ = 512
+_NUMBER = re.compile(r"-?[0-9]+")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(NUMBERS), st.one_of(st.sampled_from(EDGES), st.integers())),
+                min_size=1, max_size=3))
+def test_any_number_anywhere_gives_a_disk_or_a_project_error(tmp_path: Path, edits: list[tuple[int, int]]) -> None:
+    """Numbers of a valid VG (linear, striped, zero LVs) replaced by edge values: scanning, mapping and
+    reading the first and last sector of every LV raise only the project's errors."""
+    text = FUZZ_TEXT
+    for pos in sorted({p for p, _ in edits}, reverse=True):
+        value = next(v for p, v in edits if p == pos)
+        end = pos + len(_NUMBER.match(text, pos).group())  # type: ignore[union-attr]
+        text = text[:pos] + str(value) + text[end:]
+    src = tmp_path / "fz"
+    src.write_bytes(build_pv(2 * MiB, HUUID, [Mda(4096, 64 * 1024, text=text.encode())], MiB))
+    try:
+        res = scan([Device.whole(str(src))])
+    except Euca2kvmError:
+        return
+    for g in res.vgs:
+        for lv in g.vg.lvs:
+            try:
+                emap = g.lv_map(lv)
+                with ExtentReader(emap) as r:
+                    for off in (0, max(0, emap.size - READ)):
+                        assert len(r.pread(off, READ)) == min(READ, emap.size - off)
+            except Euca2kvmError:
+                continue
