@@ -76,5 +76,5 @@ def check_size(fmt: OutputFormat, size: int, name: str) -> None:
     """Refuse (exit 3) a disk of ``size`` bytes that ``fmt`` cannot hold, before anything is written."""
     limit = MAX_SIZE[fmt.name]
     if size > limit:
-        raise FormatError(f"{name}: the disk is {size} bytes but a {fmt.name} image holds at most {limit} bytes; "
-                          "choose another --format")
+        raise FormatError(f"{name} is a disk of {size} bytes but a {fmt.name} image holds at most {limit} "
+                          "bytes; choose another --format")
