@@ -198,6 +198,7 @@ def test_export_instance_from_database(
     nic = root.find("devices/interface")
     assert nic is not None and nic.find("mac").get("address") == "d0:0d:1a:2b:3c:4d"  # type: ignore[union-attr]
     assert nic.find("model").get("type") == "virtio" and root.find("sysinfo") is None  # type: ignore[union-attr]
+    assert nic.find("address").get("slot") == "0x02"  # type: ignore[union-attr]  # where libvirt.xsl puts it
     key = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDtestkeymaterialonly 000123456789@eucalyptus.ops-key"
     files_in_seed = check_seed(out, "i-1a2b3c4d", "euca-172-16-4-21", "d0:0d:1a:2b:3c:4d", key)
     assert b"provisioned" not in files_in_seed["user-data"]  # recorded, not replayed

@@ -39,14 +39,14 @@ CASES: dict[str, Domain] = {
         [Disk("/srv/images/i-1a2b3c4d-sda.raw", "raw", "vda", "virtio", "vol-4708bf47-dev-sda", "none"),
          Disk("/srv/images/i-1a2b3c4d-vdf.raw", "raw", "vdf", "virtio", "vol-0000da7a-dev-vdf", "none"),
          Disk("/srv/images/i-1a2b3c4d.seed.iso", "raw", "hdc", "ide", cdrom=True)],
-        mac="d0:0d:1a:2b:3c:4d", nic_model="e1000", boot_dev=True, cpu_topology=True, rng=True,
-        clock="localtime", description="Eucalyptus instance i-1a2b3c4d",
+        mac="d0:0d:1a:2b:3c:4d", nic_model="e1000", nic_pci_slot=2, boot_dev=True, cpu_topology=True,
+        rng=True, clock="localtime", description="Eucalyptus instance i-1a2b3c4d",
     ),
     "eucalyptus-scsi-bridge": Domain(
         "i-5e6f7a8b", 512, 1,
         [Disk("/srv/images/i-5e6f7a8b-sda.qcow2", "qcow2", "sda", "scsi", "vol-77778888-dev-sda", "none"),
          Disk("/srv/images/i-5e6f7a8b.seed.iso", "raw", "hdc", "ide", cdrom=True)],
-        network=None, bridge="br0", mac="d0:0d:5e:6f:7a:8b", nic_model="virtio", boot_dev=True,
+        network=None, bridge="br0", mac="d0:0d:5e:6f:7a:8b", nic_model="virtio", nic_pci_slot=2, boot_dev=True,
         cpu_topology=True, rng=True, clock="localtime",
     ),
     "hostile": Domain(
@@ -225,6 +225,7 @@ def test_eucalyptus_hardware() -> None:
     assert disks[2].find("readonly") is not None and disks[0].find("readonly") is None
     assert all(d.find("boot") is None for d in disks)
     assert root.find("./devices/interface/mac").get("address") == "d0:0d:1a:2b:3c:4d"  # type: ignore[union-attr]
+    assert root.find("./devices/interface/address").get("slot") == "0x02"  # type: ignore[union-attr]
     rng = root.find("./devices/rng")
     assert rng is not None and rng.get("model") == "virtio" and rng.findtext("backend") == "/dev/urandom"
     cmd = virt_install_command(CASES["eucalyptus"])
@@ -237,7 +238,8 @@ def test_eucalyptus_hardware() -> None:
 
 @pytest.mark.parametrize("kwargs", [
     {"mac": "D0:0D:1A:2B:3C:4D"}, {"mac": "01:00:5e:00:00:01"}, {"mac": "d0:0d"}, {"nic_model": "ne2k"},
-    {"bridge": "br0"}, {"network": None, "bridge": "br 0"}, {"clock": "variable"},
+    {"bridge": "br0"}, {"network": None, "bridge": "br 0"}, {"clock": "variable"}, {"nic_pci_slot": 0},
+    {"nic_pci_slot": 32},
     {"disks": [Disk("/a.iso", "raw", "hdc", "ide", cdrom=True)]},
 ])
 def test_eucalyptus_options_refuse_bad_input(kwargs: dict[str, object]) -> None:

@@ -126,6 +126,7 @@ def build_domain(plan: InstancePlan, outdir: Path, fmt: str, args: argparse.Name
         bridge=args.bridge,
         mac=hw.mac if network is not None or args.bridge else None,
         nic_model=hw.nic_model,
+        nic_pci_slot=hw.nic_pci_slot,
         boot_dev=kernel is None,
         cpu_topology=True,
         rng=True,

@@ -38,6 +38,7 @@ MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # libvirt's disk <serial> is at most 20 characters on IDE/SATA (the ATA field), unbounded on virtio/scsi; the
 # NC writes "<volId>-dev-<dev>" (vol-4708bf47-dev-sda, 20; longer for 17-hex ids, which QEMU then truncates).
 SERIAL_RE = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+PCI_SLOT_MAX = 31  # slot 0 is the host bridge
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")  # IFNAMSIZ - 1
 # libvirt forbids "/" in names; virsh and virt-install treat an all-digit name as a domain id, and a
 # leading "-" as an option. Keep a conservative, shell- and file-name-safe set, capped in length.
@@ -121,6 +122,7 @@ class Domain:
     bridge: str | None = None  # a host bridge instead of a libvirt network
     mac: str | None = None
     nic_model: str = "virtio"
+    nic_pci_slot: int | None = None  # the NIC's slot on PCI bus 0 (the guest's interface name follows it)
     boot_dev: bool = False  # <os><boot dev='hd'/> instead of a boot order on the first disk
     cpu_topology: bool = False  # <cpu><topology sockets='1' cores=vcpus threads='1'/>
     rng: bool = False  # virtio-rng fed from the host's /dev/urandom
@@ -158,6 +160,8 @@ class Domain:
             raise UsageError(f"MAC address {self.mac} is a multicast address")
         if self.nic_model not in NIC_MODELS:
             raise UsageError(f"NIC model must be one of {', '.join(NIC_MODELS)}, not {self.nic_model!r}")
+        if self.nic_pci_slot is not None and not 1 <= self.nic_pci_slot <= PCI_SLOT_MAX:
+            raise UsageError(f"NIC PCI slot {self.nic_pci_slot} out of range 1-{PCI_SLOT_MAX}")
         if self.clock not in CLOCK_OFFSETS:
             raise UsageError(f"clock offset must be utc or localtime, not {self.clock!r}")
         if self.description is not None:
@@ -229,6 +233,9 @@ def domain_element(domain: Domain) -> ET.Element:
         if domain.mac is not None:
             _sub(nic, "mac", address=domain.mac)
         _sub(nic, "model", type=domain.nic_model)
+        if domain.nic_pci_slot is not None:
+            _sub(nic, "address", type="pci", domain="0x0000", bus="0x00", slot=f"0x{domain.nic_pci_slot:02x}",
+                 function="0x0")
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
@@ -299,6 +306,8 @@ def virt_install_command(domain: Domain) -> list[str]:
     if domain.has_nic:
         net = f"bridge={domain.bridge}" if domain.bridge is not None else f"network={domain.network}"
         net += f",mac={domain.mac}" if domain.mac else ""
+        if domain.nic_pci_slot is not None:
+            net += f",address.type=pci,address.domain=0,address.bus=0,address.slot={domain.nic_pci_slot}"
         cmd += ["--network", f"{net},model={domain.nic_model}"]
     else:
         cmd += ["--network", "none"]

@@ -8,7 +8,8 @@ and SMBIOS parts came later, in commits c941e5e0 and e43a363d). For KVM and an E
   with the device name's ``sd`` renamed ``vd`` when the NC's ``eucalyptus.conf`` sets USE_VIRTIO_DISK
   (the root: USE_VIRTIO_ROOT; Windows guests: always virtio), else the device name on bus ``scsi``;
   ``<serial>`` ``<volId>-dev-<devName>``, ``<driver name='qemu' cache='none'/>``;
-* the NIC with the instance's MAC, model virtio when USE_VIRTIO_NET (Windows: always), else e1000;
+* the NIC with the instance's MAC, model virtio when USE_VIRTIO_NET (Windows: always), else e1000, at PCI
+  address 00:02.0 ("ensuring that primary nic is eth0"; on systemd guests it is what names it ens2);
 * ``<boot dev='hd'/>``, ``<vcpu>N`` with topology 1 socket x N cores x 1 thread, memory from the VM
   type, ``<rng model='virtio'>`` from /dev/urandom, ``<clock offset='localtime'/>``;
 * SMBIOS serial and uuid starting ``ec2``, deliberately NOT reproduced: it makes cloud-init's
@@ -38,6 +39,7 @@ DISK_BUSES = ("virtio", "scsi", "ide", "sata")
 NIC_MODELS = ("virtio", "e1000", "rtl8139")
 PREFIX = {"virtio": "vd", "scsi": "sd", "sata": "sd", "ide": "hd"}
 IDE_UNITS = "abcd"  # two IDE channels x master/slave on the pc machine
+NIC_PCI_SLOT = 2  # libvirt.xsl's <address type='pci' ... slot='0x02'/> for the instance's device 0 NIC
 ATA_SERIAL_MAX = 20  # the ATA IDENTIFY serial field (IDE and SATA); virtio and SCSI carry longer ones
 _ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 _ATOI = re.compile(r"^\s*([+-]?[0-9]+)")
@@ -127,6 +129,7 @@ class Hardware:
     nic_reason: str
     mac: str | None
     mac_reason: str
+    nic_pci_slot: int = NIC_PCI_SLOT
     cdrom_bus: str = "ide"
     cdrom_dev: str = "hdc"
     notes: list[str] = field(default_factory=list)
@@ -135,14 +138,15 @@ class Hardware:
         return {
             "disks": [{"target_dev": d.target_dev, "bus": d.bus, "serial": d.serial, "reason": d.reason}
                       for d in self.disks],
-            "nic_model": self.nic_model, "nic_reason": self.nic_reason, "mac": self.mac,
+            "nic_model": self.nic_model, "nic_reason": self.nic_reason, "nic_pci_slot": self.nic_pci_slot,
+            "mac": self.mac,
             "mac_reason": self.mac_reason, "cdrom": {"bus": self.cdrom_bus, "target_dev": self.cdrom_dev},
             "notes": self.notes,
         }
 
     def lines(self) -> list[str]:
         out = [f"disk {d.target_dev}: bus {d.bus} ({d.reason})" for d in self.disks]
-        out.append(f"nic {self.nic_model} ({self.nic_reason})")
+        out.append(f"nic {self.nic_model} at PCI 00:{self.nic_pci_slot:02x}.0 ({self.nic_reason})")
         out.append(f"MAC {self.mac} ({self.mac_reason})" if self.mac else f"MAC: {self.mac_reason}")
         return out + self.notes
 
