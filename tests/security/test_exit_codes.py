@@ -198,3 +198,28 @@ def test_label_helper_really_breaks_the_crc(tmp_path: Path) -> None:
     src = corrupt_label(tmp_path / "p")
     lab = src.read_bytes()[512:1024]
     assert int.from_bytes(lab[16:20], "little") != fast_crc(lab[20:])
+
+
+def lvm2_lv_sizes(files: list[Path]) -> dict[str, int]:
+    """LV sizes real lvm2 reports for these files attached, in this order, to read-only loops."""
+    from lvmfix import Lvm, loops
+
+    with loops(files, readonly=True) as devs:
+        rows = Lvm(devs).report("lvs", "lv_name,lv_size")
+    return {r["lv_name"]: int(r["lv_size"]) for r in rows}
+
+
+def test_ground_truth_lvm2_reads_conflicts_as_the_reader_now_does(tmp_path: Path) -> None:
+    """What the refusals above are matched against: lvm2 2.03 itself on the same files."""
+    need_root()
+    need_tools("losetup", "lvs")
+    # equal seqno, different text: lvm2 takes the copy of whichever device comes first
+    a, b = two_pv_vg(tmp_path, vg_text("vg-exit", VGID, 7, PVS2, LV0), vg_text("vg-exit", VGID, 7, PVS2, LV0_BIGGER))
+    assert lvm2_lv_sizes([a, b]) == {"lv0": 4 * MiB} and lvm2_lv_sizes([b, a]) == {"lv0": 8 * MiB}
+    # a repeated LV section: lvm2 reads no LV at all
+    dup = pv(tmp_path / "dup", CONFLICTS["lv-section-twice"])
+    assert lvm2_lv_sizes([dup]) == {}
+    # a repeated value: lvm2 reads the first, and so do we
+    twice = pv(tmp_path / "twice", one_pv_text(LV0.replace("extent_count = 1", "extent_count = 1\nextent_count = 2")))
+    assert lvm2_lv_sizes([twice]) == {"lv0": 4 * MiB}
+    assert [v.size for v in discover([str(twice)], check_in_use=False).volumes] == [4 * MiB]
