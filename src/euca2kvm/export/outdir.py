@@ -15,8 +15,8 @@ elsewhere, a directory, a FIFO. Every write into OUTDIR goes through :class:`Out
   device there is refused with :class:`IOFailure` (exit 5), nothing renamed or written;
 * one inter-process lock per OUTDIR (:meth:`OutDir.lock`, ``flock`` on the directory itself, so
   it leaves no file behind) serialises manifest read-modify-write and every publish;
-* a run's private directory stays ``flock``-ed by its process; the next run removes those whose
-  owner died (SIGKILL, power loss), and refuses (exit 4, naming the other run's pid) to export
+* a run's private directory holds a file ``flock``-ed by its process; the next run removes those
+  whose owner died (SIGKILL, power loss), and refuses (exit 4, naming the other run's pid) to export
   an output that a live run is writing: two exports of one volume into one OUTDIR never share or
   publish each other's temporary files.
 
@@ -51,6 +51,7 @@ LOCK_POLL = 0.02  # seconds between non-blocking flock attempts while waiting
 # Filesystems without flock on directories (NFS emulates flock with fcntl locks, which need a
 # descriptor open for writing) use this file instead.
 LOCK_FILE = ".euca2kvm.lock"
+ALIVE_FILE = ".alive"  # in each work directory, locked by its run for as long as it lives
 NAME_MAX = 255
 TEMP_SUFFIX = ".partial"
 _TAG_HEX = 4  # random bytes in a temporary name, beside the pid
@@ -242,21 +243,28 @@ class OutDir:
                 os.mkdir(name, 0o700, dir_fd=self.fd)
             except OSError as e:
                 raise IOFailure(f"cannot create a work directory in {self.path}: {e.strerror}") from e
+            fd = alive = -1
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+                # Held until the end: "alive" for other runs' sweeps. A file opened for writing, so
+                # that NFS (which turns flock into a byte-range lock) honours it across hosts too.
+                alive = os.open(ALIVE_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                0o600, dir_fd=fd)
+                fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
+                for d in (alive, fd):
+                    if d >= 0:
+                        os.close(d)
                 with contextlib.suppress(OSError):
-                    os.rmdir(name, dir_fd=self.fd)
+                    shutil.rmtree(name, dir_fd=self.fd)
                 raise IOFailure(f"cannot create a work directory in {self.path}: {e.strerror}") from e
-            # "alive" for other runs' sweeps; without directory locks (NFS) they go by the pid in the name
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         wd = WorkDir(self, name, fd)
         try:
             yield wd
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(name, dir_fd=self.fd)
+            os.close(alive)
             os.close(fd)
 
     def sweep(self) -> list[tuple[str, int]]:
@@ -502,15 +510,23 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _owner_alive(dir_fd: int, name: str) -> bool:
-    """Whether the run that created work directory ``name`` still holds its flock."""
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    """Whether the run that created work directory ``name`` still holds the lock on its ALIVE_FILE.
+
+    A directory without one lost its owner between mkdir and the lock (both done under the
+    OUTDIR lock, so only by a crash).
+    """
+    wd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        try:
+            fd = os.open(ALIVE_FILE, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=wd)
+        except FileNotFoundError:
+            return False
+    finally:
+        os.close(wd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except OSError:  # no directory locks (NFS): fall back to the pid in the name
-        m = _TEMP.match(name)
-        return m is None or _pid_alive(int(m["pid"]))
     finally:
         os.close(fd)
     return False
