@@ -247,8 +247,11 @@ def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Prog
     estimate = preflight(emap, opts, outdir)
     started = time.monotonic()
     # Everything is written in a private directory of this run (two runs never share a temporary)
-    # and published with its manifest entry under the directory lock (see OutDir.publish).
+    # and published with its manifest entry under the directory lock (see OutDir.publish). Another
+    # live run writing this same output makes this one exit 4, naming it, before anything is written;
+    # so does a directory or other non-regular file at the output name, with exit 5, left untouched.
     with OutDir(outdir) as od, od.work(out.name) as work:
+        od.check_replaceable(out.name)  # again when publishing: this only saves a doomed copy
         if opts.fmt.name == "raw":
             with new_image(work, emap.size, fsync=opts.fsync) as fd:
                 try:
