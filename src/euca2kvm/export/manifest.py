@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, IOFailure, UsageError
-from .outdir import OutDir
+from . import manifestcheck
+from .outdir import OutDir, read_bounded
 
 MANIFEST = "manifest.json"
 FORMAT = "euca2kvm-manifest"
@@ -89,28 +92,25 @@ def check_distinct(outputs: Iterable[tuple[str, Path]]) -> None:
 
 
 def load(outdir: Path) -> dict[str, Any]:
+    """The manifest in ``outdir`` (an empty one if there is none), checked by :mod:`.manifestcheck`:
+    bounded size and nesting, valid JSON, the shipped JSON Schema, a version this code reads.
+    A manifest that is a symbolic link, a FIFO or anything but a regular file is refused unopened."""
     path = outdir / MANIFEST
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        st = os.lstat(path)
     except FileNotFoundError:
         return {"format": FORMAT, "version": VERSION, "volumes": []}
     except OSError as e:
         raise IOFailure(f"cannot read {path}: {e.strerror}") from e
-    if len(raw) > MAX_MANIFEST_BYTES:
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError("refusing a manifest that is not a regular file (a link, FIFO, device...)", str(path))
+    if st.st_size > MAX_MANIFEST_BYTES:
         raise FormatError(f"manifest larger than {MAX_MANIFEST_BYTES} bytes", str(path))
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FormatError(f"not valid JSON: {e}", str(path)) from None
-    if not isinstance(data, dict) or not isinstance(data.get("volumes"), list):
-        raise FormatError("not a euca2kvm manifest (no 'volumes' list)", str(path))
-    if data.get("format", FORMAT) != FORMAT or int(data.get("version", VERSION)) > VERSION:
-        raise FormatError(f"unsupported manifest format {data.get('format')!r} version "
-                          f"{data.get('version')!r}", str(path))
-    for i, v in enumerate(data["volumes"]):
-        if not isinstance(v, dict) or not isinstance(v.get("output"), str):
-            raise FormatError(f"volumes[{i}] has no 'output' path", str(path))
+    raw = read_bounded(path, MAX_MANIFEST_BYTES)  # O_NOFOLLOW, regular file, bounded even if it grows
+    data = manifestcheck.parse(raw, str(path))
+    if data.get("version", VERSION) > VERSION:  # the schema says so too; this keeps VERSION the authority
+        raise FormatError(f"unsupported manifest version {data['version']} (this euca2kvm reads up to "
+                          f"{VERSION})", str(path))
     return data
 
 
