@@ -1,68 +1,127 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``euca2kvm verify OUTDIR/manifest.json``: re-check every exported image against its recorded digest."""
+"""``euca2kvm verify OUTDIR/manifest.json``: re-check every exported image against its recorded digest.
+
+Every entry is checked and reported, whatever happened to the ones before it; the exit status is
+the most severe of all (see ``SEVERITY``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import FormatError, IOFailure, VerifyError
+from ..errors import (
+    EXIT_FORMAT,
+    EXIT_IO,
+    EXIT_OK,
+    EXIT_TOOL,
+    EXIT_USAGE,
+    EXIT_VERIFY,
+    Euca2kvmError,
+    FormatError,
+    Interrupted,
+    IOFailure,
+    ToolError,
+    UsageError,
+    VerifyError,
+)
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
+from ..export.digest import algorithm_of
+from ..export.imagerefs import RefusedImage
+from ..export.manifestcheck import entry_path
 from ..export.pipeline import content_digest
 from .common import console, console_err, esc, print_json
 
+# Exit statuses from most to least severe: an entry or image refused as hostile or invalid (3)
+# says more than a digest that differs or was never recorded (6), which says more than an image
+# that could not be read (5) or a qemu tool that failed (7).
+SEVERITY = (EXIT_FORMAT, EXIT_VERIFY, EXIT_IO, EXIT_TOOL, EXIT_USAGE)
+_ERROR_FOR = {EXIT_FORMAT: FormatError, EXIT_VERIFY: VerifyError, EXIT_IO: IOFailure, EXIT_TOOL: ToolError,
+              EXIT_USAGE: UsageError}
+MAX_WORKERS = 16
+
 
 def build_parser(sub: Any) -> None:
-    p = sub.add_parser("verify", help="re-check exported images against their manifest",
-                       description="Recompute the block digest of every image listed in a manifest (reading "
-                                   "qcow2/vmdk/vhdx/vpc/vdi through qemu-nbd) and compare it with the recorded one. "
-                                   "Exits 6 if any image is missing, differs or cannot be checked.")
+    p = sub.add_parser(
+        "verify", help="re-check exported images against their manifest",
+        description="Recompute the block digest of every image listed in a manifest (reading "
+                    "qcow2/vmdk/vhdx/vpc/vdi through qemu-nbd) and compare it with the recorded one. Every entry "
+                    "is checked and reported as ok, mismatch, unverifiable (no usable digest recorded), missing, "
+                    "unreadable or refused (its output leaves the manifest's directory, passes through a symbolic "
+                    "link or is not a regular file, or the image names other files: a backing file, a data file, "
+                    "vmdk extents). The exit status is the most severe found: 3 (refused, or an image or manifest "
+                    "that is invalid) before 6 (mismatch, unverifiable) before 5 (missing or unreadable) before 7 "
+                    "(qemu-img or qemu-nbd failed); 0 when every image verified.")
     p.add_argument("manifest", metavar="MANIFEST", help="OUTDIR/manifest.json (or OUTDIR)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N", help="hashing threads")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=do_verify)
 
 
-def check_entry(entry: dict[str, Any], workers: int) -> tuple[str, str]:
-    """(status, detail): status is ok, mismatch, missing or unverifiable."""
-    out = Path(entry["output"])
-    if not out.exists():
-        return "missing", f"{out} does not exist"
+def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped, safe for a terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def check_entry(outdir: Path, entry: dict[str, Any], workers: int) -> tuple[str, str, int]:
+    """(status, detail, exit status) of one manifest entry."""
+    try:
+        out = entry_path(outdir, entry["output"])
+    except FileNotFoundError:
+        return "missing", "does not exist", EXIT_IO
+    except FormatError as e:
+        return "refused", e.reason, EXIT_FORMAT
     want = entry.get("digest")
     if not want:
-        return "unverifiable", "exported with --no-verify: no digest recorded"
+        return "unverifiable", "exported with --no-verify: no digest recorded", EXIT_VERIFY
+    try:
+        algorithm_of(want)
+    except FormatError as e:
+        return "unverifiable", str(e), EXIT_VERIFY
     try:
         got = content_digest(out, str(entry.get("format", "raw")), str(want), workers)
-    except (FormatError, IOFailure) as e:
-        return "unverifiable", str(e)
+    except RefusedImage as e:
+        return "refused", e.reason, EXIT_FORMAT
+    except Interrupted:
+        raise
+    except Euca2kvmError as e:
+        return "unreadable", str(e), e.exit_code
     if got != want:
-        return "mismatch", f"digest {got} != recorded {want}"
-    return "ok", want
+        return "mismatch", f"digest {got} != recorded {want}", EXIT_VERIFY
+    return "ok", want, EXIT_OK
 
 
 def do_verify(args: argparse.Namespace) -> int:
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
     path = Path(args.manifest)
     outdir = path if path.is_dir() else path.parent
     if not path.is_dir() and path.name != manifest.MANIFEST:
         raise FormatError("expected a manifest.json or an output directory", str(path))
-    data = manifest.load(outdir)
     if not (outdir / manifest.MANIFEST).exists():
         raise IOFailure(f"no {manifest.MANIFEST} in {outdir}")
+    data = manifest.load(outdir)
     results = []
     for entry in data["volumes"]:
-        status, detail = check_entry(entry, args.workers)
-        results.append({"id": entry.get("id"), "output": entry["output"], "status": status, "detail": detail})
+        status, detail, code = check_entry(outdir, entry, args.workers)
+        results.append({"id": entry["id"], "output": entry["output"], "status": status, "detail": detail,
+                        "exit_code": code})
         if not args.json:
             colour = "green" if status == "ok" else "red"
-            console.print(f"[{colour}]{status:12s}[/] {esc(str(entry.get('id')))}  {esc(entry['output'])}  "
-                          f"{esc(detail)}")
-    bad = [r for r in results if r["status"] != "ok"]
+            console.print(f"[{colour}]{status:12s}[/] {esc(printable(entry['id']))}  "
+                          f"{esc(printable(entry['output']))}  {esc(printable(detail))}")
     if args.json:
         print_json(results)
-    if bad:
-        console_err.print(f"{len(bad)} of {len(results)} image(s) failed verification")
-        raise VerifyError(json.dumps([r["id"] for r in bad]) + " did not verify")
-    return 0
+    bad = [r for r in results if r["status"] != "ok"]
+    if not bad:
+        return EXIT_OK
+    worst = min((r["exit_code"] for r in bad), key=lambda c: SEVERITY.index(c) if c in SEVERITY else len(SEVERITY))
+    counts = ", ".join(f"{sum(r['status'] == s for r in bad)} {s}" for s in dict.fromkeys(r["status"] for r in bad))
+    console_err.print(f"{len(bad)} of {len(results)} image(s) failed verification ({esc(counts)})")
+    error = _ERROR_FOR.get(worst, Euca2kvmError)(
+        f"{len(bad)} of {len(results)} image(s) did not verify: "
+        + ", ".join(printable(str(r["id"]))[:80] for r in bad[:20]) + (" ..." if len(bad) > 20 else ""))
+    error.exit_code = worst
+    raise error

@@ -14,7 +14,10 @@ vdi image has the digest recorded in the manifest for the volume it was made fro
 Format detection uses ``qemu-img info``. A *fixed* VHD (``vpc`` with ``subformat=fixed``) has no
 header, only a footer, so qemu detects it as ``raw`` and the digest then covers the footer too:
 pass ``fmt="vpc"`` for such files. Images with a backing file are refused (a digest must not
-depend on, or reveal, files the image merely names); flatten them first. ``qemu-img check``
+depend on, or reveal, files the image merely names); flatten them first. So are qcow2 images with
+an external data file and vmdk images whose descriptor names extent files or a parent: checked in
+the image's own header by :mod:`.imagerefs` before any qemu tool opens it, then in ``qemu-img
+info``. ``path`` itself must not be a symbolic link. ``qemu-img check``
 runs first where the format has one: qemu reads clusters past the end of a truncated file as
 zeros, and only the check notices.
 
@@ -50,6 +53,7 @@ from ..units import GiB
 from . import qemu_img
 from .copy import DEFAULT_WORKERS, EXTRA_INFLIGHT, ProgressFn, copy_blocks
 from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
+from .imagerefs import RefusedImage, check_info, refuse_references
 from .inorder import fold_plain, in_order
 from .nbdclient import Extent, NbdClient
 from .outdir import RUNTIME_PREFIX, runtime_dir
@@ -108,22 +112,26 @@ def image_digest(path: str, fmt: str | None = None, *, sha256: bool = False, wor
     workers = max(1, workers)
     vsize: object = None
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError as e:
         raise UsageError(f"cannot read image {path}: {e.strerror}") from e
+    if stat.S_ISLNK(st.st_mode):
+        raise RefusedImage("refusing an image that is a symbolic link", path)
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise UsageError(f"{path} is not a regular file or block device")
     if fmt is not None and fmt != "raw" and fmt not in QEMU_FORMATS:
         raise UsageError(f"unsupported image format {fmt!r}; one of: raw, {', '.join(sorted(QEMU_FORMATS))}")
     if fmt != "raw":
+        # Before any qemu tool opens it: qemu would open the files a vmdk descriptor or a qcow2
+        # header names (qemu-img info skips only backing files).
+        refuse_references(path, fmt)
         meta = qemu_img.info(os.path.abspath(path), fmt=fmt)
         detected = meta.get("format")
         if not isinstance(detected, str):
             raise ToolError(f"qemu-img info reported no format for {path}")
         if detected != "raw" and detected not in QEMU_FORMATS:
             raise UnsupportedError(f"image format {detected!r} is not supported", path)
-        if meta.get("backing-filename") is not None or meta.get("full-backing-filename") is not None:
-            raise UnsupportedError("image has a backing file; convert it to a standalone image first", path)
+        check_info(meta, os.path.abspath(path), fmt)
         fmt = detected
         vsize = meta.get("virtual-size")
         if fmt != "raw":
