@@ -16,8 +16,8 @@ import pytest
 
 from _env import need_tools
 from euca2kvm.errors import FormatError, UsageError
+from euca2kvm.kvm.domainqemu import qemu_args
 from euca2kvm.kvm.domainxml import MAX_XML_BYTES, parse_domain
-from euca2kvm.kvm.sshproof import qemu_args
 
 MiB = 1 << 20
 TOOL_TIMEOUT = 120

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from _env import need_tools
-from euca2kvm.kvm.sshproof import GuestFacts, SshProof, _conclude, fingerprint, parse_public_keys, printable
+from euca2kvm.kvm.guestfacts import GuestFacts, fingerprint, parse_public_keys, printable
+from euca2kvm.kvm.sshproof import SshProof, _conclude
 
 TOOL_TIMEOUT = 120
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "eucalyptus"))  # pg.py, as tests/eucalyptu
 from pg import PgServer, available  # noqa: E402
 
 from _env import missing  # noqa: E402
-from euca2kvm.kvm.sshproof import fingerprint, parse_public_keys  # noqa: E402
+from euca2kvm.kvm.guestfacts import fingerprint, parse_public_keys  # noqa: E402
 
 SQL = HERE.parent / "eucalyptus" / "sql"
 INSTANCE = "i-3f2a91c0"

@@ -2,16 +2,12 @@
 """Usable-boot proof: boot a libvirt domain's disks under QEMU and log in over SSH with the instance's key.
 
 :func:`ssh_proof` maps a parsed domain (:mod:`euca2kvm.kvm.domainxml`) to a ``qemu-system-x86_64`` command
-line: every writable disk behind a throwaway qcow2 overlay in a private temporary directory (the image is
-the overlay's read-only backing node, named in the ``-blockdev`` JSON, so no file name is ever parsed by
-QEMU and no image is written), CD-ROMs (the NoCloud seed) and ``<readonly/>`` disks read-only, the disk
-buses, NIC models and MACs of the XML, its vCPUs and memory, and user-mode networking with
-``restrict=on`` whose only opening is ``hostfwd=tcp:127.0.0.1:PORT-:22``. The serial console goes to a
-file; a thread records when each boot stage first appears in it. SSH is tried (paramiko) until the key is
-accepted; the guest's host key is recorded (and compared with ``expect_host_keys``), then a fixed
-read-only fact-gathering script runs (hostname, interface MACs, ``cloud-init status --wait --long``,
-instance id, datasource, host keys), then the caller's command. QEMU is always stopped; the whole run never
-outlives ``timeout`` plus a few seconds of clean-up.
+line (:mod:`euca2kvm.kvm.domainqemu`: throwaway overlays, the seed read-only, the domain's buses, NIC
+models and MACs, user-mode networking whose only opening is SSH forwarded to 127.0.0.1). The serial console
+goes to a file; a thread records when each boot stage first appears in it. SSH is tried (paramiko) until
+the key is accepted; the guest's host key is recorded (and compared with ``expect_host_keys``), then a fixed
+read-only fact script (:mod:`euca2kvm.kvm.guestfacts`) runs, then the caller's command. QEMU is always
+stopped; the whole run never outlives ``timeout`` plus a few seconds of clean-up.
 
 Everything the guest sends back is bounded (:data:`OUTPUT_LIMIT`) and treated as text to display, never
 as a path or markup.
@@ -19,14 +15,10 @@ as a path or markup.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import logging
 import os
 import re
 import socket
-import string
 import tempfile
 import threading
 import time
@@ -35,10 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from euca2kvm.errors import FormatError, ToolError, UsageError
-from euca2kvm.export import qemu_img
 from euca2kvm.kvm.boottest import STAGE_PATTERNS, _read_serial
-from euca2kvm.kvm.domainxml import DiskSpec, DomainSpec
+from euca2kvm.kvm.domainqemu import free_port, qemu_args
+from euca2kvm.kvm.domainxml import DomainSpec, read_bounded
+from euca2kvm.kvm.guestfacts import GuestFacts, fact_script, fingerprint, parse_public_keys, printable
 from euca2kvm.kvm.qemu import QemuProcess, accelerator
+
+__all__ = ["GuestFacts", "SshProof", "SshSession", "free_port", "parse_public_keys", "ssh_proof"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +41,6 @@ log = logging.getLogger(__name__)
 # machine needs several times that. The boot test gives up after this.
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_USER = "root"
-SSH_PORT = 22
 # TCP connect to QEMU's hostfwd listener is local: 3 s means QEMU is stuck.
 CONNECT_TIMEOUT = 3.0
 # Banner and key exchange under TCG: sshd starting, RSA host key generation can take 10-30 s at first boot,
@@ -70,8 +64,6 @@ STARTUP_CHECK = 1.0
 MAX_KEY_BYTES = 64 << 10
 # Hosts keys in an --expect-host-key file; a few per guest (rsa, ecdsa, ed25519...).
 MAX_EXPECTED_KEYS = 64
-# Markers between the fact script's sections.
-SECTION = "@@euca2kvm:"
 # Longest the fact script's `cloud-init status --wait` may take before it is cut short (cloud-init finishes
 # 25-30 s after SSH under TCG in the recipe's measurements).
 CLOUD_INIT_WAIT_MAX = 300
@@ -80,130 +72,6 @@ CLOUD_INIT_WAIT_MAX = 300
 # "Net device info" table with an interface up and an IPv4 address.
 NETWORK_PATTERN = re.compile(r"Reached target [^\n]*[Nn]etwork is Online|"
                              r"ci-info: \|\s+\S+\s+\|\s+True\s+\|\s+\d+\.\d+\.\d+\.\d+")
-
-DEVICE_BY_BUS = {"virtio": "virtio-blk-pci", "ide": "ide-hd", "sata": "ide-hd", "scsi": "scsi-hd"}
-CDROM_BY_BUS = {"ide": "ide-cd", "sata": "ide-cd", "scsi": "scsi-cd"}
-NIC_DEVICE = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139"}
-# The pc machine's IDE has two channels of two units; QEMU's AHCI controller six ports.
-IDE_SLOTS = 4
-SATA_SLOTS = 6
-SCSI_SLOTS = 16
-# QEMU refuses an IDE/SATA drive serial longer than ATA's 20-character field.
-ATA_SERIAL_MAX = 20
-
-
-def _fact_script(wait: int) -> str:
-    return f"""
-echo {SECTION}hostname; hostname
-echo {SECTION}interfaces
-for d in /sys/class/net/*; do n=${{d##*/}}; [ "$n" = lo ] && continue
-  echo "$n $(cat "$d/address" 2>/dev/null) $(cat "$d/operstate" 2>/dev/null)"; done
-echo {SECTION}cloud-init
-if command -v cloud-init >/dev/null; then timeout {wait} cloud-init status --wait --long 2>&1; else echo absent; fi
-echo {SECTION}instance-id; cat /var/lib/cloud/data/instance-id 2>/dev/null
-echo {SECTION}result; head -c 4096 /run/cloud-init/result.json 2>/dev/null
-echo {SECTION}host-keys; cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null
-echo {SECTION}end
-"""
-
-
-# --- text from the guest -------------------------------------------------------------------------------
-
-_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (escape sequences included) shown as ``\\xNN``; newlines and tabs kept."""
-    return _CTRL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
-
-
-def fingerprint(key_b64: str) -> str:
-    """OpenSSH's ``SHA256:`` fingerprint of a public key blob given in base64."""
-    blob = base64.b64decode(key_b64, validate=True)
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
-_B64 = set(string.ascii_letters + string.digits + "+/=")
-
-
-def parse_public_keys(text: str) -> list[tuple[str, str]]:
-    """(type, base64) of each public key line (``.pub`` files or known_hosts lines), others ignored."""
-    keys = []
-    for line in text.splitlines():
-        words = line.split()
-        for i, w in enumerate(words[:-1]):
-            b64 = words[i + 1]
-            if (w.startswith(("ssh-", "ecdsa-")) and len(b64) > 16 and set(b64) <= _B64):
-                try:
-                    base64.b64decode(b64, validate=True)
-                except ValueError:
-                    continue
-                keys.append((w, b64))
-                break
-    return keys
-
-
-@dataclass
-class GuestFacts:
-    """What the fact script found in the guest."""
-
-    hostname: str | None = None
-    interfaces: list[dict[str, str]] = field(default_factory=list)
-    cloud_init_status: str | None = None
-    cloud_init_detail: str | None = None
-    cloud_init_long: str = ""
-    instance_id: str | None = None
-    datasource: str | None = None
-    host_keys: list[dict[str, str]] = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, output: str) -> GuestFacts:
-        sections: dict[str, list[str]] = {}
-        current: list[str] | None = None
-        for line in output.splitlines():
-            if line.startswith(SECTION):
-                current = sections.setdefault(line[len(SECTION):].strip(), [])
-            elif current is not None:
-                current.append(line)
-        f = cls()
-        f.hostname = next((ln.strip() for ln in sections.get("hostname", []) if ln.strip()), None)
-        for ln in sections.get("interfaces", []):
-            words = ln.split()
-            if len(words) >= 2:
-                f.interfaces.append({"name": words[0], "mac": words[1].lower(),
-                                     "state": words[2] if len(words) > 2 else ""})
-        ci = sections.get("cloud-init", [])
-        f.cloud_init_long = "\n".join(ci).strip()
-        for i, ln in enumerate(ci):
-            key, _, value = ln.partition(":")
-            if key.strip() == "status" and f.cloud_init_status is None:
-                f.cloud_init_status = value.strip()
-            elif key.strip() == "detail" and f.cloud_init_detail is None:
-                # cloud-init 22.4 prints the detail on the line after "detail:"
-                f.cloud_init_detail = value.strip() or (ci[i + 1].strip() if i + 1 < len(ci) else "") or None
-        if f.cloud_init_status is None and ci and ci[0].strip() == "absent":
-            f.cloud_init_status = "not installed"
-        f.instance_id = next((ln.strip() for ln in sections.get("instance-id", []) if ln.strip()), None)
-        try:
-            result = json.loads("\n".join(sections.get("result", [])) or "null")
-        except ValueError:
-            result = None
-        ds = None
-        if isinstance(result, dict) and isinstance(result.get("v1"), dict):
-            ds = result["v1"].get("datasource")
-        if not isinstance(ds, str):
-            ds = f.cloud_init_detail or ""
-        m = re.search(r"DataSource(\w+)", ds)
-        f.datasource = m.group(1) if m else None
-        f.host_keys = [{"type": t, "fingerprint": fingerprint(b)}
-                       for t, b in parse_public_keys("\n".join(sections.get("host-keys", [])))]
-        return f
-
-    def as_json(self) -> dict[str, Any]:
-        return {"hostname": self.hostname, "interfaces": self.interfaces, "cloud_init_status": self.cloud_init_status,
-                "cloud_init_detail": self.cloud_init_detail, "instance_id": self.instance_id,
-                "datasource": self.datasource, "host_keys": self.host_keys}
-
 
 @dataclass
 class SshProof:
@@ -246,126 +114,6 @@ class SshProof:
         }
 
 
-# --- QEMU command line ---------------------------------------------------------------------------------
-
-def _slot(target: str) -> int:
-    """0 for hda/sda/vda, 1 for ...b, 26 for ...aa."""
-    letters = re.sub(r"^(xvd|vd|sd|hd)", "", target)
-    n = 0
-    for ch in letters:
-        n = n * 26 + (ord(ch) - ord("a") + 1)
-    return n - 1
-
-
-def _check_image(disk: DiskSpec) -> int:
-    """Validate a disk file; its virtual size. Symlinks and backing chains are refused."""
-    try:
-        st = os.lstat(disk.path)
-    except OSError as e:
-        raise UsageError(f"disk {disk.target}: {disk.path}: {e.strerror}") from e
-    if not (st.st_mode & 0o170000) == 0o100000:
-        raise UsageError(f"disk {disk.target}: {disk.path} is not a regular file (symlinks are not followed)")
-    info = qemu_img.info(str(disk.path))
-    found = info.get("format")
-    if found != disk.format:
-        raise FormatError(f"the domain declares {disk.format} for {disk.target} but the file is {found}",
-                          str(disk.path))
-    if info.get("backing-filename") or info.get("full-backing-filename"):
-        raise FormatError("images with a backing file are not booted (the chain could name any host file)",
-                          str(disk.path))
-    size = info.get("virtual-size")
-    if not isinstance(size, int) or size <= 0:
-        raise FormatError(f"qemu-img reports no virtual size ({size!r})", str(disk.path))
-    return size
-
-
-def _image_node(disk: DiskSpec) -> dict[str, Any]:
-    node: dict[str, Any] = {"driver": disk.format, "read-only": True,
-                            "file": {"driver": "file", "filename": str(disk.path), "read-only": True}}
-    if disk.format == "qcow2":
-        node["backing"] = None  # never follow a backing file named inside the image
-    return node
-
-
-def qemu_args(spec: DomainSpec, accel: str, workdir: Path, serial: Path, port: int) -> list[str]:
-    """The QEMU arguments for ``spec``; creates the overlays in ``workdir``."""
-    if not spec.nics:
-        raise UsageError(f"{spec.source}: the domain has no network interface, so nothing can log in over SSH")
-    args = ["-accel", accel, "-machine", "pc", "-cpu", "host" if accel == "kvm" else "max",
-            "-smp", str(spec.vcpus), "-m", str(spec.memory_mib), "-nodefaults", "-display", "none",
-            "-monitor", "none", "-serial", f"file:{serial}"]
-    if spec.kernel is not None:
-        for what, p in (("kernel", spec.kernel), ("initrd", spec.initrd)):
-            if p is not None and not p.is_file():
-                raise UsageError(f"{what} {p} is not a file")
-        args += ["-kernel", str(spec.kernel)]
-        if spec.initrd is not None:
-            args += ["-initrd", str(spec.initrd)]
-        if spec.cmdline is not None:
-            args += ["-append", spec.cmdline]
-    controllers: set[str] = set()
-    has_order = any(d.boot_order is not None for d in spec.disks)
-    first_disk = next(d for d in spec.disks if d.device == "disk")
-    for i, disk in enumerate(spec.disks):
-        node = f"d{i}"
-        size = _check_image(disk)
-        if disk.readonly:
-            blockdev = {**_image_node(disk), "node-name": node}
-        else:
-            overlay = workdir / f"overlay{i}.qcow2"
-            qemu_img.create(str(overlay), "qcow2", size)
-            blockdev = {"driver": "qcow2", "node-name": node,
-                        "file": {"driver": "file", "filename": str(overlay)}, "backing": _image_node(disk)}
-        args += ["-blockdev", json.dumps(blockdev)]
-        slot = _slot(disk.target)
-        table = CDROM_BY_BUS if disk.device == "cdrom" else DEVICE_BY_BUS
-        dev = f"{table[disk.bus]},drive={node}"
-        if disk.bus == "ide":
-            if slot >= IDE_SLOTS:
-                raise FormatError(f"IDE disk {disk.target}: the pc machine has {IDE_SLOTS} IDE slots",
-                                  str(spec.source))
-            dev += f",bus=ide.{slot // 2},unit={slot % 2}"
-        elif disk.bus == "sata":
-            if slot >= SATA_SLOTS:
-                raise FormatError(f"SATA disk {disk.target}: one AHCI controller has {SATA_SLOTS} ports",
-                                  str(spec.source))
-            if "ahci" not in controllers:
-                args += ["-device", "ahci,id=ahci0"]
-                controllers.add("ahci")
-            dev += f",bus=ahci0.{slot}"
-        elif disk.bus == "scsi":
-            if slot >= SCSI_SLOTS:
-                raise FormatError(f"SCSI disk {disk.target}: at most {SCSI_SLOTS} targets", str(spec.source))
-            if "scsi" not in controllers:
-                args += ["-device", "virtio-scsi-pci,id=scsi0"]
-                controllers.add("scsi")
-            dev += f",bus=scsi0.0,channel=0,scsi-id={slot},lun=0"
-        if disk.serial and (disk.bus in ("virtio", "scsi") or len(disk.serial) <= ATA_SERIAL_MAX):
-            dev += f",serial={disk.serial}"
-        if has_order and disk.boot_order is not None:
-            dev += f",bootindex={disk.boot_order}"
-        elif not has_order and disk is first_disk:
-            dev += ",bootindex=1"
-        args += ["-device", dev]
-    for i, nic in enumerate(spec.nics):
-        netdev = f"user,id=n{i},restrict=on"
-        if i == 0:
-            netdev += f",hostfwd=tcp:127.0.0.1:{port}-:{SSH_PORT}"
-        args += ["-netdev", netdev, "-device", f"{NIC_DEVICE[nic.model]},netdev=n{i}"
-                 + (f",mac={nic.mac}" if nic.mac else "")]
-    if spec.rng:
-        args += ["-device", "virtio-rng-pci"]
-    return args
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 the kernel just handed out as free (QEMU binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 # --- SSH -----------------------------------------------------------------------------------------------
 
 def load_private_key(path: Path) -> Any:
@@ -390,8 +138,6 @@ def load_private_key(path: Path) -> Any:
 
 
 def read_expected_host_keys(path: Path) -> list[tuple[str, str]]:
-    from euca2kvm.kvm.domainxml import read_bounded
-
     keys = parse_public_keys(read_bounded(path, MAX_KEY_BYTES * 4).decode("utf-8", "replace"))
     if not keys:
         raise FormatError("no public key lines (TYPE BASE64 [comment])", str(path))
@@ -581,7 +327,7 @@ def _drive(result: SshProof, proc: QemuProcess, port: int, pkey: Any, paramiko: 
                     result.host_key_expected = (ktype, b64) in expected
             if result.facts is None:
                 wait = int(max(1, min(CLOUD_INIT_WAIT_MAX, deadline - time.monotonic() - 5)))
-                status, out = conn.run(_fact_script(wait), deadline - time.monotonic())
+                status, out = conn.run(fact_script(wait), deadline - time.monotonic())
                 if status is None:
                     result.reason = "timeout while gathering guest facts"
                     return
