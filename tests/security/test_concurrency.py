@@ -90,7 +90,9 @@ def test_same_output_twice_at_once_is_refused_and_never_mixes(tmp_path: Path, vo
     assert first.poll() is None, "the first export ended before the second started"
     first.send_signal(signal.SIGSTOP)  # converting (no OUTDIR lock held): frozen while the second runs
     try:
-        p = cli("export", vol, "--source", str(src), "-o", str(out), "--format", "qcow2", check=EXIT_IN_USE)
+        # --force: past the check that the source is open elsewhere, to the output directory itself
+        p = cli("export", vol, "--source", str(src), "-o", str(out), "--format", "qcow2", "--force",
+                check=EXIT_IN_USE)
         assert str(first.pid) in p.stderr
         assert not (out / f"{vol}.qcow2").exists()
     finally:
