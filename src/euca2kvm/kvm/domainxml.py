@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from euca2kvm.errors import FormatError, IOFailure, UsageError
+from euca2kvm.export import outdir
 
 # A domain with a few dozen disks is a few KiB; 1 MiB is generous and bounds memory and parse time.
 MAX_XML_BYTES = 1 << 20
@@ -83,27 +85,17 @@ class DomainSpec:
 
 
 def read_bounded(path: Path, limit: int = MAX_XML_BYTES) -> bytes:
-    """The whole file, refusing symlinks, non-regular files and files over ``limit`` bytes."""
+    """The whole file (never through a symlink, regular files only); a file over ``limit`` bytes is a
+    format error (exit 3), the size checked again while reading (:func:`euca2kvm.export.outdir.read_bounded`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.lstat(path)
     except FileNotFoundError as e:
         raise UsageError(f"{path} does not exist") from e
     except OSError as e:
-        raise IOFailure(f"cannot open {path}: {e.strerror}") from e
-    try:
-        st = os.fstat(fd)
-        if not (st.st_mode & 0o170000) == 0o100000:
-            raise UsageError(f"{path} is not a regular file")
-        if st.st_size > limit:
-            raise FormatError(f"file is {st.st_size} bytes, more than the {limit} a domain XML may have", str(path))
-        data = os.read(fd, limit + 1)
-    except OSError as e:
         raise IOFailure(f"cannot read {path}: {e.strerror}") from e
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise FormatError(f"file grew past {limit} bytes while being read", str(path))
-    return data
+    if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+        raise FormatError(f"file is {st.st_size} bytes, more than the {limit} allowed here", str(path))
+    return outdir.read_bounded(path, limit)
 
 
 def _text(value: str | None, what: str, where: str) -> str:

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from euca2kvm.errors import FormatError, ToolError, UsageError
+from euca2kvm.export.outdir import private_tmp
 from euca2kvm.kvm.boottest import STAGE_PATTERNS, _read_serial
 from euca2kvm.kvm.domainqemu import free_port, qemu_args
 from euca2kvm.kvm.domainxml import DomainSpec, read_bounded
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # machine needs several times that. The boot test gives up after this.
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_USER = "root"
+RUNTIME_PREFIX = "euca2kvm-sshproof-"  # the private directory of the overlays, in the system temporary dir
 # TCP connect to QEMU's hostfwd listener is local: 3 s means QEMU is stuck.
 CONNECT_TIMEOUT = 3.0
 # Banner and key exchange under TCG: sshd starting, RSA host key generation can take 10-30 s at first boot,
@@ -271,8 +272,7 @@ def ssh_proof(spec: DomainSpec, key_path: Path, *, user: str = DEFAULT_USER, tim
     key_types = None
     if expect_host_keys:
         key_types = [a for t, _ in expect_host_keys for a in HOSTKEY_ALGORITHMS.get(t, [])]
-    with tempfile.TemporaryDirectory(prefix="euca2kvm-sshproof-") as tmp:
-        private = Path(tmp)
+    with private_tmp(RUNTIME_PREFIX) as private:  # overlays; a killed run's are removed by the next run
         logdir = Path(workdir).absolute() if workdir else private
         logdir.mkdir(parents=True, exist_ok=True)
         serial = logdir / "serial.log"
