@@ -12,9 +12,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _env import need_root, need_tools
 from euca2kvm.errors import EXIT_USAGE
 from euca2kvm.export.manifest import MAX_NAME, output_path, safe_name
-from security.containers import assert_clean_failure, cli, file_sha, make, sha
+from security.containers import MiB, assert_clean_failure, cli, file_sha, make, sha
 
 
 def unescape(name: str) -> str:
@@ -73,6 +74,29 @@ def test_vg_data_lv_x_y_and_vg_data_x_lv_y_are_two_images(tmp_path: Path) -> Non
     for c, ident in ((a, "data/x_y"), (b, "data_x/y")):
         assert file_sha(Path(entries[ident]["output"])) == sha(c.lv_bytes())
     assert len([f for f in out.iterdir() if f.suffix == ".raw"]) == 2
+
+
+def test_real_lvm2_vg_data_lv_x_y_and_vg_data_x_lv_y_are_two_images(tmp_path: Path) -> None:
+    """The same pair made by the real lvm2 (on loop devices, --devices pinned): lvm2 accepts both."""
+    need_root()
+    need_tools("losetup", "pvcreate", "vgcreate", "lvcreate")
+    from lvmfix import Lvm, fill, with_lvm
+
+    vols = tmp_path / "volumes"
+    vols.mkdir()
+    expected = {}
+    for f, vg, lv in (("c1", "data", "x_y"), ("c2", "data_x", "y")):
+        def setup(lvm: Lvm, devs: list[str], vg: str = vg, lv: str = lv) -> None:
+            lvm("pvcreate", devs[0])
+            lvm("vgcreate", "-s", "1M", vg, devs[0])
+            lvm("lvcreate", "-n", lv, "-l", "100%FREE", vg)
+
+        expected[f"{vg}/{lv}"] = fill(vols, with_lvm(vols, {f: 8 * MiB}, setup)[lv])
+    out = tmp_path / "out"
+    p = cli("export", "--all", "--source", str(vols), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    entries = {e["id"]: e for e in json.loads((out / "manifest.json").read_text())["volumes"]}
+    assert {k: file_sha(Path(e["output"])) for k, e in entries.items()} == expected
 
 
 def test_same_tag_on_two_containers_is_refused_naming_both(tmp_path: Path) -> None:
