@@ -4,9 +4,9 @@ extent map was built from (the winning copy's seqno and checksum).
 
 A re-run reuses an output only when the identity recorded in its manifest entry is the current
 one (a container whose VG was rewritten, or replaced by another VG with the same names and a
-restored mtime, is exported again), and after a copy the winning copy's metadata area is read
-again from the container with the same reader as the scan: a different identity means the
-metadata changed while exporting, and nothing is published.
+restored mtime, is exported again), and after a copy the VG's metadata areas are read again
+from the containers with the same reader as the scan: a different identity means the metadata
+changed while exporting, and nothing is published.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import FormatError, IOFailure
+from ..lvm.label import find_label
 from ..lvm.mda import MetadataCopy, read_mda_header, read_metadata
 from ..lvm.model import VG, vg_from_text
 from ..lvm.scan import VolumeGroup
@@ -34,21 +35,36 @@ def _identity(vg: VG, copy: MetadataCopy, lv: str) -> Identity:
 
 
 def reread(group: VolumeGroup, lv: str) -> Identity:
-    """The identity as the container holds it now: the winning copy's area read again.
+    """The identity as the containers hold it now: every metadata area of the VG's PVs read again,
+    and the newest valid copy of this VG chosen, as the scan chose it (a copy that does not read is
+    skipped, as the scan skips it; a rewrite that tears the winning copy lets an older one win,
+    which is a change too).
 
-    IOFailure (exit 5) naming the file when the area no longer reads as VG metadata (rewritten,
-    truncated, or a new PV label over it): for an export in progress that is a source change too.
+    IOFailure (exit 5) naming the files when no valid copy of the VG is left (rewritten,
+    truncated, a new PV label over it): for an export in progress that is a source change too.
     """
-    header = group.copy.header
-    try:
-        copy = read_metadata(read_mda_header(header.device, header.area))
-        if copy is None:
-            raise FormatError("the metadata area holds no committed copy any more", header.device.path,
-                              header.where)
-        vg = vg_from_text(copy.text, header.device.path, header.where + copy.locn.offset)
-    except FormatError as e:
-        raise IOFailure(f"{header.device.path}: the VG metadata changed while exporting: {e}") from e
-    return _identity(vg, copy, lv)
+    best: tuple[tuple[int, bool], VG, MetadataCopy] | None = None
+    for dev in (d for d in group.devices.values() if d is not None):
+        try:
+            label = find_label(dev)
+        except (FormatError, IOFailure):
+            continue
+        for area in label.metadata_areas if label is not None else ():
+            try:
+                copy = read_metadata(read_mda_header(dev, area))
+                if copy is None:
+                    continue
+                vg = vg_from_text(copy.text, dev.path, copy.header.where + copy.locn.offset)
+            except (FormatError, IOFailure):
+                continue
+            # Among copies of one seqno the scan's own wins (two different ones: the scan warned).
+            rank = (vg.seqno, copy.locn.checksum == group.copy.locn.checksum)
+            if vg.id == group.vg.id and (best is None or rank > best[0]):
+                best = (rank, vg, copy)
+    if best is None:
+        raise IOFailure(f"{', '.join(group.files())}: no valid copy of VG {group.vg.name}'s metadata is left; "
+                        "it changed while exporting")
+    return _identity(best[1], best[2], lv)
 
 
 def source_identity(group: VolumeGroup | None, lv: str | None) -> dict[str, Any]:
