@@ -55,8 +55,8 @@ BOOT_TIMEOUT = 600  # boot-test --timeout for the proof (its documented default)
 CLI_TIMEOUT = BOOT_TIMEOUT + 120
 # The control run is given the proof's own time to SSH plus this margin, at least CONTROL_MIN seconds: if
 # it were going to answer, it would have by then.
-CONTROL_MARGIN = 60.0
-CONTROL_MIN = 120.0
+CONTROL_MARGIN = 30.0
+CONTROL_MIN = 90.0
 MiB = 1 << 20
 
 pytestmark = pytest.mark.slow
