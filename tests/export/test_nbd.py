@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from tests._env import need_tools
 
-from euca2kvm.errors import ToolError, UsageError
+from euca2kvm.errors import IOFailure, UsageError
 from euca2kvm.export import nbd, qemu_img
 from euca2kvm.export.nbd import NbdServer, serve
 from euca2kvm.lvm.extents import ExtentMap, FillMapper, Kind, LinearMapper, StripedMapper
@@ -168,9 +168,9 @@ def test_image_opts_and_compressed(layout: Layout, server: NbdServer, tmp_path: 
 def test_error_extent_fails_the_convert(layout: Layout, tmp_path: Path) -> None:
     out = tmp_path / "out.qcow2"
     with serve(layout.with_error()) as srv:
-        with pytest.raises(ToolError, match="Input/output error"):
+        with pytest.raises(IOFailure, match="Input/output error"):
             qemu_img.convert(srv.uri, str(out), "qcow2")
-        with pytest.raises(ToolError, match="Input/output error"):
+        with pytest.raises(IOFailure, match="Input/output error"):
             qemu_img.convert(srv.uri, str(tmp_path / "out.raw"), "raw")
     assert srv.failures == []
     assert srv.stats.errors >= 2
@@ -487,6 +487,23 @@ def test_truncated_source_is_an_io_error(layout: Layout, tmp_path: Path) -> None
             d = Client(srv2.sock_path)
             d.go()
             assert d.call(nbd.CMD_READ, 0, 4096)[0] == nbd.EIO
-            with pytest.raises(ToolError, match="Input/output error"):
+            with pytest.raises(IOFailure, match="Input/output error"):
                 qemu_img.convert(srv2.uri, str(tmp_path / "o.raw"), "raw")
     assert srv.failures == [] and srv2.failures == []
+
+
+def test_source_shrinking_after_the_first_read_is_an_error_reply(layout: Layout, tmp_path: Path) -> None:
+    """The size is asked per request: a source that shrank since the connection opened gets EIO
+    before any byte is sent, and the connection goes on serving what is still there."""
+    src = tmp_path / "shrinks.bin"
+    data = layout.a.read_bytes()
+    src.write_bytes(data)
+    emap = ExtentMap(len(data), [LinearMapper(0, len(data), str(src), 0)])
+    with serve(emap) as srv:
+        c = Client(srv.sock_path)
+        c.go()
+        assert c.call(nbd.CMD_READ, 0, MiB) == (0, data[:MiB])
+        os.truncate(src, MiB)
+        assert c.call(nbd.CMD_READ, 2 * MiB, 4096)[0] == nbd.EIO
+        assert c.call(nbd.CMD_READ, 0, 4096) == (0, data[:4096])
+    assert srv.failures == []

@@ -465,17 +465,17 @@ class _Connection:
         return None
 
     def _open(self, path: str) -> tuple[int, int]:
-        """(fd, size) of a source file or block device, opened once per connection."""
+        """(fd, current size) of a source file or block device, opened once per connection.
+
+        The size is asked again for every request (one lseek): a source that shrank since is
+        refused with an EIO reply before any byte is sent, instead of ending the connection in
+        the middle of a reply."""
         got = self._fds.get(path)
         if got is None:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                size = os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for block devices
-            except OSError:
-                os.close(fd)
-                raise
-            got = self._fds[path] = (fd, size)
-        return got
+            got = self._fds[path] = (fd, 0)  # the size is asked per request, below
+        fd = got[0]
+        return fd, os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for block devices
 
     def _read(self, handle: int, flags: int, offset: int, length: int) -> None:
         self.server.count(reads=1)
