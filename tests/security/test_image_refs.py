@@ -214,3 +214,24 @@ def test_info_check_accepts_the_image_itself() -> None:
         "extents": [{"filename": "/x/img.vmdk", "format": ""}]}}}, "/x/img.vmdk", "vmdk")
     check_info({"format": "qcow2", "format-specific": {"type": "qcow2", "data": {"compat": "1.1"}}},
                "/x/img.qcow2", "qcow2")
+
+
+@pytest.mark.parametrize("line", [
+    b'RW +2048 FLAT "{trap}" 0',  # sscanf takes a sign
+    b'\x0b  rw 2048 flat "{trap}" 0',  # any whitespace, any case
+    b'RDONLY 2048 VMFS "{trap}"',
+    b'RW 2048 ZERO "{trap}"',  # a name on a ZERO extent is still a name
+    b'ddb.comment = "x" parentFileNameHint="{trap}"',  # qemu finds the parent hint anywhere
+])
+def test_descriptor_spellings_qemu_accepts_are_refused(tmp_path: Path, line: bytes) -> None:
+    need_tools("qemu-img")
+    trap_path = tmp_path / "t.fifo"
+    img = tmp_path / "d.vmdk"
+    img.write_bytes(b'# Disk DescriptorFile\nversion=1\nCID=1234abcd\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
+                    + line.replace(b"{trap}", str(trap_path).encode()) + b"\n")
+    trap = FifoTrap(trap_path)
+    try:
+        with pytest.raises(RefusedImage):
+            image_digest(str(img), "vmdk")
+    finally:
+        assert not trap.close()

@@ -41,11 +41,15 @@ QCOW2_INCOMPAT_DATA_FILE = 1 << 2  # incompatible feature bit: an external data 
 QCOW2_EXT_DATA_FILE = 0x44415441  # header extension "DATA": the external data file's name
 QCOW2_V2_HEADER = 72
 QCOW2_V3_HEADER_MIN = 104
-# Extent lines as qemu's vmdk_parse_extents reads them ("ACCESS SECTORS TYPE "FILE" [OFFSET]"),
-# any access mode and letter case, with or without a file name.
-_EXTENT = re.compile(rb'^[ \t]*(RW|RDONLY|NOACCESS)[ \t]+\d+[ \t]+([A-Za-z]+)(?:[ \t]+"([^"\r\n]*)")?',
-                     re.M | re.I)
-_PARENT = re.compile(rb'^[ \t]*parentFileNameHint[ \t]*=[ \t]*"([^"\r\n]*)"', re.M | re.I)
+# Extent lines as qemu's vmdk_parse_extents reads them (sscanf of "ACCESS SECTORS TYPE "FILE" OFFSET",
+# which skips any whitespace and takes signs): a line whose first word is an access mode, in any
+# letter case. The type and the quoted file name are taken from the rest of the line.
+_EXTENT = re.compile(rb"^[ \t\r\v\f]*(?:RW|RDONLY|NOACCESS)(?=[ \t\r\v\f])([^\n]*)", re.M | re.I)
+_EXTENT_TYPE = re.compile(rb"[ \t\r\v\f]*[-+]?\d*[ \t\r\v\f]*([A-Za-z]*)")
+_EXTENT_FILE = re.compile(rb'"([^"\r\n]*)')
+# qemu finds a vmdk's parent by strstr(descriptor, "parentFileNameHint") anywhere in the text, and
+# takes the name after the next two characters, so any occurrence counts.
+_PARENT = re.compile(rb"parentFileNameHint(?:..([^\"\r\n]*))?", re.I | re.S)
 # What qemu's vmdk probe takes for a text descriptor: after comment lines and spaces, "version=N".
 _VERSION_LINE = re.compile(rb"\A(?:[ \t\r\n]*#[^\n]*\n)*[ \t\r\n]*version=[123]\r?\n")
 _NAME_SHOWN = 200  # characters of a referenced file name quoted in a message
@@ -144,19 +148,24 @@ def _descriptor(text: bytes, path: str, *, embedded: bool) -> None:
     """Refuse extents that are files (for an embedded descriptor: anything but one SPARSE extent,
     which is the image itself) and a parent."""
     parent = _PARENT.search(text)
-    if parent is not None and parent.group(1):
-        raise RefusedImage(f"vmdk descriptor names a parent image {_name(parent.group(1))}", path)
-    extents = list(_EXTENT.finditer(text))
+    if parent is not None:
+        raise RefusedImage(f"vmdk descriptor names a parent image {_name(parent.group(1) or b'')}", path)
+    extents: list[tuple[bytes, bytes | None, bytes]] = []
+    for m in _EXTENT.finditer(text):
+        rest = m.group(1)
+        typed = _EXTENT_TYPE.match(rest)
+        quoted = _EXTENT_FILE.search(rest)
+        extents.append((typed.group(1).upper() if typed else b"", quoted.group(1) if quoted else None, m.group(0)))
     if embedded:
-        if len(extents) <= 1 and all(m.group(2).upper() == b"SPARSE" for m in extents):
+        if len(extents) <= 1 and all(kind == b"SPARSE" for kind, _, _ in extents):
             return
-        extra = next((m for m in extents if m.group(2).upper() != b"SPARSE"), extents[-1])
-        raise RefusedImage(f"vmdk header's descriptor lists the extent {_name(extra.group(0).strip())} "
-                           "besides the image itself", path)
-    for m in extents:
-        if m.group(2).upper() != b"ZERO" or m.group(3):
-            raise RefusedImage(f"vmdk descriptor names the extent file {_name(m.group(3) or b'')} "
-                               f"({m.group(2).decode('ascii', 'replace')}); only single-file images are read", path)
+        extra = next((e for e in extents if e[0] != b"SPARSE"), extents[-1])
+        raise RefusedImage(f"vmdk header's descriptor lists the extent {_name(extra[2].strip())} besides the "
+                           "image itself", path)
+    for kind, name, _ in extents:
+        if kind != b"ZERO" or name is not None:
+            raise RefusedImage(f"vmdk descriptor names the extent file {_name(name or b'')} "
+                               f"({kind.decode('ascii', 'replace') or '?'}); only single-file images are read", path)
 
 
 def check_info(meta: dict[str, Any], path: str, fmt: str | None) -> None:
