@@ -163,7 +163,7 @@ def _check(path: str, fmt: str) -> None:
 def _digest_raw(path: str, sha256: bool, workers: int, progress: ProgressFn | None,
                 algorithm: Algorithm) -> DigestResult:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)  # image_digest refused a link already
     except OSError as e:
         raise IOFailure(f"cannot open {path} read-only: {e.strerror}") from e
     try:

@@ -209,10 +209,10 @@ def entry_path(outdir: Path, output: str) -> Path:
     for i, part in enumerate(parts):
         current = os.path.join(current, part)
         try:
-            st = os.lstat(current)
+            st = os.lstat(current)  # FileNotFoundError goes to the caller: the image is missing
         except FileNotFoundError:
             raise
-        except OSError as e:
+        except OSError as e:  # ENOTDIR cannot happen: every component before was checked to be a directory
             raise FormatError(f"output {shown(output)}: cannot examine {shown(part)}: {e.strerror}",
                               manifest) from e
         last = i == len(parts) - 1
