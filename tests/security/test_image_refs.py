@@ -84,7 +84,11 @@ def _extent_line(text: str, new: str) -> str:
 
 
 def vmdk_capacity0(img: Path, trap: Path) -> FifoTrap:
-    _sparse_vmdk(img, lambda t: _extent_line(t, f'RW {SIZE // 512} FLAT "{trap}" 0'), capacity_zero=True)
+    def edit(text: str) -> str:  # a descriptor qemu follows: the type must be one with FLAT extents
+        text = text.replace('createType="monolithicSparse"', 'createType="monolithicFlat"')
+        return _extent_line(text, f'RW {SIZE // 512} FLAT "{trap}" 0')
+
+    _sparse_vmdk(img, edit, capacity_zero=True)
     return FifoTrap(trap)
 
 
