@@ -62,3 +62,12 @@ def file_blkdigest(path: Path, name: str = DEFAULT) -> str:
     finally:
         os.close(fd)
     return f"{name}:{outer.hexdigest()}"
+
+
+def file_sha256(path: Path | str) -> str:
+    """Plain sha256 of a whole file (what ``sha256sum`` prints), read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(BLOCK):
+            h.update(b)
+    return h.hexdigest()

@@ -27,6 +27,7 @@ from euca2kvm.kvm.testdisk import (
     kernel_files,
     payload_bytes,
 )
+from refdigest import file_sha256 as sha256_file
 
 MiB = 1 << 20
 # The test disk reaches its marker in 3-10 s under TCG on a loaded 2-core host; 90 s only catches a hang.
@@ -38,14 +39,6 @@ TIMEOUT_SLACK = 6.0
 QEMU_IMG_TIMEOUT = 60
 
 pytestmark = pytest.mark.slow
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def convert(src: Path, dst: Path, fmt: str) -> Path:

@@ -21,6 +21,7 @@ import pytest
 import lvmfix
 from _env import need_root, need_tools
 from euca2kvm.kvm.testdisk import TestDisk
+from refdigest import file_sha256 as sha256
 
 MiB = 1 << 20
 
@@ -29,14 +30,6 @@ def euca_container(d: Path, vol: str, payload: Path) -> Path:
     need_root()
     need_tools("lvm", "losetup")
     return lvmfix.euca_container(d, vol, payload)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(8 * MiB):
-            h.update(b)
-    return h.hexdigest()
 
 
 def euca2kvm(*args: str, check: int = 0) -> subprocess.CompletedProcess[str]:

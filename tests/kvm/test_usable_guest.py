@@ -18,7 +18,6 @@ found: "fast-bootT2 no seed + MAC :07 -> sshd up but no network").
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from pg import PgServer, available  # noqa: E402
 
 from _env import missing  # noqa: E402
 from euca2kvm.kvm.guestfacts import fingerprint, parse_public_keys  # noqa: E402
+from refdigest import file_sha256 as sha256  # noqa: E402
 
 SQL = HERE.parent / "eucalyptus" / "sql"
 INSTANCE = "i-3f2a91c0"
@@ -69,14 +69,6 @@ def euca2kvm(*args: str, check: int | None = 0, timeout: float = CLI_TIMEOUT) ->
     if check is not None:
         assert p.returncode == check, (p.returncode, p.stdout[-3000:], p.stderr[-3000:])
     return p
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(8 * MiB):
-            h.update(b)
-    return h.hexdigest()
 
 
 def q(text: str) -> str:

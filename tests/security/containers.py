@@ -94,14 +94,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(4 * MiB):
-            h.update(b)
-    return h.hexdigest()
-
-
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """euca2kvm in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "euca2kvm", *args], capture_output=True, text=True,

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from _env import need_root, need_tools
 from euca2kvm.errors import EXIT_USAGE
 from euca2kvm.export.manifest import MAX_NAME, output_path, safe_name
-from security.containers import MiB, assert_clean_failure, cli, file_sha, make, sha
+from refdigest import file_sha256 as file_sha
+from security.containers import MiB, assert_clean_failure, cli, make, sha
 
 
 def unescape(name: str) -> str:
