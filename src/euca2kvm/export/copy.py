@@ -345,10 +345,13 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
                 workers: int = DEFAULT_WORKERS, progress: ProgressFn | None = None,
-                name: str = "LV", digest: bool = True, algorithm: Algorithm = DEFAULT) -> CopyResult:
+                name: str = "LV", digest: bool = True, algorithm: Algorithm = DEFAULT,
+                on_read: ProgressFn | None = None) -> CopyResult:
     """Digest (and when ``out_fd`` is given, sparsely write) every byte of ``emap``.
 
     ``digest=False`` (``--no-verify``) copies without hashing; the result's digest is then None.
+    ``progress`` gets the bytes of the LV each block covers (holes included), ``on_read`` the bytes
+    actually read for it (what a transfer rate should count), when there are any.
     """
     workers = max(1, workers)
     size = emap.size
@@ -366,6 +369,8 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
         total_written += blk.written
         if plain is not None:
             fold_plain(plain, blk.buf, blk.hi - blk.lo, buffers.put)
+        if on_read is not None and blk.read:
+            on_read(blk.read)
         if progress is not None:
             progress(blk.hi - blk.lo)
 

@@ -184,8 +184,10 @@ def _qemu_source(emap: ExtentMap, work: WorkDir) -> Iterator[str]:
         yield srv.uri
 
 
-def _convert(src: Source, work: WorkDir, opts: ExportOptions, progress: Progress | None) -> CopyResult | None:
-    """qemu-img convert into ``work/IMAGE``; with verification, the source digest is computed meanwhile."""
+def _convert(src: Source, work: WorkDir, opts: ExportOptions, progress: Progress | None,
+             on_read: Progress | None = None) -> CopyResult | None:
+    """qemu-img convert into ``work/IMAGE``; with verification, the source digest is computed meanwhile
+    (``on_read`` counts what that digest reads: qemu-img reports no byte counts)."""
     from . import qemu_img
 
     emap = src.emap
@@ -196,7 +198,7 @@ def _convert(src: Source, work: WorkDir, opts: ExportOptions, progress: Progress
     def hash_source() -> None:
         try:
             digest_result.append(copy_blocks(emap, None, sha256=opts.sha256, workers=max(1, opts.workers // 2),
-                                             name=src.id, algorithm=opts.algorithm))
+                                             name=src.id, algorithm=opts.algorithm, on_read=on_read))
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             digest_error.append(e)
 
@@ -229,8 +231,10 @@ def _convert(src: Source, work: WorkDir, opts: ExportOptions, progress: Progress
 
 
 def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Progress | None = None,
-                  ) -> tuple[dict[str, Any], bool]:
-    """Export ``src`` into ``outdir``; returns (manifest entry, reused_existing_output)."""
+                  on_read: Progress | None = None) -> tuple[dict[str, Any], bool]:
+    """Export ``src`` into ``outdir``; returns (manifest entry, reused_existing_output).
+
+    ``progress`` gets bytes of the LV covered, ``on_read`` bytes actually read from the sources."""
     emap = src.emap
     if Kind.ERROR in emap.kinds():
         raise FormatError(f"{src.id}: the LV has an 'error' segment: reading it fails under device-mapper "
@@ -257,14 +261,14 @@ def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Prog
                 try:
                     res: CopyResult | None = copy_blocks(emap, fd, sha256=opts.sha256, workers=opts.workers,
                                                          progress=progress, name=src.id, digest=opts.verify,
-                                                         algorithm=opts.algorithm)
+                                                         algorithm=opts.algorithm, on_read=on_read)
                 except Euca2kvmError as e:
                     check_unchanged(src, source_state, e)
                     raise
                 check_unchanged(src, source_state)
         else:
             try:
-                res = _convert(src, work, opts, progress)
+                res = _convert(src, work, opts, progress, on_read)
             except Euca2kvmError as e:
                 check_unchanged(src, source_state, e)
                 raise
