@@ -7,20 +7,91 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from ..errors import Euca2kvmError, Interrupted
-from .common import console_err, esc
-from .console import visible
+from ..units import human
+from .common import console, console_err, esc
+from .console import is_terminal, visible
 
 # JSON progress events at most this often per volume: enough for a dashboard, not a flood.
 JSON_PROGRESS_INTERVAL = 1.0
+# A rate over a shorter time than this is noise (and a division by zero at 0.0 s).
+MIN_SECONDS = 0.001
+
+
+class VolumeProgress:
+    """The callbacks of one volume: called with bytes of the LV covered (raises Interrupted once
+    cancelled); ``read`` with bytes actually read from its sources."""
+
+    def __init__(self, rep: Reporter, vid: str, size: int, task: Any) -> None:
+        self._rep, self.vid, self.size, self.task = rep, vid, size, task
+        self.done = 0
+        self.bytes_read: int | None = None  # None: nothing tells what this export reads (gzip, cached)
+        self._last = 0.0
+
+    def __call__(self, n: int) -> None:
+        rep = self._rep
+        if rep.cancel.is_set():
+            raise Interrupted("interrupted")
+        self.done += n
+        if rep._progress is not None and self.task is not None:
+            with rep._lock:
+                rep._progress.update(self.task, advance=n)
+                rep._progress.update(rep._overall, advance=n)
+        if rep.as_json:
+            now = time.monotonic()
+            if now - self._last >= JSON_PROGRESS_INTERVAL or self.done >= self.size:
+                self._last = now
+                rep._emit(event="progress", id=self.vid, done=self.done, size=self.size)
+
+    def read(self, n: int) -> None:
+        rep = self._rep
+        with rep._lock:
+            self.bytes_read = (self.bytes_read or 0) + n
+            rep._read += n
+            if rep._progress is not None and self.task is not None:
+                rep._progress.update(self.task, read=self.bytes_read)
+                rep._progress.update(rep._overall, read=rep._read)
+
+
+def result_line(label: str, entry: dict[str, Any], reused: bool) -> str:
+    """The line (markup) that ends the export of one volume: output, size, time, read rate, digest."""
+    if reused:
+        what = "already exported and verified"
+    else:
+        what = f"{human(entry['size'])} in {entry['seconds']:.2f} s"
+        if entry.get("bytes_read") is not None:
+            rate = entry["bytes_read"] / max(entry["seconds"], MIN_SECONDS)
+            what += f", read {human(entry['bytes_read'])} at {human(rate)}/s"
+    return f"{esc(label)} -> {esc(entry['output'])}  {what}  {entry.get('digest') or ''}".rstrip()
+
+
+def _read_rate_column() -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class ReadRate(ProgressColumn):
+        """Bytes actually read per second (rich's TransferSpeedColumn counts the holes skipped too)."""
+
+        def render(self, task: Any) -> Text:
+            read, elapsed = task.fields.get("read"), task.elapsed
+            if read is None or not elapsed:
+                return Text("", style="progress.data.speed")
+            return Text(f"read {human(read / max(elapsed, MIN_SECONDS))}/s", style="progress.data.speed")
+
+    return ReadRate()
 
 
 class Reporter:
-    """Thread-safe sink for the events of several concurrent exports."""
+    """Thread-safe sink for the events of several concurrent exports.
+
+    On a terminal (and without --json) one live display for the whole run: a bar per volume in
+    progress and an overall bar with ETA, on the stderr console. Everything printed meanwhile (result
+    lines, errors, warnings) goes through that console, above the bars; a volume's bar is replaced by
+    its result line when it ends. Elsewhere no progress at all; --json writes event lines to stdout.
+    """
 
     def __init__(self, as_json: bool, total: int, cancel: threading.Event) -> None:
         self.as_json = as_json
@@ -29,24 +100,21 @@ class Reporter:
         self._lock = threading.Lock()
         self._progress: Any = None  # a rich Progress, on a terminal only
         self._overall: Any = None
-        self._tasks: dict[str, Any] = {}
+        self._read = 0
+        self._volumes: dict[str, VolumeProgress] = {}
 
     def __enter__(self) -> Reporter:
         if not self.as_json and console_err.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+            # stdout on a terminal too: anything written to it goes above the bars, not through them.
+            # Redirected stdout stays where it was sent.
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                      DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                                      TimeRemainingColumn(), console=console_err.real(), transient=True)
+                                      DownloadColumn(binary_units=True), _read_rate_column(),
+                                      TimeRemainingColumn(), console=console_err.real(), transient=True,
+                                      redirect_stdout=is_terminal(sys.stdout))
             self._progress.start()
-            self._overall = self._progress.add_task("[bold]all volumes", total=self.total)
+            self._overall = self._progress.add_task("[bold]all volumes", total=self.total, read=None)
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
@@ -59,41 +127,45 @@ class Reporter:
             sys.stdout.write(json.dumps(event, sort_keys=False) + "\n")
             sys.stdout.flush()
 
-    def start(self, vid: str, size: int) -> Callable[[int], None]:
-        """Announce a volume; returns its ``advance(nbytes)`` callback (raises Interrupted once cancelled)."""
+    def start(self, vid: str, size: int) -> VolumeProgress:
+        """Announce a volume; returns its progress callbacks."""
         if self.as_json:
             self._emit(event="start", id=vid, size=size)
         task = None
         if self._progress is not None:
             with self._lock:
                 # rich renders descriptions with Text.from_markup, not through the console's render_str
-                task = self._progress.add_task(esc(visible(vid)), total=size)
-        done = 0
-        last = 0.0
+                task = self._progress.add_task(esc(visible(vid)), total=size, read=None)
+        vp = VolumeProgress(self, vid, size, task)
+        with self._lock:
+            self._volumes[vid] = vp
+        return vp
 
-        def advance(n: int) -> None:
-            nonlocal done, last
-            if self.cancel.is_set():
-                raise Interrupted("interrupted")
-            done += n
-            if self._progress is not None and task is not None:
-                with self._lock:
-                    self._progress.update(task, advance=n)
-                    assert self._overall is not None
-                    self._progress.update(self._overall, advance=n)
-            if self.as_json:
-                now = time.monotonic()
-                if now - last >= JSON_PROGRESS_INTERVAL or done >= size:
-                    last = now
-                    self._emit(event="progress", id=vid, done=done, size=size)
+    def _end(self, vid: str) -> None:
+        """Remove the bar of ``vid``; what it did not cover leaves the overall total (its ETA stays true)."""
+        with self._lock:
+            vp = self._volumes.pop(vid, None)
+            if vp is None or self._progress is None or vp.task is None:
+                return
+            self._progress.remove_task(vp.task)
+            if vp.done < vp.size:
+                self.total -= vp.size - vp.done
+                self._progress.update(self._overall, total=self.total)
 
-        return advance
-
-    def done(self, vid: str, entry: dict[str, Any], reused: bool) -> None:
+    def done(self, vid: str, entry: dict[str, Any], reused: bool, label: str | None = None) -> None:
+        """A volume is exported: its JSON event, or its result line (on stdout; above the bars on a terminal)."""
+        self._end(vid)
         if self.as_json:
             self._emit(event="skipped" if reused else "done", id=vid, entry=entry)
+            return
+        line = result_line(label or vid, entry, reused)
+        if self._progress is not None and is_terminal(sys.stdout):
+            self._progress.console.print(line)  # the live display's console: the line lands above the bars
+        else:
+            console.print(line)
 
     def error(self, vid: str, e: Euca2kvmError) -> None:
+        self._end(vid)
         if self.as_json:
             self._emit(event="error", id=vid, message=str(e), exit_code=e.exit_code)
         else:

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import Euca2kvmError, Interrupted, InUseError, IOFailure, UsageError, VerifyError
+from ..errors import Euca2kvmError, Interrupted, InUseError, UsageError, VerifyError
 from ..eucalyptus.discovery import Volume
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
@@ -18,19 +17,18 @@ from ..export.formats import FORMATS, VMDK_SUBFORMATS, output_format
 from ..export.identity import source_identity
 from ..export.outdir import OutDir
 from ..export.pipeline import ExportOptions, Source, export_source
-from ..units import human
 from .common import (
     DEFAULT_BOOT_TIMEOUT,
     DEFAULT_DOMAIN_MEMORY_MIB,
     DEFAULT_VCPUS,
     add_digest_args,
     add_sources,
-    console,
     console_err,
     digest_algorithm,
-    discover_sources,
     esc,
-    sources,
+    output_dir,
+    resolve_volumes,
+    without_id,
 )
 from .events import Reporter
 
@@ -43,10 +41,10 @@ def build_parser(sub: Any) -> None:
         description="Export volumes to OUTDIR/<id>.<ext> and record them in OUTDIR/manifest.json. Sources are "
                     "only read. Outputs are written under a hidden temporary name and appear under their final "
                     "name only when complete and verified; a re-run skips outputs that still verify.")
-    p.add_argument("ids", nargs="*", metavar="ID", help="volume id, VG/LV, or container file path")
+    p.add_argument("ids", nargs="*", metavar="ID", help="volume id, VG/LV, or path of a container or snapshot file")
     p.add_argument("--all", action="store_true", help="export every volume found in the sources")
     add_sources(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory (created)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory (created when missing)")
     p.add_argument("--format", "-f", default="raw", choices=FORMATS, help="image format (default raw)")
     p.add_argument("--compress", action="store_true", help="compressed qcow2 (or streamOptimized vmdk)")
     p.add_argument("--vmdk-subformat", choices=VMDK_SUBFORMATS, help="vmdk subformat (default monolithicSparse)")
@@ -57,7 +55,8 @@ def build_parser(sub: Any) -> None:
                         "compared with their source; the manifest records verified=false")
     p.add_argument("--overwrite", action="store_true", help="export again even when an output still verifies")
     p.add_argument("--fsync", action="store_true", help="flush each image to stable storage before renaming it")
-    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help=f"volumes in parallel (1-{MAX_JOBS})")
+    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                   help=f"volumes in parallel (1-{MAX_JOBS}, default 1)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
                    help=f"I/O and hashing threads per volume (1-16, default {DEFAULT_WORKERS})")
     p.add_argument("--check-mirrors", action="store_true",
@@ -65,13 +64,15 @@ def build_parser(sub: Any) -> None:
     p.add_argument("--libvirt", action="store_true",
                    help="also write <id>.xml (libvirt domain) and <id>.virt-install.sh next to each image")
     p.add_argument("--memory", type=int, default=DEFAULT_DOMAIN_MEMORY_MIB, metavar="MIB",
-                   help="memory of the --libvirt domain")
-    p.add_argument("--vcpus", type=int, default=DEFAULT_VCPUS, help="vCPUs of the --libvirt domain")
+                   help=f"memory of the --libvirt domain (default {DEFAULT_DOMAIN_MEMORY_MIB})")
+    p.add_argument("--vcpus", type=int, default=DEFAULT_VCPUS, metavar="N",
+                   help=f"vCPUs of the --libvirt domain (default {DEFAULT_VCPUS})")
     p.add_argument("--boot-test", action="store_true",
                    help="boot each image in QEMU (read-only, no network) and fail unless it reaches a login "
                         "prompt or --boot-expect TEXT")
     p.add_argument("--boot-expect", metavar="TEXT", help="text on the serial console or screen that proves the boot")
-    p.add_argument("--boot-timeout", type=float, default=DEFAULT_BOOT_TIMEOUT, metavar="S")
+    p.add_argument("--boot-timeout", type=float, default=DEFAULT_BOOT_TIMEOUT, metavar="S",
+                   help=f"seconds each --boot-test may take (default {DEFAULT_BOOT_TIMEOUT:g})")
     p.add_argument("--json", action="store_true", help="print JSON event lines (start, progress, done, error)")
     p.set_defaults(func=do_export)
 
@@ -82,7 +83,7 @@ def check_exportable(vol: Volume, force: bool, reporter: Reporter) -> None:
     if vol.in_use:
         what = "; ".join(str(h) for h in vol.in_use)
         if not force:
-            raise InUseError(f"{vol.id} is in use: {what}. Stop what holds it (or export a snapshot); "
+            raise InUseError(f"in use: {what}. Stop what holds it (or export a snapshot); "
                              "--force exports anyway and the copy may be inconsistent")
         reporter.warn(f"{vol.id} is in use ({what}); exporting because of --force")
 
@@ -98,7 +99,7 @@ def check_legs(vol: Volume, reporter: Reporter) -> None:
 
     report = check_mirrors(vol.group, vol.lv)
     if not report.identical:
-        raise VerifyError(f"{vol.id}: mirror legs differ: {report.summary()}")
+        raise VerifyError(f"mirror legs differ: {report.summary()}")
     if report.skipped:
         reporter.warn(f"{vol.id}: {report.summary()}")
 
@@ -130,14 +131,8 @@ def do_export(args: argparse.Namespace) -> int:
     fmt = output_format(args.format, compress=args.compress, vmdk_subformat=args.vmdk_subformat)
     opts = ExportOptions(fmt=fmt, sha256=args.sha256, verify=args.verify, workers=args.workers,
                          fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args))
-    outdir = Path(args.output)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise IOFailure(f"cannot create {outdir}: {e.strerror}") from e
-    if not os.access(outdir, os.W_OK):
-        raise IOFailure(f"{outdir} is not writable")
-    d = discover_sources(sources(args), quiet=args.json)
+    outdir = output_dir(args.output)
+    d, named = resolve_volumes(list(dict.fromkeys(args.ids)), args.source, quiet=args.json)
     if args.all:
         vols = [v for v in d.volumes]
         for v in vols:
@@ -147,8 +142,8 @@ def do_export(args: argparse.Namespace) -> int:
         if not vols:
             raise UsageError("no exportable volume found")
     else:
-        vols = [d.find(i) for i in dict.fromkeys(args.ids)]  # unknown ids fail before anything is written
-        vols = list({id(v): v for v in vols}.values())  # one volume named twice (id and path) is one export
+        # unknown ids failed above, before anything was written
+        vols = list({id(v): v for v in named}.values())  # one volume named twice (id and path) is one export
     check_outputs(vols, outdir, fmt.ext)
     if not args.verify and not args.json:
         console_err.print("note: --no-verify: no digest is computed and outputs are not compared with sources")
@@ -176,7 +171,7 @@ def after_export(entry: dict[str, Any], outdir: Path, args: argparse.Namespace |
         entry["boot_test"] = summary
     manifest.record(outdir, entry)
     if args.boot_test and not entry["boot_test"]["ok"]:
-        raise VerifyError(f"{entry['id']}: exported image did not boot: {res.summary()}")
+        raise VerifyError(f"exported image did not boot: {res.summary()}")
 
 
 def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bool, jobs: int,
@@ -198,15 +193,12 @@ def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bo
 
                     entry, reused = export_gz(vol.files[0], outdir, opts, advance, name=vol.id)
                 else:
-                    entry, reused = export_source(volume_source(vol), outdir, opts, advance)
+                    entry, reused = export_source(volume_source(vol), outdir, opts, advance, on_read=advance.read)
                 after_export(entry, outdir, args)
-                rep.done(vol.id, entry, reused)
-                if not as_json:
-                    what = "already exported and verified" if reused else f"{human(entry['size'])} in " \
-                           f"{entry['seconds']:.2f} s"
-                    console.print(f"{esc(vol.id)} -> {esc(entry['output'])}  {what}  {entry['digest'] or ''}")
+                rep.done(vol.id, entry, reused)  # the result line, or the JSON event
             except Euca2kvmError as e:
-                rep.error(vol.id, e)
+                if not (isinstance(e, Interrupted) or cancel.is_set()):  # Ctrl-C says "interrupted" once
+                    rep.error(vol.id, without_id(e, vol.id))
                 errors.append(e)
 
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="export")
