@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from ..eucalyptus.discovery import VOLUMES_DIR, Discovery, discover
+from ..errors import IOFailure, UsageError
+from ..eucalyptus.discovery import VOLUMES_DIR, Discovery, Volume, discover
 from ..export.digest import DEFAULT, OPTIONS, Algorithm
 from .console import LazyConsole, escape
 
@@ -17,6 +21,8 @@ from .console import LazyConsole, escape
 DEFAULT_DOMAIN_MEMORY_MIB = 1024  # a small-instance default; export-instance uses the VM type's
 DEFAULT_VCPUS = 1
 DEFAULT_BOOT_TIMEOUT = 60.0
+
+E = TypeVar("E", bound=Exception)
 
 console = LazyConsole()
 console_err = LazyConsole(stderr=True)
@@ -49,6 +55,67 @@ def discover_sources(paths: list[str], quiet: bool = False) -> Discovery:
         for w in d.warnings:
             console_err.print(f"[yellow]warning:[/] {esc(w)}")
     return d
+
+
+def is_path_id(ident: str) -> bool:
+    """Does a volume ID name a file system object (a container path) rather than a volume id or VG/LV?"""
+    return os.path.lexists(ident)
+
+
+def path_id_source(ident: str) -> str:
+    """A container path given as an ID, checked: what is wrong with anything that is not a file (a
+    directory, a character device, a dangling link) is said here, naming it (exit 2)."""
+    try:
+        mode = os.stat(ident).st_mode
+    except OSError as e:
+        raise UsageError(f"{ident}: {e.strerror}") from e
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{ident} is a directory, not a volume: give a directory with --source and name the "
+                         "volumes in it")
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        what = "a character device" if stat.S_ISCHR(mode) else "not a regular file"
+        raise UsageError(f"{ident} is {what}, not a container file, snapshot file or block device")
+    return ident
+
+
+def resolve_volumes(ids: list[str], source_args: list[str] | None, quiet: bool = False
+                    ) -> tuple[Discovery, list[Volume]]:
+    """The one rule for volume IDs, for every command that takes them.
+
+    An ID that names an existing path is a container (or snapshot) file or block device: it is a source
+    itself, scanned with the ``--source`` paths. Any other ID (a volume id, a container's file name,
+    ``VG/LV``) is looked up in the ``--source`` paths, by default the Eucalyptus volumes directory, which
+    is therefore scanned only when such an ID is given or ``--source`` names it. An ID that matches
+    nothing, or a file that is not a volume, fails with its own error before anything is written.
+    """
+    named = [path_id_source(i) for i in ids if is_path_id(i)]
+    by_name = [i for i in ids if not is_path_id(i)]
+    paths = list(source_args or ([VOLUMES_DIR] if by_name or not ids else []))
+    d = discover_sources(paths + [p for p in named if p not in paths], quiet=quiet)
+    return d, [d.find(i) for i in ids]
+
+
+def output_dir(path: str) -> Path:
+    """``-o OUTDIR``: an existing directory or one created now; anything else is a usage error (exit 2)."""
+    out = Path(path)
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f"-o {path} exists and is not a directory: OUTDIR must be a directory (it is created "
+                         "when missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise IOFailure(f"cannot create {out}: {e.strerror}") from e
+    if not os.access(out, os.W_OK):
+        raise IOFailure(f"{out} is not writable")
+    return out
+
+
+def without_id(e: E, vid: str) -> E:
+    """``e`` with a leading ``<vid>: `` dropped from its message, for printers that put the id first
+    themselves (no ``vol-x: vol-x: ...``)."""
+    if e.args and isinstance(e.args[0], str) and e.args[0].startswith(f"{vid}: "):
+        e.args = (e.args[0][len(vid) + 2:], *e.args[1:])
+    return e
 
 
 def print_json(obj: Any) -> None:

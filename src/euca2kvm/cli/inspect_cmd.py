@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from ..errors import UsageError
-from ..eucalyptus.discovery import Volume
+from ..eucalyptus.discovery import NotAVolume, Volume
 from ..kvm.guest import GuestReport, inspect_disk, open_image
 from ..kvm.guestfiles import attach_config
 from ..kvm.imagefile import Reader
@@ -17,15 +17,22 @@ from ..lvm.extents import ExtentMap, Kind
 from ..lvm.mirrors import MirrorReport, check_mirrors
 from ..lvm.reader import ExtentReader
 from ..units import human
-from .common import add_sources, console, discover_sources, esc, print_json, sources
+from .common import add_sources, console, esc, print_json, resolve_volumes
 
 # An LV striped in 64 KiB chunks has millions of extents; print the first ones only.
 MAX_EXTENTS_SHOWN = 64
+# Segment keys the segment line shows already (its extents and type), left out of its parameters.
+SHOWN_SEGMENT_KEYS = frozenset({"start_extent", "extent_count", "type"})
 
 
 def build_parser(sub: Any) -> None:
-    p = sub.add_parser("inspect", help="show VG/PV/LV details and the extent map of a volume")
-    p.add_argument("id", metavar="ID", help="volume id, VG/LV, or container file path")
+    p = sub.add_parser("inspect", help="show VG/PV/LV details and the extent map of a volume",
+                       description="Show one volume: its VG, PVs and LV segments as the metadata records them, "
+                                   "the extent map euca2kvm reads, and the guest disk inside (partition table, "
+                                   "filesystems, boot loader and a verdict). An image file that is not a "
+                                   "container (an exported qcow2 or raw disk) gets the guest section only. "
+                                   "Nothing is written.")
+    p.add_argument("id", metavar="ID", help="volume id, VG/LV, or path of a container, snapshot or image file")
     add_sources(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--extents", type=int, default=MAX_EXTENTS_SHOWN, metavar="N",
@@ -57,6 +64,7 @@ def describe(vol: Volume, max_extents: int, guest: bool = True,
                      "size": vg.lv_size(lv),
                      "segments": [{"index": s.index, "start_extent": s.start_extent,
                                    "extent_count": s.extent_count, "type": s.type, "flags": list(s.flags),
+                                   "segment_type": s.shown_type,
                                    "params": {k: v for k, v in s.params.items() if not isinstance(v, dict)}}
                                   for s in lv.segments]}
     if vol.problem is None and not vol.compressed:
@@ -104,16 +112,28 @@ def inspect_image(path: str, as_json: bool) -> int:
     return 0
 
 
+def segment_params(params: dict[str, Any]) -> str:
+    """A segment's own parameters as ``key=value`` words (lists comma-separated; ``stripes`` as PV:extent
+    pairs), not as a Python dict."""
+    words = []
+    for k, v in params.items():
+        if k in SHOWN_SEGMENT_KEYS:
+            continue
+        if isinstance(v, list) and k == "stripes" and len(v) % 2 == 0:
+            v = ",".join(f"{pv}:{start}" for pv, start in zip(v[::2], v[1::2], strict=True))
+        elif isinstance(v, list):
+            v = ",".join(map(str, v))
+        words.append(f"{k}={v}")
+    return " ".join(words)
+
+
 def do_inspect(args: argparse.Namespace) -> int:
-    if args.source is None and os.path.isfile(args.id):
-        # A file named directly: a container or snapshot is inspected as a volume, anything else as an image.
-        d = discover_sources([args.id], quiet=True)
-        vol = d.find(args.id)
-        if vol.kind == "raw":
-            return inspect_image(args.id, args.json)
-    else:
-        d = discover_sources(sources(args), quiet=args.json)
-        vol = d.find(args.id)
+    try:
+        _, (vol,) = resolve_volumes([args.id], args.source, quiet=args.json)
+    except NotAVolume:
+        if not os.path.isfile(args.id):
+            raise
+        return inspect_image(args.id, args.json)  # a file named directly that is no container: an image
     reports: dict[str, GuestReport] = {}
     info = describe(vol, args.extents, args.guest, reports)
     if args.check_mirrors:
@@ -141,7 +161,7 @@ def do_inspect(args: argparse.Namespace) -> int:
                       f"status={esc(','.join(map(str, lv['status'])))}")
         for s in lv["segments"]:
             console.print(f"   segment{s['index']}: extents {s['start_extent']}+{s['extent_count']} "
-                          f"type={'+'.join([s['type'], *s['flags']])} {esc(str(s['params']))}")
+                          f"type={esc(s['segment_type'])} {esc(segment_params(s['params']))}".rstrip())
     if v["problem"]:
         console.print(f"[red]cannot be exported:[/] {esc(v['problem'])}")
         return 0

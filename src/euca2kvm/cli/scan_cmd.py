@@ -11,21 +11,26 @@ from rich.table import Table
 
 from ..eucalyptus.discovery import VOLUMES_DIR
 from ..units import human
-from .common import console, console_err, discover_sources, esc, print_json
+from .common import add_sources, console, console_err, discover_sources, esc, print_json
 
 
 def build_parser(sub: Any) -> None:
     p = sub.add_parser("scan", help="list volumes in volumes directories, container files or block devices",
                        description="List every volume found, with its kind, VG/LV, size, segment types and "
-                                   "whether anything holds it.")
-    p.add_argument("paths", nargs="*", metavar="PATH", help=f"sources (default {VOLUMES_DIR})")
+                                   "whether anything holds it. A file named explicitly must be a volume "
+                                   "container or a snapshot file (exit 3 otherwise); in a directory, other "
+                                   "files are noted and ignored.")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help=f"sources, the same as --source (default {VOLUMES_DIR})")
+    add_sources(p)
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=do_scan)
 
 
 def do_scan(args: argparse.Namespace) -> int:
-    d = discover_sources(args.paths or [VOLUMES_DIR], quiet=args.json)
-    d.check_named(args.paths)
+    named = [*args.paths, *(args.source or [])]
+    d = discover_sources(named or [VOLUMES_DIR], quiet=args.json)
+    d.check_named(named)
     if args.json:
         print_json([v.to_json() for v in d.volumes])
         return 0

@@ -41,6 +41,10 @@ SEVERITY = (EXIT_FORMAT, EXIT_VERIFY, EXIT_IO, EXIT_TOOL, EXIT_USAGE)
 _ERROR_FOR = {EXIT_FORMAT: FormatError, EXIT_VERIFY: VerifyError, EXIT_IO: IOFailure, EXIT_TOOL: ToolError,
               EXIT_USAGE: UsageError}
 MAX_WORKERS = 16
+# The id and output columns are as wide as their longest value up to this, so that they line up
+# without one hostile name pushing every detail off the screen.
+MAX_COLUMN = 48
+STATUS_WIDTH = max(len(s) for s in ("ok", "mismatch", "unverifiable", "missing", "unreadable", "refused"))
 
 
 def build_parser(sub: Any) -> None:
@@ -55,7 +59,8 @@ def build_parser(sub: Any) -> None:
                     "that is invalid) before 6 (mismatch, unverifiable) before 5 (missing or unreadable) before 7 "
                     "(qemu-img or qemu-nbd failed); 0 when every image verified.")
     p.add_argument("manifest", metavar="MANIFEST", help="OUTDIR/manifest.json (or OUTDIR)")
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N", help="hashing threads")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
+                   help=f"hashing threads (1-{MAX_WORKERS}, default {DEFAULT_WORKERS})")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=do_verify)
 
@@ -63,6 +68,11 @@ def build_parser(sub: Any) -> None:
 def printable(text: str) -> str:
     """``text`` with control and other non-printable characters escaped, safe for a terminal."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def one_line(text: str) -> str:
+    """A detail as one line of words: a tool's multi-line message (or JSON it quoted) is not a table row."""
+    return printable(" ".join(text.split()))
 
 
 def check_entry(outdir: Path, entry: dict[str, Any], workers: int) -> tuple[str, str, int]:
@@ -104,14 +114,17 @@ def do_verify(args: argparse.Namespace) -> int:
         raise IOFailure(f"no {manifest.MANIFEST} in {outdir}")
     data = manifest.load(outdir)
     results = []
+    id_w, out_w = (min(MAX_COLUMN, max((len(printable(str(e[k]))) for e in data["volumes"]), default=0))
+                   for k in ("id", "output"))
     for entry in data["volumes"]:
         status, detail, code = check_entry(outdir, entry, args.workers)
         results.append({"id": entry["id"], "output": entry["output"], "status": status, "detail": detail,
                         "exit_code": code})
         if not args.json:
             colour = "green" if status == "ok" else "red"
-            console.print(f"[{colour}]{status:12s}[/] {esc(printable(entry['id']))}  "
-                          f"{esc(printable(entry['output']))}  {esc(printable(detail))}")
+            console.print(f"[{colour}]{status:{STATUS_WIDTH}}[/]  {esc(printable(entry['id']).ljust(id_w))}  "
+                          f"{esc(printable(entry['output']).ljust(out_w))}  {esc(one_line(detail))}",
+                          highlight=False, soft_wrap=True)
     if args.json:
         print_json(results)
     bad = [r for r in results if r["status"] != "ok"]

@@ -41,10 +41,15 @@ EUCA_LV_PREFIX = "euca-"
 MAX_DIR_ENTRIES = 100_000
 
 
+class NotAVolume(FormatError):
+    """A file named explicitly that holds no LVM label and is no snapshot file: not a container (an
+    image file, say; ``inspect`` reads those as images)."""
+
+
 @dataclass
 class Volume:
     id: str
-    kind: str  # overlay | das | lvm | snapshot | raw
+    kind: str  # overlay | das | lvm | snapshot | snapshot-gz
     size: int
     files: list[str]
     vg: str | None = None
@@ -240,8 +245,11 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
             out.volumes.append(Volume(id=base, kind="snapshot", size=dev.size, files=[dev.path],
                                       segment_types=["raw"]))
         elif dev.path in explicit:
-            out.volumes.append(Volume(id=base, kind="raw", size=dev.size, files=[dev.path],
-                                      segment_types=["raw"]))
+            # The same rule as for a file in a directory, which is ignored: named explicitly, it is an error.
+            out.unusable[dev.path] = NotAVolume(
+                "no LVM2 label in the first 4 sectors and not a snapshot file (snap-XXXXXXXX): not a volume "
+                "container" + (" (a temporary file left by an interrupted snapshot)" if STRAY_RE.match(base) else ""),
+                dev.path)
         elif STRAY_RE.match(base):
             out.notes.append(f"ignored {dev.path}: a temporary file left by an interrupted Eucalyptus "
                              "snapshot (name is a volume id plus a suffix)")

@@ -16,12 +16,13 @@ import json
 import os
 import re
 import selectors
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ..errors import FormatError, IOFailure, ToolError, UnsupportedError
+from ..errors import FormatError, Interrupted, IOFailure, ToolError, UnsupportedError
 from ..procs import die_with_parent
 from ..units import MiB
 
@@ -121,6 +122,8 @@ def _run(args: Sequence[str], *, timeout: float | None = QUICK_TIMEOUT, stall_ti
     tail = bytes(err[-STDERR_TAIL:]).decode("utf-8", "replace").strip()
     if expired:
         raise ToolError(f"{cmd} {expired}: {tail}".rstrip(": "))
+    if rc == -signal.SIGINT:  # Ctrl-C reached qemu-img too (one process group): the user's interrupt, no failure
+        raise Interrupted("interrupted")
     if rc not in ok:
         msg = f"{cmd} failed with exit status {rc}: {tail or '(no message)'}"
         raise IOFailure(msg) if _IO_ERRNO.search(tail) else ToolError(msg)

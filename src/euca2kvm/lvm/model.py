@@ -61,6 +61,12 @@ class Segment:
     def param(self, key: str) -> Value | Section | None:
         return self.params.get(key)
 
+    @property
+    def shown_type(self) -> str:
+        """The type as users see it (``scan``, ``inspect``): one stripe is ``linear``, as lvs says; with flags."""
+        base = "linear" if self.type == "striped" and self.param("stripe_count") == 1 else self.type
+        return "+".join((base, *self.flags))
+
 
 @dataclass(frozen=True)
 class LV:
@@ -83,8 +89,7 @@ class LV:
     def segment_types(self) -> list[str]:
         seen: list[str] = []
         for s in self.segments:
-            base = "linear" if s.type == "striped" and s.param("stripe_count") == 1 else s.type
-            t = "+".join((base, *s.flags))
+            t = s.shown_type
             if t not in seen:
                 seen.append(t)
         return seen
