@@ -158,11 +158,15 @@ class Reporter:
         if self.as_json:
             self._emit(event="skipped" if reused else "done", id=vid, entry=entry)
             return
-        line = result_line(label or vid, entry, reused)
+        self.say(result_line(label or vid, entry, reused))
+
+    def say(self, markup: str) -> None:
+        """Print a line of results on stdout; with stdout on the terminal of the live display, through
+        its console, so that the line lands above the bars instead of being drawn over by them."""
         if self._progress is not None and is_terminal(sys.stdout):
-            self._progress.console.print(line)  # the live display's console: the line lands above the bars
+            self._progress.console.print(markup)
         else:
-            console.print(line)
+            console.print(markup)
 
     def error(self, vid: str, e: Euca2kvmError) -> None:
         self._end(vid)

@@ -18,10 +18,9 @@ from ..eucalyptus.instances import InstancePlan, PlannedDisk
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.identity import source_identity
-from ..export.outdir import OutDir, write_atomic
 from ..export.pipeline import ExportOptions, Source, export_source
-from ..units import human
-from .common import add_digest_args, console, console_err, digest_algorithm, esc
+from ..outdir import OutDir, write_atomic
+from .common import add_digest_args, console_err, digest_algorithm, esc
 from .events import Reporter
 from .instance_domain import add_domain_args, build_domain, check_domain_args, file_names, seed_for
 from .plan_cmd import add_plan_args, make_plan
@@ -44,7 +43,7 @@ def build_parser(sub: Any) -> None:
         "needs --kernel/--ramdisk: the domain then boots that kernel directly (exit 3 without them). "
         "Everything is checked before anything is written.",
     )
-    p.add_argument("ids", nargs="+", metavar="INSTANCE_ID")
+    p.add_argument("ids", nargs="+", metavar="INSTANCE_ID", help="instances to export (i-XXXXXXXX)")
     add_plan_args(p)
     p.add_argument(
         "--force",
@@ -185,19 +184,9 @@ def do_export_instance(args: argparse.Namespace) -> int:
                 if cancel.is_set():
                     raise Interrupted("interrupted")
                 advance = rep.start(d.name, d.size or 0)
-                entry, reused = export_source(_source(p, d), outdir, opts, advance)
+                entry, reused = export_source(_source(p, d), outdir, opts, advance, on_read=advance.read)
                 entries[d.name] = entry
-                rep.done(d.name, entry, reused)
-                if not args.json:
-                    what = (
-                        "already exported and verified"
-                        if reused
-                        else f"{human(entry['size'])} in {entry['seconds']:.2f} s"
-                    )
-                    console.print(
-                        f"{esc(d.volume_id)} ({esc(d.device or '-')}) -> {esc(entry['output'])}  {what}  "
-                        f"{entry['digest']}"
-                    )
+                rep.done(d.name, entry, reused, label=f"{d.volume_id} ({d.device or '-'})")
             except Euca2kvmError as e:
                 rep.error(d.name, e)
                 errors.append(e)
@@ -246,10 +235,10 @@ def do_export_instance(args: argparse.Namespace) -> int:
                 )
             else:
                 for line in p.hardware.lines() if p.hardware else []:
-                    console.print(f"{esc(p.instance.id)} hardware: {esc(line)}")
+                    rep.say(f"{esc(p.instance.id)} hardware: {esc(line)}")
                 if seed is not None:
-                    console.print(f"{esc(p.instance.id)}: NoCloud seed {esc(seed['output'])} sha256 {seed['sha256']}")
-                console.print(
+                    rep.say(f"{esc(p.instance.id)}: NoCloud seed {esc(seed['output'])} sha256 {seed['sha256']}")
+                rep.say(
                     f"{esc(p.instance.id)}: {p.vcpus} vCPU, {p.memory_mib} MiB, disks "
                     f"{', '.join(f'{d.target_dev}={d.output.name}' for d in p.disks)} -> {esc(str(xml))}; "
                     f"define it with: virsh define {esc(shlex.quote(str(xml)))} (or run {esc(str(script))})"
