@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType, ModuleType, TracebackType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .. import errors
 from ..errors import Euca2kvmError
@@ -49,9 +49,39 @@ def _modules(argv: Sequence[str]) -> list[ModuleType]:
     return [importlib.import_module(f"{__name__}.{n}") for n in names]
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its help says it already or there is none worth
+    saying (an unset option, a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        d = action.default
+        if (not action.option_strings or "default" in text or d is None or d is argparse.SUPPRESS
+                or isinstance(d, bool) or d == []):
+            return text
+        return f"{text} (default %(default)s)".lstrip()
+
+
+class _TopFormatter(argparse.RawDescriptionHelpFormatter, _DefaultsFormatter):
+    """The top-level help: its epilog (the exit code table) is kept as written."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("euca2kvm")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser (subcommands inherit it) with usage errors escaped: they quote arguments,
-    which a shell glob over a volumes directory can fill with hostile file names."""
+    which a shell glob over a volumes directory can fill with hostile file names. Help shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         super().error(visible(message))
@@ -63,8 +93,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Export EBS volumes of a Eucalyptus cloud from their LVM container files to disk images "
                     "KVM boots, without root, loop devices or device-mapper, never writing to a source.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_TopFormatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in _modules(sys.argv[1:] if argv is None else argv):

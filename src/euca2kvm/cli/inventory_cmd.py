@@ -40,9 +40,10 @@ def add_inventory_sources(p: argparse.ArgumentParser, with_file: bool) -> None:
         "eucarc or environment)",
     )
     c = p.add_argument_group("EC2 credentials (euca2ools style; default: --eucarc, then the environment)")
-    c.add_argument("-I", "--access-key-id", metavar="KEY_ID")
-    c.add_argument("-S", "--secret-key", metavar="KEY")
-    c.add_argument("--security-token", metavar="TOKEN")
+    c.add_argument("-I", "--access-key-id", metavar="KEY_ID", help="access key id (default: from the eucarc or "
+                   "the environment)")
+    c.add_argument("-S", "--secret-key", metavar="KEY", help="secret key (default: from the eucarc or the environment)")
+    c.add_argument("--security-token", metavar="TOKEN", help="session token of temporary credentials, if any")
     c.add_argument("--region", metavar="REGION", help="signing region (default: eucalyptus)")
     c.add_argument(
         "--eucarc", metavar="FILE", help="read EC2_URL and keys from this eucarc (parsed, not run)"

@@ -229,7 +229,8 @@ def build_parser(sub: Any) -> None:
         "--kernel). Nothing is created, not even OUTDIR. Exit 0 when nothing blocks, else the exit "
         "code the export would fail with.",
     )
-    p.add_argument("ids", nargs="*", metavar="INSTANCE_ID")
+    p.add_argument("ids", nargs="*", metavar="INSTANCE_ID",
+                   help="instances to plan (default: every instance with attached volumes that is not terminated)")
     add_plan_args(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=do_plan)
