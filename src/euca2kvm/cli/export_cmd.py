@@ -15,8 +15,8 @@ from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.formats import FORMATS, VMDK_SUBFORMATS, output_format
 from ..export.identity import source_identity
-from ..export.outdir import OutDir
 from ..export.pipeline import ExportOptions, Source, export_source
+from ..outdir import OutDir
 from .common import (
     DEFAULT_BOOT_TIMEOUT,
     DEFAULT_DOMAIN_MEMORY_MIB,

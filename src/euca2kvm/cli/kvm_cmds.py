@@ -11,9 +11,10 @@ from typing import Any
 
 from ..errors import Euca2kvmError, UsageError, VerifyError
 from ..export import qemu_img
-from ..export.outdir import private_tmp, read_bounded, write_atomic
 from ..kvm.boottest import DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, BootResult, boot_test
 from ..kvm.libvirt import Disk, Domain, virt_install_command, write_domain
+from ..outdir import write_atomic
+from ..safefs import private_tmp, read_bounded
 from .common import DEFAULT_DOMAIN_MEMORY_MIB, DEFAULT_VCPUS, console, esc, print_json
 
 DISK_TARGETS = [f"vd{chr(ord('a') + i)}" for i in range(26)]

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeVar
 
 from ..errors import FormatError, IOFailure, UsageError
-from ..export.outdir import write_atomic
+from ..outdir import write_atomic
 
 FORMAT_NAME = "euca2kvm-inventory"
 FORMAT_VERSION = 1

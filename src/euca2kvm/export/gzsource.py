@@ -34,11 +34,11 @@ from typing import Any
 from ..errors import FormatError, IOFailure, VerifyError
 from ..eucalyptus.discovery import GZIP_MAGIC, SNAP_GZ_RE, is_gzip
 from ..lvm.extents import ExtentMap, LinearMapper
+from ..outdir import OutDir
 from ..units import MiB, TiB
 from . import manifest
 from .copy import write_sparse
 from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
-from .outdir import OutDir
 from .pipeline import ExportOptions, Source, content_digest, export_source, fingerprint
 from .raw import IMAGE, atomic_output, new_image
 

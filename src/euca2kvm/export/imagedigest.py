@@ -49,6 +49,7 @@ from typing import IO
 from ..errors import FormatError, IOFailure, ToolError, UnsupportedError, UsageError
 from ..lvm.extents import ExtentMap, LinearMapper
 from ..procs import die_with_parent
+from ..safefs import RUNTIME_PREFIX, runtime_dir
 from ..units import GiB
 from . import qemu_img
 from .copy import DEFAULT_WORKERS, EXTRA_INFLIGHT, ProgressFn, copy_blocks
@@ -56,7 +57,6 @@ from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
 from .imagerefs import RefusedImage, check_info, refuse_references
 from .inorder import fold_plain, in_order
 from .nbdclient import Extent, NbdClient
-from .outdir import RUNTIME_PREFIX, runtime_dir
 
 ENV_QEMU_NBD = "QEMU_NBD"
 # Formats digested through qemu-nbd. Others qemu knows (luks, dmg...) need secrets or are not

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, IOFailure, UsageError
+from ..outdir import OutDir
+from ..safefs import read_bounded
 from . import manifestcheck
-from .outdir import OutDir, read_bounded
 
 MANIFEST = "manifest.json"
 FORMAT = "euca2kvm-manifest"

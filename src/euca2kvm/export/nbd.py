@@ -37,8 +37,8 @@ from urllib.parse import quote
 
 from ..errors import UsageError
 from ..lvm.extents import Extent, ExtentMap, Kind
+from ..safefs import RUNTIME_PREFIX, runtime_dir
 from ..units import KiB, MiB
-from .outdir import RUNTIME_PREFIX, runtime_dir
 
 log = logging.getLogger(__name__)
 

@@ -31,12 +31,12 @@ from typing import Any
 
 from ..errors import Euca2kvmError, FormatError, IOFailure, VerifyError
 from ..lvm.extents import ExtentMap, Kind
+from ..outdir import OutDir, WorkDir
 from ..units import MiB, human
 from . import manifest
 from .copy import DEFAULT_WORKERS, CopyResult, Sources, copy_blocks
 from .digest import DEFAULT, Algorithm, algorithm_of
 from .formats import OutputFormat, check_size
-from .outdir import OutDir, WorkDir
 from .raw import IMAGE, new_image
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import IOFailure
 from ..lvm.extents import ExtentMap
+from ..outdir import OutDir, WorkDir
 from .copy import DEFAULT_WORKERS, CopyResult, ProgressFn, copy_blocks
-from .outdir import OutDir, WorkDir
 
 # The image's name inside its private work directory (see outdir.OutDir.work).
 IMAGE = "image"

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from euca2kvm.errors import ToolError, UsageError
-from euca2kvm.export.outdir import private_tmp
 from euca2kvm.kvm.qemu import (
     KVM_INTERNAL_ERROR,
     HmpMonitor,
@@ -29,6 +28,7 @@ from euca2kvm.kvm.qemu import (
     blockdev_json,
     hmp_quote,
 )
+from euca2kvm.safefs import private_tmp
 
 log = logging.getLogger(__name__)
 

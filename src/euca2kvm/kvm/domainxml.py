@@ -19,8 +19,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from euca2kvm import safefs
 from euca2kvm.errors import FormatError, IOFailure, UsageError
-from euca2kvm.export import outdir
 
 # A domain with a few dozen disks is a few KiB; 1 MiB is generous and bounds memory and parse time.
 MAX_XML_BYTES = 1 << 20
@@ -86,7 +86,7 @@ class DomainSpec:
 
 def read_bounded(path: Path, limit: int = MAX_XML_BYTES) -> bytes:
     """The whole file (never through a symlink, regular files only); a file over ``limit`` bytes is a
-    format error (exit 3), the size checked again while reading (:func:`euca2kvm.export.outdir.read_bounded`)."""
+    format error (exit 3), the size checked again while reading (:func:`euca2kvm.safefs.read_bounded`)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError as e:
@@ -95,7 +95,7 @@ def read_bounded(path: Path, limit: int = MAX_XML_BYTES) -> bytes:
         raise IOFailure(f"cannot read {path}: {e.strerror}") from e
     if stat.S_ISREG(st.st_mode) and st.st_size > limit:
         raise FormatError(f"file is {st.st_size} bytes, more than the {limit} allowed here", str(path))
-    return outdir.read_bounded(path, limit)
+    return safefs.read_bounded(path, limit)
 
 
 def _text(value: str | None, what: str, where: str) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from euca2kvm.errors import UsageError
-from euca2kvm.export.outdir import write_atomic
+from euca2kvm.outdir import write_atomic
 
 # Image formats QEMU opens for a guest disk (what euca2kvm export writes).
 FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi")

@@ -25,8 +25,8 @@ from pathlib import Path
 from types import TracebackType
 
 from euca2kvm.errors import ToolError, UsageError
-from euca2kvm.export.outdir import open_new_or_truncate, private_tmp
 from euca2kvm.procs import die_with_parent
+from euca2kvm.safefs import open_new_or_truncate, private_tmp
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from euca2kvm.errors import FormatError, ToolError, UsageError
-from euca2kvm.export.outdir import private_tmp
 from euca2kvm.kvm.boottest import STAGE_PATTERNS, _read_serial
 from euca2kvm.kvm.domainqemu import free_port, qemu_args
 from euca2kvm.kvm.domainxml import DomainSpec, read_bounded
 from euca2kvm.kvm.guestfacts import GuestFacts, fact_script, fingerprint, parse_public_keys, printable
 from euca2kvm.kvm.qemu import QemuProcess, accelerator
+from euca2kvm.safefs import private_tmp
 
 __all__ = ["GuestFacts", "SshProof", "SshSession", "free_port", "parse_public_keys", "ssh_proof"]
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from euca2kvm import safefs
 from euca2kvm.errors import EXIT_IN_USE, EXIT_IO, InUseError, IOFailure
-from euca2kvm.export import outdir as od_mod
-from euca2kvm.export.outdir import OutDir, open_new_or_truncate, read_bounded, runtime_dir, temp_name, write_atomic
+from euca2kvm.outdir import OutDir, temp_name, write_atomic
+from euca2kvm.safefs import open_new_or_truncate, read_bounded, runtime_dir
 
 HOLD = """
 import sys, time
-from euca2kvm.export.outdir import OutDir
+from euca2kvm.outdir import OutDir
 with OutDir(sys.argv[1]) as od, od.{what}:
     print("ready", flush=True)
     time.sleep(60)
@@ -171,7 +172,7 @@ def test_live_work_dir_refuses_the_same_output_and_dead_ones_are_swept(tmp_path:
 
 
 def test_runtime_dirs_of_dead_processes_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(od_mod.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(safefs.tempfile, "gettempdir", lambda: str(tmp_path))
     outside = tmp_path / "outside"
     outside.mkdir()
     dead = _dead_pid()

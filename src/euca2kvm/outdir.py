@@ -20,9 +20,8 @@ elsewhere, a directory, a FIFO. Every write into OUTDIR goes through :class:`Out
   an output that a live run is writing: two exports of one volume into one OUTDIR never share or
   publish each other's temporary files.
 
-Runtime directories outside OUTDIR (NBD sockets when OUTDIR's path is too long for a unix
-socket, ``verify``'s qemu-nbd) come from :func:`runtime_dir`, which removes stale ones of
-dead processes of ours at the next run.
+Runtime directories outside OUTDIR and single files written or read by path are
+:mod:`euca2kvm.safefs`'s.
 """
 
 from __future__ import annotations
@@ -35,14 +34,14 @@ import re
 import secrets
 import shutil
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import FormatError, InUseError, IOFailure
+from .errors import FormatError, InUseError, IOFailure
+from .safefs import kind_of
 
 # A publish or manifest update holds the lock for milliseconds; a run waiting this long means
 # the other holder hangs (stopped process, dead NFS server): give up with exit 4 rather than hang.
@@ -56,11 +55,7 @@ NAME_MAX = 255
 TEMP_SUFFIX = ".partial"
 _TAG_HEX = 4  # random bytes in a temporary name, beside the pid
 _TEMP = re.compile(r"^\.(?P<final>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.partial$")
-_RUNTIME_TAG = re.compile(r"^(?P<pid>\d+)-[a-z0-9_]{8}$")  # after the prefix: "<pid>-" + mkdtemp's 8
-RUNTIME_PREFIX = "euca2kvm-nbd-"  # NBD socket directories in the system temporary directory
 _NO_DIR_LOCK = (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
-_FILE_KIND = {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO",
-              stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
 @dataclass
@@ -87,10 +82,6 @@ def temp_name(final: str) -> str:
 def _check_name(name: str) -> None:
     if not name or "/" in name or name in (".", "..") or "\0" in name:
         raise FormatError(f"not a plain file name: {name!r}")
-
-
-def _kind(mode: int) -> str:
-    return _FILE_KIND.get(stat.S_IFMT(mode), "not a regular file")
 
 
 class OutDir:
@@ -181,7 +172,7 @@ class OutDir:
         """IOFailure unless ``name`` is absent or a regular file: nothing else is ever replaced."""
         st = self.lstat(name)
         if st is not None and not stat.S_ISREG(st.st_mode):
-            raise IOFailure(f"{self.path / name} is {_kind(st.st_mode)}, not a regular file; "
+            raise IOFailure(f"{self.path / name} is {kind_of(st.st_mode)}, not a regular file; "
                             "refusing to replace it (remove it or choose another output directory)")
 
     # -- small files ----------------------------------------------------------------------------
@@ -403,110 +394,6 @@ def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644, fsync: 
     path = Path(path)
     with OutDir(path.parent) as od:
         return od.write_file(path.name, data, mode=mode, fsync=fsync)
-
-
-def open_new_or_truncate(path: Path | str, mode: int = 0o644) -> int:
-    """A write descriptor of ``path``, created or truncated, refusing a symlink or non-regular file there."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
-    except OSError as e:
-        raise IOFailure(f"cannot write {path}: {e.strerror}") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IOFailure(f"{path} is {_kind(st.st_mode)}, not a regular file; refusing to write it")
-        os.ftruncate(fd, 0)
-        os.set_blocking(fd, True)
-    except OSError as e:
-        os.close(fd)
-        raise IOFailure(f"cannot write {path}: {e.strerror}") from e
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def read_bounded(path: Path | str, limit: int) -> bytes:
-    """The content of the regular file ``path`` (not through a symlink), IOFailure if over ``limit`` bytes."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise IOFailure(f"cannot read {path}: {e.strerror}") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IOFailure(f"{path} is {_kind(st.st_mode)}, not a regular file")
-        chunks, left = [], limit + 1
-        while left > 0:
-            data = os.read(fd, min(left, 1 << 20))
-            if not data:
-                break
-            chunks.append(data)
-            left -= len(data)
-    except OSError as e:
-        raise IOFailure(f"cannot read {path}: {e.strerror}") from e
-    finally:
-        os.close(fd)
-    out = b"".join(chunks)
-    if len(out) > limit:
-        raise IOFailure(f"{path} is larger than {limit} bytes")
-    return out
-
-
-def runtime_dir(prefix: str, base: str | None = None) -> str:
-    """A new private (0700) directory in ``base`` (default: the system temporary directory), named
-    ``<prefix><pid>-XXXXXXXX``. Directories of this pattern left by dead processes of this user
-    (SIGKILL) are removed first.
-    """
-    base = base or tempfile.gettempdir()
-    sweep_runtime(base, prefix)
-    try:
-        return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base)
-    except OSError as e:
-        raise IOFailure(f"cannot create a directory in {base}: {e.strerror}") from e
-
-
-@contextlib.contextmanager
-def private_tmp(prefix: str) -> Iterator[Path]:
-    """A :func:`runtime_dir` removed with its content when the ``with`` block ends."""
-    path = runtime_dir(prefix)
-    try:
-        yield Path(path)
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def sweep_runtime(base: str, prefix: str) -> None:
-    """Remove ``base/<prefix><pid>-*`` directories of ours whose process is gone (never via a symlink)."""
-    try:
-        bfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        for name in os.listdir(bfd):
-            if not name.startswith(prefix):
-                continue
-            m = _RUNTIME_TAG.match(name[len(prefix):])
-            if m is None or _pid_alive(int(m["pid"])):
-                continue
-            with contextlib.suppress(OSError):
-                st = os.stat(name, dir_fd=bfd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
-                    shutil.rmtree(name, dir_fd=bfd)
-    finally:
-        os.close(bfd)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _owner_alive(dir_fd: int, name: str) -> bool:
