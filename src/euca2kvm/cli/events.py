@@ -56,15 +56,18 @@ class VolumeProgress:
                 rep._progress.update(rep._overall, read=rep._read)
 
 
-def result_line(label: str, entry: dict[str, Any], reused: bool) -> str:
-    """The line (markup) that ends the export of one volume: output, size, time, read rate, digest."""
+def result_line(label: str, entry: dict[str, Any], reused: bool, bytes_read: int | None = None) -> str:
+    """The line (markup) that ends the export of one volume: output, size, time, read rate, digest.
+
+    ``bytes_read`` stands in for a manifest entry that records none (a conversion: what its source
+    digest read)."""
     if reused:
         what = "already exported and verified"
     else:
         what = f"{human(entry['size'])} in {entry['seconds']:.2f} s"
-        if entry.get("bytes_read") is not None:
-            rate = entry["bytes_read"] / max(entry["seconds"], MIN_SECONDS)
-            what += f", read {human(entry['bytes_read'])} at {human(rate)}/s"
+        read = entry.get("bytes_read", bytes_read)
+        if read is not None:
+            what += f", read {human(read)} at {human(read / max(entry['seconds'], MIN_SECONDS))}/s"
     return f"{esc(label)} -> {esc(entry['output'])}  {what}  {entry.get('digest') or ''}".rstrip()
 
 
@@ -141,24 +144,25 @@ class Reporter:
             self._volumes[vid] = vp
         return vp
 
-    def _end(self, vid: str) -> None:
+    def _end(self, vid: str) -> VolumeProgress | None:
         """Remove the bar of ``vid``; what it did not cover leaves the overall total (its ETA stays true)."""
         with self._lock:
             vp = self._volumes.pop(vid, None)
             if vp is None or self._progress is None or vp.task is None:
-                return
+                return vp
             self._progress.remove_task(vp.task)
             if vp.done < vp.size:
                 self.total -= vp.size - vp.done
                 self._progress.update(self._overall, total=self.total)
+        return vp
 
     def done(self, vid: str, entry: dict[str, Any], reused: bool, label: str | None = None) -> None:
         """A volume is exported: its JSON event, or its result line (on stdout; above the bars on a terminal)."""
-        self._end(vid)
+        vp = self._end(vid)
         if self.as_json:
             self._emit(event="skipped" if reused else "done", id=vid, entry=entry)
             return
-        self.say(result_line(label or vid, entry, reused))
+        self.say(result_line(label or vid, entry, reused, vp.bytes_read if vp is not None else None))
 
     def say(self, markup: str) -> None:
         """Print a line of results on stdout; with stdout on the terminal of the live display, through
