@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,11 @@ def console_tail(path: Path) -> list[str]:
             raw = f.read(MAX_LOG_BYTES)
     except OSError:
         return []
-    text = raw.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+    return _tail_lines(raw.decode("utf-8", "replace"))
+
+
+def _tail_lines(text: str) -> list[str]:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = [ln.rstrip() for ln in text.split("\n")]
     while lines and not lines[-1]:
         lines.pop()
@@ -180,8 +185,6 @@ def console_tail(path: Path) -> list[str]:
 
 
 def _nofollow(path: str, flags: int) -> int:
-    import os
-
     return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
@@ -200,6 +203,9 @@ def _boot(entry: dict[str, Any], outdir: Path, disk: Disk) -> None:
         disk.boot = {"recorded": True, "ok": bt["ok"] if isinstance(bt.get("ok"), bool) else None,
                      "stage": _str(bt.get("stage")), "reason": _str(bt.get("reason")),
                      "accel": _str(bt.get("accel")), "elapsed": _num(bt.get("elapsed")), "milestones": milestones}
+        vga = bt.get("vga_text")
+        if not disk.console and isinstance(vga, str):  # no serial output: the screen's text instead
+            disk.console = _tail_lines(vga[-MAX_LOG_BYTES:])
         if bt.get("screenshot") and disk.screenshot is None:
             disk.problems.append("boot screenshot recorded but missing or not a PNG")
     elif png is not None or log is not None:
