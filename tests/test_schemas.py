@@ -81,6 +81,8 @@ def run(*args: str, check: int | None = 0, env: dict[str, str] | None = None) ->
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
     if check is not None:
         assert p.returncode == check, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    if "--json" in args:  # JSON output is plain ASCII: every control or other character escaped
+        assert all(c == "\n" or " " <= c <= "~" for c in p.stdout), p.stdout[-2000:]
     return p
 
 
@@ -89,6 +91,7 @@ def lines(stdout: str) -> list[dict[str, Any]]:
 
 
 HOSTILE = "evil\x1b]0;pwned\x07\nname"  # a file name that would retitle a terminal; ignored, noted
+HOSTILE_TAG = 't\u202e\x1b[2J"q'  # an LV tag with a bidi override, a clear-screen and a quote
 
 
 def gz(vols: Path) -> Path:
@@ -101,7 +104,8 @@ def vols(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An overlay container, one with other VG/LV names, a plain LVM file, a refused raid6 LV, a raw
     snapshot, a gzip'd snapshot object, an interrupted snapshot's temporary file and a hostile name."""
     d = tmp_path_factory.mktemp("schema-volumes")
-    make(d / "vol-5c4e0001", "euca-ebs-storage-vg-vol-5c4e0001", "euca-vol-5c4e0001", 1, tags='"vol-5c4e0001"')
+    make(d / "vol-5c4e0001", "euca-ebs-storage-vg-vol-5c4e0001", "euca-vol-5c4e0001", 1,
+         tags='"vol-5c4e0001", "' + HOSTILE_TAG.replace('"', '\\"') + '"')
     make(d / "vol-5c4e0002", "data", "x_y", 2, extents=3)
     make(d / "other.img", "data_x", "y", 6)  # no volume id anywhere: kind lvm, id data_x/y
     unsupported(d, "vol-5c4e0004")
@@ -139,6 +143,7 @@ def test_scan_json(vols: Path) -> None:
     by_id = {v["id"]: v for v in scan}
     assert {by_id[i]["kind"] for i in by_id} == {"overlay", "lvm", "snapshot", "snapshot-gz"}
     assert by_id["vol-5c4e0004"]["problem"] and by_id["vol-5c4e0001"]["problem"] is None
+    assert by_id["vol-5c4e0001"]["tags"] == ["vol-5c4e0001", HOSTILE_TAG]
     assert not any(HOSTILE in f for v in scan for f in v["files"])
     one = validate("scan", json.loads(run("scan", str(vols / "other.img"), "--json").stdout))
     assert [(v["id"], v["kind"]) for v in one] == [("data_x/y", "lvm")]
@@ -241,6 +246,7 @@ def gpt_disk(tmp_path: Path) -> Path:
 def test_inspect_json(vols: Path, tmp_path: Path) -> None:
     full = validate("inspect", json.loads(run("inspect", "vol-5c4e0001", "-s", str(vols), "--json").stdout))
     assert {"vg", "pvs", "lv", "extent_map", "extents", "guest"} <= set(full)
+    assert full["lv"]["tags"] == ["vol-5c4e0001", HOSTILE_TAG]
     bare = validate("inspect", json.loads(run("inspect", "vol-5c4e0002", "-s", str(vols), "--json", "--no-guest",
                                               "--extents", "1").stdout))
     assert "guest" not in bare and len(bare["extents"]) == 1
