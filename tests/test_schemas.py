@@ -166,6 +166,9 @@ def test_plan_json(vols: Path, tmp_path: Path) -> None:
     assert {b["kind"] for b in plan["blockers"]} == {"unsupported", "missing-file"}
     refused("plan", {**plan, "blockers": [{**plan["blockers"][0], "kind": "whatever"}]})
     refused("plan", {**plan, "blockers": [{**plan["blockers"][0], "forceable": True}]})  # only in-use is
+    with open(vols / "vol-5c4e0002", "rb"):  # held open by this process: an in-use blocker --force overrides
+        held = validate("plan", json.loads(run("plan", "-s", str(vols), "-o", str(out), "--json", check=None).stdout))
+    assert [b["forceable"] for b in held["blockers"] if b["kind"] == "in-use"] == [True]
     hw = plan["instances"][0]["hardware"]
     refused("plan", {**plan, "instances": [{**plan["instances"][0], "hardware": {**hw, "nic_model": "ne2k"}}]})
 
@@ -228,6 +231,10 @@ def test_verify_json(vols: Path, tmp_path: Path) -> None:
     (out / "snap-5c4e0003.raw").unlink()
     res = validate("verify", json.loads(run("verify", str(out / "manifest.json"), "--json", check=None).stdout))
     assert sorted(r["status"] for r in res) == ["mismatch", "missing", "ok"]
+    unchecked = tmp_path / "unchecked"
+    run("export", "vol-5c4e0002", "-s", str(vols), "-o", str(unchecked), "--no-verify")
+    res = validate("verify", json.loads(run("verify", str(unchecked), "--json", check=EXIT_VERIFY).stdout))
+    assert [(r["status"], r["exit_code"]) for r in res] == [("unverifiable", EXIT_VERIFY)]
     refused("verify", [{**ok[0], "exit_code": 6}])  # ok means exit 0
     refused("verify", [{**ok[0], "status": "fine"}])
 
