@@ -103,7 +103,8 @@ def gz(vols: Path) -> Path:
 def vols(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An overlay container, one with other VG/LV names, a plain LVM file, a refused raid6 LV, a raw
     snapshot, a gzip'd snapshot object, an interrupted snapshot's temporary file and a hostile name."""
-    d = tmp_path_factory.mktemp("schema-volumes")
+    d = tmp_path_factory.mktemp("schemas") / "volumes"  # its parent holds the gzip object and the inventory
+    d.mkdir()
     make(d / "vol-5c4e0001", "euca-ebs-storage-vg-vol-5c4e0001", "euca-vol-5c4e0001", 1,
          tags='"vol-5c4e0001", "' + HOSTILE_TAG.replace('"', '\\"') + '"')
     make(d / "vol-5c4e0002", "data", "x_y", 2, extents=3)
