@@ -131,8 +131,9 @@ def do_export(args: argparse.Namespace) -> int:
     fmt = output_format(args.format, compress=args.compress, vmdk_subformat=args.vmdk_subformat)
     opts = ExportOptions(fmt=fmt, sha256=args.sha256, verify=args.verify, workers=args.workers,
                          fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args))
-    outdir = output_dir(args.output)
+    # IDs first: an unknown ID or a file that is no volume leaves no output directory behind
     d, named = resolve_volumes(list(dict.fromkeys(args.ids)), args.source, quiet=args.json)
+    outdir = output_dir(args.output)
     if args.all:
         vols = [v for v in d.volumes]
         for v in vols:

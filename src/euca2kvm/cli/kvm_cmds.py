@@ -32,8 +32,8 @@ def build_parser(sub: Any) -> None:
                                    "NAME.virt-install.sh with the equivalent virt-install --import command.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="disk images, boot disk first")
     p.add_argument("--name", help="domain name (default: the first image's name)")
-    p.add_argument("--memory", type=int, default=DEFAULT_DOMAIN_MEMORY_MIB, metavar="MIB")
-    p.add_argument("--vcpus", type=int, default=DEFAULT_VCPUS)
+    p.add_argument("--memory", type=int, default=DEFAULT_DOMAIN_MEMORY_MIB, metavar="MIB", help="guest memory in MiB")
+    p.add_argument("--vcpus", type=int, default=DEFAULT_VCPUS, metavar="N", help="virtual CPUs")
     p.add_argument("-o", "--output", metavar="XML", help="where to write the domain XML")
     p.set_defaults(func=do_libvirt)
 
@@ -43,14 +43,15 @@ def build_parser(sub: Any) -> None:
                                    "reached (firmware, boot loader, kernel, login prompt or --expect TEXT) with "
                                    "a screenshot. KVM is used only when a probe shows it runs guests; "
                                    "EUCA2KVM_ACCEL=tcg|kvm overrides. Exits 6 when the goal is not reached.")
-    b.add_argument("image", metavar="IMAGE|DOMAIN.xml")
+    b.add_argument("image", metavar="IMAGE|DOMAIN.xml",
+                   help="a disk image, or a libvirt domain XML for the usable-boot proof over SSH")
     b.add_argument("--format", help="image format (default: detected by qemu-img)")
     b.add_argument("--timeout", type=float, metavar="S",
                    help=f"give up after S seconds (default {DEFAULT_TIMEOUT:g}; {SSH_TIMEOUT:g} with a domain)")
     b.add_argument("--expect", metavar="TEXT", help="text that proves the boot (default: a login prompt)")
-    b.add_argument("--memory", type=int, default=DEFAULT_MEMORY_MIB, metavar="MIB")
+    b.add_argument("--memory", type=int, default=DEFAULT_MEMORY_MIB, metavar="MIB", help="guest memory in MiB")
     b.add_argument("--workdir", metavar="DIR", help="keep serial log, VGA text and screenshot here")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
     ssh = b.add_argument_group("usable-boot proof (a libvirt domain XML: its disks behind throwaway overlays, "
                                "its seed read-only, user-mode network with only SSH forwarded to 127.0.0.1)")
     ssh.add_argument("--domain", action="store_true", help="the argument is a domain XML (implied by .xml)")
