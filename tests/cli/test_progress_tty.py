@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from euca2kvm.errors import EXIT_IO
 from lvmwriter import Mda, build_pv, linear_lv, vg_text
 
 pyte = pytest.importorskip("pyte")
@@ -66,10 +67,11 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_in_pty(args: list[str], cols: int = COLS, rows: int = ROWS,
-               on_screen: Callable[[Any], None] | None = None) -> tuple[int, Any, str]:
+               on_screen: Callable[[Any], None] | None = None, stdout: Any = None) -> tuple[int, Any, str]:
     """Run the CLI with stdout and stderr on one pseudo-terminal of ``cols`` x ``rows``; returns
     (exit code, the final pyte screen, everything written). ``on_screen`` sees the screen after
-    every chunk of output: what a person could have seen at that moment."""
+    every chunk of output: what a person could have seen at that moment. ``stdout``: a file to send
+    the standard output to instead."""
     master, slave = pty.openpty()
     import fcntl
     import struct
@@ -79,8 +81,8 @@ def run_in_pty(args: list[str], cols: int = COLS, rows: int = ROWS,
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR",
                                                              "TTY_COMPATIBLE", "CI", "TERM")}
     env["TERM"] = "xterm-256color"
-    proc = subprocess.Popen([sys.executable, "-m", "euca2kvm", *args], stdin=slave, stdout=slave, stderr=slave,
-                            env=env, close_fds=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "euca2kvm", *args], stdin=slave, stdout=stdout or slave,
+                            stderr=slave, env=env, close_fds=True, start_new_session=True)
     os.close(slave)
     screen = pyte.Screen(cols, rows)
     stream = pyte.ByteStream(screen)
@@ -146,13 +148,19 @@ class Frames:
         self.most_bars = 0
         self.overall_rows: list[str] = []
         self.glued: list[str] = []
+        self.stale: list[str] = []
+        self.busiest = ""  # the screen when it last showed the most bars
+
 
     def __call__(self, screen: Any) -> None:
         rows = lines(screen)
         bars = [r for r in rows if BAR_CHARS & set(r)]
-        self.most_bars = max(self.most_bars, len(bars))
+        if len(bars) >= self.most_bars:  # the latest of the busiest frames: the one with most progress
+            self.most_bars, self.busiest = len(bars), "\n".join(rows).rstrip()
         self.overall_rows += [r for r in bars if r.startswith("all volumes")]
         self.glued += [r for r in bars if " -> " in r]
+        ended = {r.split(" ")[0] for r in rows if " -> " in r}
+        self.stale += [r for r in bars if r.split(" ")[0] in ended]  # the bar of a volume with its result line
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
@@ -162,7 +170,7 @@ def test_two_jobs_on_a_terminal_end_in_clean_result_lines(volumes: Path, tmp_pat
     code, screen, raw = run_in_pty(["export", *VOLS, "--source", str(volumes), "-o", str(out), "--jobs", "2",
                                     "--format", fmt], on_screen=frames)
     shown = "\n".join(lines(screen))
-    print(shown)  # the final screen, for the record (pytest -s)
+    print(f"{frames.busiest}\n-- final screen --\n{shown}")  # for the record (pytest -s)
     assert code == 0, shown
     assert "Traceback" not in raw
     assert "\x1b[?25l" in raw, "no live display was drawn on the terminal"  # rich hides the cursor while live
@@ -171,6 +179,7 @@ def test_two_jobs_on_a_terminal_end_in_clean_result_lines(volumes: Path, tmp_pat
     assert 2 <= frames.most_bars <= 3, frames.most_bars
     assert all(re.search(r"\d+:\d\d:\d\d|-:--:--", r) for r in frames.overall_rows), frames.overall_rows[-1]
     assert not frames.glued, frames.glued[0]
+    assert not frames.stale, frames.stale[0]
     entries = {e["id"]: e for e in json.loads((out / "manifest.json").read_text())["volumes"]}
     found = result_lines(screen)
     assert set(found) == set(VOLS), shown  # one result line per volume, the last one too
@@ -190,6 +199,31 @@ def test_two_jobs_on_a_terminal_end_in_clean_result_lines(volumes: Path, tmp_pat
     for row in lines(screen):
         assert not BAR_CHARS & set(row), shown  # no bar left on the screen once the run is over
     assert sum(row.startswith(VOLS) for row in lines(screen)) == len(VOLS), shown  # no duplicate lines
+
+
+def test_failed_volume_ends_in_an_error_line_and_redirected_results_stay_in_their_file(
+        volumes: Path, tmp_path: Path) -> None:
+    """A volume failing mid-run (a directory at its output name, exit 5) leaves an error line, not its
+    bar; result lines sent to a file go there whole and never reach the screen."""
+    out = tmp_path / "out"
+    (out / "vol-7e770003.raw").mkdir(parents=True)
+    (out / "vol-7e770003.raw" / "keep").write_bytes(b"garbage" * 100)
+    frames = Frames()
+    with open(tmp_path / "stdout.txt", "w") as f:
+        code, screen, raw = run_in_pty(["export", *VOLS, "--source", str(volumes), "-o", str(out), "--jobs", "2"],
+                                       on_screen=frames, stdout=f)
+    shown = "\n".join(lines(screen))
+    assert code == EXIT_IO, shown
+    assert "Traceback" not in raw and "\x1b[?25l" in raw
+    assert (out / "vol-7e770003.raw" / "keep").read_bytes() == b"garbage" * 100
+    assert not frames.glued, frames.glued[0]
+    rows = lines(screen)
+    assert not any(BAR_CHARS & set(r) for r in rows), shown
+    assert any("vol-7e770003" in r for r in rows), shown  # the error names the volume
+    assert not any(" -> " in r for r in rows), shown  # result lines went to the file, not the screen
+    results = (tmp_path / "stdout.txt").read_text().splitlines()
+    assert sorted(r.split(" ")[0] for r in results) == sorted(VOLS[:2]), results
+    assert not any("\x1b" in r or BAR_CHARS & set(r) for r in results), results
 
 
 def test_live_display_rates_count_bytes_read(volumes: Path, tmp_path: Path) -> None:

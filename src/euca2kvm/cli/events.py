@@ -154,6 +154,9 @@ class Reporter:
             if vp.done < vp.size:
                 self.total -= vp.size - vp.done
                 self._progress.update(self._overall, total=self.total)
+            # Lines printed meanwhile are followed by the display as last rendered: without this its
+            # bar would stay below the volume's own result line until the next refresh.
+            self._progress.refresh()
         return vp
 
     def done(self, vid: str, entry: dict[str, Any], reused: bool, label: str | None = None) -> None:
