@@ -197,12 +197,12 @@ def test_html_report_renders_in_chromium(migration: dict[str, Any], tmp_path: Pa
 
 
 def test_summary_table_sorts(migration: dict[str, Any], tmp_path: Path) -> None:
-    """Clicking the Size header orders the rows by size, numerically; clicking again reverses them."""
+    """Clicking the Size header (the sixth) orders the rows by size, numerically; clicking again reverses them."""
     out = tmp_path / "report.html"
     cli("report", str(migration["one"]), "-o", str(out))
-    probe = ('<script>var h = document.querySelectorAll("#summary th")[4];'
+    probe = ('<script>var h = document.querySelectorAll("#summary th")[5];'
              'function order() { return Array.prototype.map.call(document.querySelectorAll("#summary tbody tr"),'
-             ' function (r) { return r.cells[4].dataset.sort; }).join(","); }'
+             ' function (r) { return r.cells[5].dataset.sort; }).join(","); }'
              'h.click(); document.body.setAttribute("data-asc", order());'
              'h.click(); document.body.setAttribute("data-desc", order());</script></body>')
     page = tmp_path / "probe.html"
@@ -285,7 +285,7 @@ def test_markdown_report(migration: dict[str, Any], tmp_path: Path) -> None:
     assert "    </pre><script>alert(2)</script>\\x1b]0;title\\x07" in code
     # every row of the summary keeps its cells: a hostile "|" or newline cannot add or split any
     rows = [ln for ln in evil.split("\n\n")[3].splitlines()[2:]]
-    assert len(rows) == 4 and all(len(re.split(r"(?<!\\)\|", r)) == 11 for r in rows)
+    assert len(rows) == 4 and all(len(re.split(r"(?<!\\)\|", r)) == 12 for r in rows)
 
 
 def test_exit_codes_and_nothing_half_written(tmp_path: Path) -> None:

@@ -71,6 +71,11 @@ class Instance:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def where(self) -> str:
+        """The export directory's name, telling apart one volume exported into two directories."""
+        return Path(self.manifest).parent.name if self.manifest else ""
+
+    @property
     def exported(self) -> bool:
         return bool(self.disks) and all(d.present for d in self.disks)
 
@@ -313,8 +318,12 @@ def build(manifest_args: list[str], plan_paths: list[Path] | None = None) -> Rep
                 by_id[item.id] = item
             item.vm_type = _str(pi.get("vm_type"))
             hw: list[tuple[str, str]] = []
-            for k in ("vcpus", "memory_mib", "root_device", "boot_verdict"):
-                _flatten(k, pi.get(k), hw)
+            if _int(pi.get("vcpus")) is not None:
+                hw.append(("vCPUs", str(pi["vcpus"])))
+            if _int(pi.get("memory_mib")) is not None:
+                hw.append(("memory", f"{pi['memory_mib']} MiB"))
+            for k in ("root_device", "boot_verdict"):
+                _flatten(k.replace("_", " "), pi.get(k), hw)
             _flatten("", pi.get("hardware"), hw)
             item.hardware = hw or item.hardware
             item.blockers += _blockers(pi.get("blockers"))
