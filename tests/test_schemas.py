@@ -139,6 +139,43 @@ def test_every_schema_is_valid_and_used() -> None:
     assert set(DOCS) <= used, f"schemas no test validates against: {sorted(set(DOCS) - used)}"
 
 
+# Draft 2020-12 keywords used here; anything else in a schema object is a typo the validator would ignore.
+KEYWORDS = {"$schema", "$id", "$ref", "$defs", "title", "description", "type", "enum", "const", "properties",
+            "required", "additionalProperties", "items", "minItems", "maxItems", "minimum", "maximum", "minLength",
+            "maxLength", "pattern", "propertyNames", "dependentRequired", "oneOf", "anyOf", "allOf", "not", "if",
+            "then", "else"}
+SCHEMA_MAPS = ("properties", "$defs")  # name -> schema
+SCHEMA_LISTS = ("oneOf", "anyOf", "allOf")
+SCHEMA_VALUES = ("items", "additionalProperties", "propertyNames", "not", "if", "then", "else")
+# Open on purpose: the manifest (newer versions add fields), a mapper's parameters (one set per segment
+# type), and the event line's root, which only names the event and leaves the rest to closed branches.
+OPEN = {"manifest", "inspect:/$defs/volume_report/properties/extent_map/items", "events:"}
+
+
+def subschemas(node: dict[str, Any], where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield where, node
+    for k, v in node.items():
+        if k in SCHEMA_MAPS:
+            for name, sub in v.items():
+                yield from subschemas(sub, f"{where}/{k}/{name}")
+        elif k in SCHEMA_LISTS:
+            for i, sub in enumerate(v):
+                yield from subschemas(sub, f"{where}/{k}/{i}")
+        elif k in SCHEMA_VALUES and isinstance(v, dict):
+            yield from subschemas(v, f"{where}/{k}")
+
+
+def test_schemas_use_known_keywords_and_close_fixed_objects() -> None:
+    """No misspelt keyword, and every object with listed properties allows no others unless open on purpose
+    (``if``/``then``/``else`` only add constraints to an object closed around them)."""
+    for name, doc in DOCS.items():
+        for where, node in subschemas(doc, ""):
+            assert set(node) <= KEYWORDS, (name, where, set(node) - KEYWORDS)
+            branch = where.rsplit("/", 1)[-1] in ("if", "then", "else")
+            if "properties" in node and not branch and name not in OPEN and f"{name}:{where}" not in OPEN:
+                assert node.get("additionalProperties") is False, (name, where)
+
+
 def test_scan_json(vols: Path) -> None:
     scan = validate("scan", json.loads(run("scan", str(vols), str(gz(vols)), "--json").stdout))
     by_id = {v["id"]: v for v in scan}
