@@ -148,8 +148,9 @@ SCHEMA_MAPS = ("properties", "$defs")  # name -> schema
 SCHEMA_LISTS = ("oneOf", "anyOf", "allOf")
 SCHEMA_VALUES = ("items", "additionalProperties", "propertyNames", "not", "if", "then", "else")
 # Open on purpose: the manifest (newer versions add fields), a mapper's parameters (one set per segment
-# type), and the event line's root, which only names the event and leaves the rest to closed branches.
-OPEN = {"manifest", "inspect:/$defs/volume_report/properties/extent_map/items", "events:"}
+# type), an event's manifest entry, and the event line's root, which only names the event and leaves
+# the rest to closed branches.
+OPEN = {"manifest", "inspect:/$defs/volume_report/properties/extent_map/items", "events:", "events:/$defs/entry"}
 
 
 def subschemas(node: dict[str, Any], where: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -241,6 +242,7 @@ def test_export_events_and_manifest(vols: Path, tmp_path: Path) -> None:
     refused("events", {**start, "event": "started"})
     refused("events", {**start, "extra": True})
     refused("events", {**events[-1], "entry": {**events[-1]["entry"], "format": "iso"}})
+    refused("events", {**events[-1], "entry": {**events[-1]["entry"], "kind": "floppy"}})
 
 
 def test_export_instance_events(vols: Path, tmp_path: Path) -> None:
