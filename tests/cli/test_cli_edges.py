@@ -145,6 +145,15 @@ def test_output_naming_a_file_is_a_usage_error(vols: Path, tmp_path: Path) -> No
     victim.write_bytes(b"keep me")
     p = cli("export", VOL, "-s", str(vols), "-o", str(victim))
     assert p.returncode == EXIT_USAGE and str(victim) in p.stderr and "File exists" not in p.stderr, p.stderr
+    inv = tmp_path / "inventory.json"
+    inv.write_text(json.dumps({
+        "format": "euca2kvm-inventory", "version": 1, "source": "test", "captured_at": "2024-05-01T10:00:00Z",
+        "volumes_dir": str(vols), "storage_volumes": [],
+        "instances": [{"id": "i-0de0a001", "state": "stopped", "root_device": "/dev/sda", "kernel_id": None,
+                       "vm_type": {"name": "m1.small", "cpus": 1, "memory_mib": 256},
+                       "attachments": [{"volume_id": VOL, "device": "/dev/sda", "is_root": True, "kind": "boot"}]}]}))
+    p = cli("export-instance", "i-0de0a001", "--inventory", str(inv), "-o", str(victim))
+    assert p.returncode == EXIT_USAGE and str(victim) in p.stderr and "File exists" not in p.stderr, p.stderr
     assert victim.read_bytes() == b"keep me"
 
 

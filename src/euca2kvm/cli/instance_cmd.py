@@ -13,14 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import Euca2kvmError, Interrupted, InUseError, IOFailure, UsageError
+from ..errors import Euca2kvmError, Interrupted, InUseError, UsageError
 from ..eucalyptus.instances import InstancePlan, PlannedDisk
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.identity import source_identity
 from ..export.pipeline import ExportOptions, Source, export_source
 from ..outdir import OutDir, write_atomic
-from .common import add_digest_args, console_err, digest_algorithm, esc
+from .common import add_digest_args, console_err, digest_algorithm, esc, output_dir, without_id
 from .events import Reporter
 from .instance_domain import add_domain_args, build_domain, check_domain_args, file_names, seed_for
 from .plan_cmd import add_plan_args, make_plan
@@ -168,10 +168,7 @@ def do_export_instance(args: argparse.Namespace) -> int:
                     for name in file_names(p, seeds[p.instance.id] is not None):
                         if name is not None:
                             od.check_replaceable(name)
-        try:
-            outdir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise IOFailure(f"cannot create {outdir}: {e.strerror}") from e
+        output_dir(str(outdir))  # created now; a file at that name is a usage error (exit 2)
         opts = ExportOptions(
             fmt=plan.fmt, sha256=args.sha256, verify=True, workers=args.workers, overwrite=args.overwrite,
             algorithm=digest_algorithm(args),
@@ -188,7 +185,8 @@ def do_export_instance(args: argparse.Namespace) -> int:
                 entries[d.name] = entry
                 rep.done(d.name, entry, reused, label=f"{d.volume_id} ({d.device or '-'})")
             except Euca2kvmError as e:
-                rep.error(d.name, e)
+                if not (isinstance(e, Interrupted) or cancel.is_set()):  # Ctrl-C says "interrupted" once
+                    rep.error(d.name, without_id(e, d.name))
                 errors.append(e)
 
         jobs = [(p, d) for p in plan.instances for d in p.disks]
