@@ -5,6 +5,8 @@ checksum), never because a name, a size and an mtime match."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -121,19 +123,22 @@ def test_same_tag_on_two_containers_is_refused_naming_both(tmp_path: Path) -> No
     assert_clean_failure(cli("plan", "--source", str(vols), "-o", str(out)), EXIT_USAGE)
 
 
-def test_raw_files_a_space_b_and_a_underscore_b_are_two_images(tmp_path: Path) -> None:
+def test_snapshot_objects_a_space_b_and_a_underscore_b_are_two_images(tmp_path: Path) -> None:
+    """Files named explicitly keep their names as ids: gzip'd snapshot objects (a plain file that is no
+    container or snapshot file is refused, exit 3, whatever its name)."""
     src = tmp_path / "src"
     src.mkdir()
+    disks = {"a b": os.urandom(1 << 20), "a_b": os.urandom(1 << 20)}
+    for name, data in disks.items():
+        (src / name).write_bytes(gzip.compress(data, compresslevel=1))
     one, two = src / "a b", src / "a_b"
-    one.write_bytes(os.urandom(1 << 20))
-    two.write_bytes(os.urandom(1 << 20))
     out = tmp_path / "out"
     p = cli("export", str(one), str(two), "--source", str(one), "--source", str(two), "-o", str(out))
     assert p.returncode == 0, p.stderr
     entries = json.loads((out / "manifest.json").read_text())["volumes"]
     assert len({e["output"] for e in entries}) == 2
     for e in entries:
-        assert file_sha(Path(e["output"])) == file_sha(src / e["id"])
+        assert file_sha(Path(e["output"])) == hashlib.sha256(disks[e["id"]]).hexdigest()
 
 
 def _export(vols: Path, out: Path, ident: str) -> Path:
