@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FormatError, InUseError, IOFailure
-from .safefs import kind_of
+from .safefs import kind_of, open_regular
 
 # A publish or manifest update holds the lock for milliseconds; a run waiting this long means
 # the other holder hangs (stopped process, dead NFS server): give up with exit 4 rather than hang.
@@ -139,14 +139,8 @@ class OutDir:
             os.close(fd)
             if e.errno not in _NO_DIR_LOCK:
                 raise IOFailure(f"cannot lock {self.path}: {e.strerror}") from e
+        fd = open_regular(LOCK_FILE, os.O_RDWR | os.O_CREAT, dir_fd=self.fd, shown=self.path / LOCK_FILE)
         try:
-            fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644,
-                         dir_fd=self.fd)
-        except OSError as e:
-            raise IOFailure(f"cannot open lock file {self.path / LOCK_FILE}: {e.strerror}") from e
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise IOFailure(f"{self.path / LOCK_FILE} is not a regular file; refusing to use it as a lock")
             _flock_until(fd, deadline, self.path)
         except OSError as e:
             os.close(fd)

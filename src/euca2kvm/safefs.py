@@ -35,37 +35,42 @@ def kind_of(mode: int) -> str:
     return _FILE_KIND.get(stat.S_IFMT(mode), "not a regular file")
 
 
-def open_new_or_truncate(path: Path | str, mode: int = 0o644) -> int:
-    """A write descriptor of ``path``, created or truncated, refusing a symlink or non-regular file there."""
+def open_regular(path: Path | str, flags: int, mode: int = 0o644, *, dir_fd: int | None = None,
+                 shown: Path | str | None = None) -> int:
+    """A blocking descriptor of the regular file ``path`` opened with ``flags`` (``dir_fd`` relative),
+    never through a symlink; IOFailure for anything else at the name (a planted FIFO cannot block
+    the open: it is opened non-blocking and refused). ``shown`` names it in messages."""
+    shown = path if shown is None else shown
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     except OSError as e:
-        raise IOFailure(f"cannot write {path}: {e.strerror}") from e
+        raise IOFailure(f"cannot open {shown}: {e.strerror}") from e
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise IOFailure(f"{path} is {kind_of(st.st_mode)}, not a regular file; refusing to write it")
-        os.ftruncate(fd, 0)
+            raise IOFailure(f"{shown} is {kind_of(st.st_mode)}, not a regular file; refusing to use it")
         os.set_blocking(fd, True)
-    except OSError as e:
-        os.close(fd)
-        raise IOFailure(f"cannot write {path}: {e.strerror}") from e
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
+def open_new_or_truncate(path: Path | str, mode: int = 0o644) -> int:
+    """A write descriptor of ``path``, created or truncated, refusing a symlink or non-regular file there."""
+    fd = open_regular(path, os.O_WRONLY | os.O_CREAT, mode)
+    try:
+        os.ftruncate(fd, 0)
+    except OSError as e:
+        os.close(fd)
+        raise IOFailure(f"cannot write {path}: {e.strerror}") from e
+    return fd
+
+
 def read_bounded(path: Path | str, limit: int) -> bytes:
     """The content of the regular file ``path`` (not through a symlink), IOFailure if over ``limit`` bytes."""
+    fd = open_regular(path, os.O_RDONLY)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise IOFailure(f"cannot read {path}: {e.strerror}") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IOFailure(f"{path} is {kind_of(st.st_mode)}, not a regular file")
         chunks, left = [], limit + 1
         while left > 0:
             data = os.read(fd, min(left, 1 << 20))
