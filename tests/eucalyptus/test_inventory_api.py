@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,6 +43,10 @@ def moto_endpoint() -> Iterator[str]:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         try:
+            # moto's backends are global to the process: another module's server left its
+            # resources there. Start from an empty cloud.
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"),
+                                   timeout=30).close()
             yield f"http://127.0.0.1:{port}"
         finally:
             server.stop()

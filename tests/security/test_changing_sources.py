@@ -45,7 +45,7 @@ def change():
     if act.get("restore_mtime"):
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
-def hooked(src, outdir, opts, progress=None):
+def hooked(src, outdir, opts, progress=None, **kwargs):
     fired = []
     def on_progress(n):
         if progress is not None:
@@ -53,7 +53,7 @@ def hooked(src, outdir, opts, progress=None):
         if not fired:
             fired.append(1)
             change()
-    return real(src, outdir, opts, on_progress)
+    return real(src, outdir, opts, on_progress, **kwargs)
 
 export_cmd.export_source = hooked
 sys.exit(main(sys.argv[2:]))
