@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from _env import need_tools
-from euca2kvm.kvm.guestfacts import GuestFacts, fingerprint, parse_public_keys, printable
+from euca2kvm.cli.console import LINE_BREAK, visible
+from euca2kvm.kvm.guestfacts import GuestFacts, fingerprint, parse_public_keys
 from euca2kvm.kvm.sshproof import SshProof, _conclude
 
 TOOL_TIMEOUT = 120
@@ -85,8 +86,9 @@ def test_guest_facts_from_real_output(tmp_path: Path) -> None:
     assert junk.datasource is None and junk.interfaces == []
 
 
-def test_printable_escapes_terminal_controls() -> None:
-    assert printable("a\x1b[2Jb\x07\tc\nd\x9b") == "a\\x1b[2Jb\\x07\tc\nd\\x9b"
+def test_guest_text_is_escaped_by_the_output_layer() -> None:
+    """The proof prints guest text raw through the console, which escapes it (tabs too; lines kept)."""
+    assert visible("a\x1b[2Jb\x07\tc\nd\x9b", LINE_BREAK) == "a\\x1b[2Jb\\x07\\x09c\nd\\x9b"
 
 
 def test_verdict() -> None:

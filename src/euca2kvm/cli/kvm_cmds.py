@@ -180,10 +180,9 @@ def do_ssh_proof(args: argparse.Namespace) -> int:
     if args.json:
         print_json(r.as_json())
     else:
-        out = sshproof.printable
         times = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(r.milestones.items(), key=lambda kv: kv[1]))
         console.print(("[green]SSH OK[/] " if r.ok else "[red]NO SSH[/] ")
-                      + esc(out(f"{r.user}@{spec.name} ({r.accel}): {r.reason} after {r.elapsed:.1f}s")))
+                      + esc(f"{r.user}@{spec.name} ({r.accel}): {r.reason} after {r.elapsed:.1f}s"))
         console.print(f"stages: {esc(times or 'none seen')}"
                       + (f"; kernel to SSH {r.kernel_to_ssh:.1f}s" if r.kernel_to_ssh is not None else ""))
         if r.host_key:
@@ -191,18 +190,18 @@ def do_ssh_proof(args: argparse.Namespace) -> int:
             console.print(f"host key: {esc(r.host_key['type'])} {esc(r.host_key['fingerprint'])}{match}")
         if r.facts:
             f = r.facts
-            console.print(f"hostname: {esc(out(f.hostname or '?'))}")
+            console.print(f"hostname: {esc(f.hostname or '?')}")
             for i in f.interfaces:
-                console.print(f"interface: {esc(out(' '.join(i.values())))}")
-            console.print(f"cloud-init: {esc(out(f.cloud_init_status or '?'))}"
-                          + (f" ({esc(out(f.cloud_init_detail))})" if f.cloud_init_detail else ""))
-            console.print(f"instance id: {esc(out(f.instance_id or '?'))}; datasource: {esc(out(f.datasource or '?'))}")
+                console.print(f"interface: {esc(' '.join(i.values()))}")
+            console.print(f"cloud-init: {esc(f.cloud_init_status or '?')}"
+                          + (f" ({esc(f.cloud_init_detail)})" if f.cloud_init_detail else ""))
+            console.print(f"instance id: {esc(f.instance_id or '?')}; datasource: {esc(f.datasource or '?')}")
         if r.command is not None and r.command_status is not None:
-            console.print(f"command exit status {r.command_status}:\n{esc(out(r.command_output.rstrip()))}")
+            console.print(f"command exit status {r.command_status}:\n{esc(r.command_output.rstrip())}")
         if not r.ok and r.serial.strip():
             console.print("[bold]serial console (last lines):[/]\n" + esc(r.console_tail()))
     if not r.ok:
         why = r.reason + (f"; last SSH error: {r.last_ssh_error}" if r.last_ssh_error and not r.milestones.get("ssh")
                           else "")
-        raise VerifyError(f"{spec.name}: no usable SSH login: {sshproof.printable(why)}")
+        raise VerifyError(f"{spec.name}: no usable SSH login: {why}")
     return 0

@@ -33,6 +33,7 @@ from ..export.imagerefs import RefusedImage
 from ..export.manifestcheck import entry_path
 from ..export.pipeline import content_digest
 from .common import console, console_err, esc, print_json
+from .console import visible
 
 # Exit statuses from most to least severe: an entry or image refused as hostile or invalid (3)
 # says more than a digest that differs or was never recorded (6), which says more than an image
@@ -65,14 +66,15 @@ def build_parser(sub: Any) -> None:
     p.set_defaults(func=do_verify)
 
 
-def printable(text: str) -> str:
-    """``text`` with control and other non-printable characters escaped, safe for a terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def one_line(text: str) -> str:
     """A detail as one line of words: a tool's multi-line message (or JSON it quoted) is not a table row."""
-    return printable(" ".join(text.split()))
+    return " ".join(text.split())
+
+
+def padded(text: str, width: int) -> str:
+    """``text`` (markup-escaped) padded to ``width`` columns as the console shows it: escaped by
+    :func:`visible` at output, so the escaped form's length is what takes up the columns."""
+    return esc(text) + " " * max(0, width - len(visible(text)))
 
 
 def check_entry(outdir: Path, entry: dict[str, Any], workers: int) -> tuple[str, str, int]:
@@ -114,7 +116,7 @@ def do_verify(args: argparse.Namespace) -> int:
         raise IOFailure(f"no {manifest.MANIFEST} in {outdir}")
     data = manifest.load(outdir)
     results = []
-    id_w, out_w = (min(MAX_COLUMN, max((len(printable(str(e[k]))) for e in data["volumes"]), default=0))
+    id_w, out_w = (min(MAX_COLUMN, max((len(visible(str(e[k]))) for e in data["volumes"]), default=0))
                    for k in ("id", "output"))
     for entry in data["volumes"]:
         status, detail, code = check_entry(outdir, entry, args.workers)
@@ -122,8 +124,8 @@ def do_verify(args: argparse.Namespace) -> int:
                         "exit_code": code})
         if not args.json:
             colour = "green" if status == "ok" else "red"
-            console.print(f"[{colour}]{status:{STATUS_WIDTH}}[/]  {esc(printable(entry['id']).ljust(id_w))}  "
-                          f"{esc(printable(entry['output']).ljust(out_w))}  {esc(one_line(detail))}",
+            console.print(f"[{colour}]{status:{STATUS_WIDTH}}[/]  {padded(entry['id'], id_w)}  "
+                          f"{padded(entry['output'], out_w)}  {esc(one_line(detail))}",
                           highlight=False, soft_wrap=True)
     if args.json:
         print_json(results)
@@ -135,6 +137,6 @@ def do_verify(args: argparse.Namespace) -> int:
     console_err.print(f"{len(bad)} of {len(results)} image(s) failed verification ({esc(counts)})")
     error = _ERROR_FOR.get(worst, Euca2kvmError)(
         f"{len(bad)} of {len(results)} image(s) did not verify: "
-        + ", ".join(printable(str(r["id"]))[:80] for r in bad[:20]) + (" ..." if len(bad) > 20 else ""))
+        + ", ".join(str(r["id"])[:80] for r in bad[:20]) + (" ..." if len(bad) > 20 else ""))
     error.exit_code = worst
     raise error

@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """What the SSH proof asks a guest and how it reads the answer: a fixed read-only fact script (hostname,
 interface MACs, ``cloud-init status --wait --long``, instance id, datasource, host keys) and its parser;
-OpenSSH public-key lines and fingerprints; escaping guest text for a terminal.
+OpenSSH public-key lines and fingerprints.
 
-Everything here reads text a guest sent: sizes are bounded by the caller, nothing becomes a path, and
-:func:`printable` turns control characters into ``\\xNN`` before anything reaches a terminal.
+Everything here reads text a guest sent: sizes are bounded by the caller and nothing becomes a path.
+Control characters in it are escaped where every human-readable line is, by the CLI's output layer
+(``euca2kvm.cli.console.visible``).
 """
 
 from __future__ import annotations
@@ -35,14 +36,6 @@ echo {SECTION}result; head -c 4096 /run/cloud-init/result.json 2>/dev/null
 echo {SECTION}host-keys; cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null
 echo {SECTION}end
 """
-
-
-_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (escape sequences included) shown as ``\\xNN``; newlines and tabs kept."""
-    return _CTRL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
 def fingerprint(key_b64: str) -> str:

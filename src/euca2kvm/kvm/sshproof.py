@@ -29,7 +29,7 @@ from euca2kvm.errors import FormatError, ToolError, UsageError
 from euca2kvm.kvm.boottest import STAGE_PATTERNS, _read_serial
 from euca2kvm.kvm.domainqemu import free_port, qemu_args
 from euca2kvm.kvm.domainxml import DomainSpec, read_bounded
-from euca2kvm.kvm.guestfacts import GuestFacts, fact_script, fingerprint, parse_public_keys, printable
+from euca2kvm.kvm.guestfacts import GuestFacts, fact_script, fingerprint, parse_public_keys
 from euca2kvm.kvm.qemu import QemuProcess, accelerator
 from euca2kvm.safefs import private_tmp
 
@@ -101,7 +101,7 @@ class SshProof:
         return None if k is None or s is None else round(s - k, 2)
 
     def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
-        return printable("\n".join(self.serial.strip().splitlines()[-lines:]))
+        return "\n".join(self.serial.strip().splitlines()[-lines:])
 
     def as_json(self) -> dict[str, Any]:
         return {
