@@ -17,9 +17,9 @@ from typing import Any
 
 from ..errors import FormatError, IOFailure
 from ..lvm.label import find_label
-from ..lvm.mda import MetadataCopy, read_mda_header, read_metadata
-from ..lvm.model import VG, vg_from_text
-from ..lvm.scan import VolumeGroup
+from ..lvm.mda import MetadataCopy
+from ..lvm.model import VG
+from ..lvm.scan import VolumeGroup, read_copies
 
 Identity = dict[str, Any]
 
@@ -49,14 +49,9 @@ def reread(group: VolumeGroup, lv: str) -> Identity:
             label = find_label(dev)
         except (FormatError, IOFailure):
             continue
-        for area in label.metadata_areas if label is not None else ():
-            try:
-                copy = read_metadata(read_mda_header(dev, area))
-                if copy is None:
-                    continue
-                vg = vg_from_text(copy.text, dev.path, copy.header.where + copy.locn.offset)
-            except (FormatError, IOFailure):
-                continue
+        if label is None:
+            continue
+        for vg, copy in read_copies(dev, label, skip=(FormatError, IOFailure))[0]:
             # Among copies of one seqno the scan's own wins (two different ones: the scan warned).
             rank = (vg.seqno, copy.locn.checksum == group.copy.locn.checksum)
             if vg.id == group.vg.id and (best is None or rank > best[0]):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..errors import FormatError
 from .device import Device
@@ -58,6 +59,9 @@ class VolumeGroup:
         return sorted({d.path for d in self.devices.values() if d is not None})
 
 
+E = TypeVar("E", bound=Exception)  # the error types read_copies skips and reports
+
+
 @dataclass
 class ScanResult:
     vgs: list[VolumeGroup] = field(default_factory=list)
@@ -66,6 +70,26 @@ class ScanResult:
     errors: dict[str, FormatError] = field(default_factory=dict)  # device -> why unusable
     warnings: list[str] = field(default_factory=list)
     labels: dict[str, PVLabel] = field(default_factory=dict)  # device str -> label
+
+
+def read_copies(dev: Device, label: PVLabel, skip: tuple[type[E], ...],
+                ) -> tuple[list[tuple[VG, MetadataCopy]], list[E]]:
+    """Every readable metadata copy in ``label``'s areas on ``dev``, parsed, and the errors (of the
+    ``skip`` types) of the copies that did not read, in area order."""
+    copies: list[tuple[VG, MetadataCopy]] = []
+    errors: list[E] = []
+    for area in label.metadata_areas:
+        try:
+            header = read_mda_header(dev, area)
+            copy = read_metadata(header)
+            if copy is None:
+                continue
+            vg = vg_from_text(copy.text, dev.path, header.where + copy.locn.offset)
+        except skip as e:
+            errors.append(e)
+            continue
+        copies.append((vg, copy))
+    return copies, errors
 
 
 def scan(devices: Iterable[Device]) -> ScanResult:
@@ -84,19 +108,11 @@ def scan(devices: Iterable[Device]) -> ScanResult:
             continue
         res.labels[str(dev)] = label
         by_uuid.setdefault(label.uuid, []).append(label)
-        for area in label.metadata_areas:
-            try:
-                header = read_mda_header(dev, area)
-                copy = read_metadata(header)
-                if copy is None:
-                    continue
-                vg = vg_from_text(copy.text, dev.path, header.where + copy.locn.offset)
-            except FormatError as e:
-                msg = f"skipped a metadata copy: {e}"
-                res.warnings.append(msg)
-                bad_copies.setdefault(str(dev), []).append(e)
-                continue
-            copies.append((vg, copy))
+        found, bad = read_copies(dev, label, (FormatError,))
+        copies.extend(found)
+        for err in bad:
+            res.warnings.append(f"skipped a metadata copy: {err}")
+            bad_copies.setdefault(str(dev), []).append(err)
 
     groups: dict[str, list[tuple[VG, MetadataCopy]]] = {}
     for vg, copy in copies:
