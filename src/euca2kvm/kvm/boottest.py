@@ -125,7 +125,7 @@ def decode_vga_text(raw: bytes) -> str:
     return "\n".join(rows).rstrip("\n")
 
 
-def _read_serial(path: Path) -> str:
+def read_serial(path: Path) -> str:
     try:
         with open(path, "rb") as f:
             data = f.read(SERIAL_LIMIT)
@@ -256,7 +256,7 @@ def boot_test(
             try:
                 while True:
                     vga = _read_vga(monitor, vga_path)
-                    watcher.update(_read_serial(serial_path), vga)
+                    watcher.update(read_serial(serial_path), vga)
                     why = watcher.done()
                     if why is not None:
                         reason = why
@@ -270,14 +270,14 @@ def boot_test(
                         break
                     if _guest_stopped(monitor):
                         reason = "guest powered off or rebooted"
-                        watcher.update(_read_serial(serial_path), _read_vga(monitor, vga_path))
+                        watcher.update(read_serial(serial_path), _read_vga(monitor, vga_path))
                         break
                     if time.monotonic() >= deadline:
                         break
                     time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
                 elapsed = time.monotonic() - start
                 screenshot = _screendump(monitor, png_path)
-                watcher.update(_read_serial(serial_path), _read_vga(monitor, vga_path))
+                watcher.update(read_serial(serial_path), _read_vga(monitor, vga_path))
                 _quit(monitor)
             finally:
                 monitor.close()

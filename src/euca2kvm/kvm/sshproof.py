@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from euca2kvm.errors import FormatError, ToolError, UsageError
-from euca2kvm.kvm.boottest import STAGE_PATTERNS, _read_serial
+from euca2kvm.kvm.boottest import STAGE_PATTERNS, read_serial
 from euca2kvm.kvm.domainqemu import free_port, qemu_args
 from euca2kvm.kvm.domainxml import DomainSpec, read_bounded
 from euca2kvm.kvm.guestfacts import GuestFacts, fact_script, fingerprint, parse_public_keys
@@ -230,7 +230,7 @@ class _SerialWatcher(threading.Thread):
         self.text = ""
 
     def scan(self) -> None:
-        self.text = _read_serial(self.path)
+        self.text = read_serial(self.path)
         now = round(time.monotonic() - self.t0, 2)
         for stage, pattern in STAGE_PATTERNS.items():
             name = stage.name.lower()
