@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Thin typed wrappers around ``qemu-img``: every call is a subprocess with a timeout.
+"""Thin typed wrappers around ``qemu-img``: every call is a :func:`euca2kvm.procs.run` with a timeout.
 
 Failures raise :class:`ToolError` carrying the tail of qemu-img's stderr, or :class:`IOFailure`
 when that tail names an I/O errno (no space left, quota, file too large, EIO: exit 5, like the
@@ -10,20 +10,15 @@ The binary is ``$QEMU_IMG`` if set, else ``qemu-img`` on ``PATH``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import re
-import selectors
-import signal
-import subprocess
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..errors import FormatError, Interrupted, IOFailure, ToolError, UnsupportedError
-from ..procs import die_with_parent
+from .. import procs
+from ..errors import FormatError, ToolError, UnsupportedError
 from ..units import MiB
 
 ENV_BINARY = "QEMU_IMG"
@@ -34,8 +29,6 @@ QUICK_TIMEOUT = 60.0
 # limit; instead they die when qemu-img prints no progress (-p) for this long. qemu-img prints every
 # 1 %, so this allows about 1 % of a volume per 30 minutes (20 GiB of a 2 TiB volume at 11 MiB/s).
 STALL_TIMEOUT = 1800.0
-# How much of stderr a ToolError keeps (the last lines carry qemu's reason).
-STDERR_TAIL = 4096
 # stdout is JSON for info/map/measure; a map of a heavily fragmented TiB image is a few MiB.
 MAX_STDOUT = 64 * MiB
 # qemu requires the raw driver's size to be a multiple of the sector size ("Specified size is
@@ -46,9 +39,6 @@ _COMPARE_ERRORS = {2: "error opening an image", 3: "error checking sector alloca
                    4: "error reading an image"}
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _VERSION = re.compile(r"qemu-img version (\d+)\.(\d+)\.(\d+)")
-# qemu prints strerror(): ENOSPC, EDQUOT, EFBIG, EIO as worded in the C locale, which qemu-img runs
-# in so that these texts are not translated.
-_IO_ERRNO = re.compile(r"No space left on device|Disk quota exceeded|File too large|Input/output error")
 
 ProgressCallback = Callable[[float], None]
 
@@ -57,77 +47,22 @@ def binary() -> str:
     return os.environ.get(ENV_BINARY) or "qemu-img"
 
 
-@contextlib.contextmanager
-def _kill_on_error(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    """An exception in the caller (a progress callback cancelling, Ctrl-C) must not leave qemu-img running."""
-    try:
-        yield
-    except BaseException:
-        proc.kill()
-        raise
-
-
 def _run(args: Sequence[str], *, timeout: float | None = QUICK_TIMEOUT, stall_timeout: float | None = None,
-         progress_cb: ProgressCallback | None = None, ok: Sequence[int] = (0,)) -> tuple[int, bytes]:
-    """Run ``qemu-img args``; (exit status, stdout). Raises ToolError unless the status is in ``ok``.
+         progress_cb: ProgressCallback | None = None, ok: Sequence[int] | None = (0,)) -> tuple[int, bytes]:
+    """Run ``qemu-img args`` through :func:`procs.run`; (exit status, stdout).
 
     ``timeout`` bounds the whole run, ``stall_timeout`` the time between two stdout writes
-    (progress lines when ``-p`` is given). On expiry the process is killed.
+    (progress lines when ``-p`` is given).
     """
-    argv = [binary(), *args]
-    cmd = " ".join(argv[:2])
-    try:
-        proc = subprocess.Popen(die_with_parent(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, close_fds=True,
-                                env={**os.environ, "LC_ALL": "C"})
-    except OSError as e:
-        hint = f"set ${ENV_BINARY} or install qemu-utils"
-        raise ToolError(f"cannot run {argv[0]}: {e.strerror} ({hint})") from e
-    out, err = bytearray(), bytearray()
-    start = last = time.monotonic()
-    expired: str | None = None
-    with proc, selectors.DefaultSelector() as sel, _kill_on_error(proc):
-        assert proc.stdout is not None and proc.stderr is not None
-        sel.register(proc.stdout, selectors.EVENT_READ, out)
-        sel.register(proc.stderr, selectors.EVENT_READ, err)
-        while sel.get_map() and expired is None:
-            now = time.monotonic()
-            due: tuple[float, str] | None = None
-            if timeout is not None:
-                due = (start + timeout, f"timed out after {timeout:g} s")
-            if stall_timeout is not None and (due is None or last + stall_timeout < due[0]):
-                due = (last + stall_timeout, f"made no progress for {stall_timeout:g} s")
-            if due is not None and due[0] <= now:
-                expired = due[1]
-                proc.kill()
-                break
-            for key, _ in sel.select(None if due is None else due[0] - now):
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    sel.unregister(key.fileobj)
-                    continue
-                buf: bytearray = key.data
-                buf += chunk
-                if buf is err:
-                    del err[:-STDERR_TAIL]
-                    continue
-                last = time.monotonic()
-                if progress_cb is not None:
-                    for m in _PROGRESS.finditer(chunk):
-                        progress_cb(float(m.group(1)))
-                if len(out) > MAX_STDOUT:
-                    expired = f"wrote more than {MAX_STDOUT} bytes to stdout"
-                    proc.kill()
-        rc = proc.wait()
-    tail = bytes(err[-STDERR_TAIL:]).decode("utf-8", "replace").strip()
-    if expired:
-        raise ToolError(f"{cmd} {expired}: {tail}".rstrip(": "))
-    if rc == -signal.SIGINT:  # Ctrl-C reached qemu-img too (one process group): the user's interrupt, no failure
-        raise Interrupted("interrupted")
-    if rc not in ok:
-        msg = f"{cmd} failed with exit status {rc}: {tail or '(no message)'}"
-        raise IOFailure(msg) if _IO_ERRNO.search(tail) else ToolError(msg)
-    return rc, bytes(out)
+
+    def progress(chunk: bytes) -> None:
+        if progress_cb is not None:
+            for m in _PROGRESS.finditer(chunk):
+                progress_cb(float(m.group(1)))
+
+    res = procs.run([binary(), *args], timeout=timeout, stall_timeout=stall_timeout, ok=ok,
+                    max_stdout=MAX_STDOUT, on_output=progress, hint=f"set ${ENV_BINARY} or install qemu-utils")
+    return res.status, res.stdout
 
 
 def _json(args: Sequence[str]) -> Any:
@@ -209,15 +144,12 @@ def compare(a: str, b: str, strict: bool = False, *, fmt_a: str | None = None, f
         args += ["--image-opts", a, b]
     else:
         args += (["-f", fmt_a] if fmt_a else []) + (["-F", fmt_b] if fmt_b else []) + [a, b]
-    try:
-        rc, _ = _run(args, timeout=timeout, stall_timeout=stall_timeout, ok=(0, 1))
-    except ToolError as e:
-        m = re.search(r"exit status (\d+)", str(e))
-        meaning = _COMPARE_ERRORS.get(int(m.group(1))) if m else None
-        if meaning:
-            raise ToolError(f"qemu-img compare: {meaning}: {e}") from e
-        raise
-    return rc == 0
+    res = procs.run([binary(), *args], timeout=timeout, stall_timeout=stall_timeout, ok=None,
+                    max_stdout=MAX_STDOUT, hint=f"set ${ENV_BINARY} or install qemu-utils")
+    if res.status not in (0, 1):
+        meaning = _COMPARE_ERRORS.get(res.status)
+        raise res.failure(f"qemu-img compare: {meaning}: " if meaning else "")
+    return res.status == 0
 
 
 # qemu-img check exit statuses: 0 clean, 2 corruptions, 3 leaked clusters only, 63 format has no checks
