@@ -92,11 +92,12 @@ def check_distinct(outputs: Iterable[tuple[str, Path]]) -> None:
         seen.setdefault(path, who)
 
 
-def load(outdir: Path) -> dict[str, Any]:
+def load(outdir: Path, name: str = MANIFEST) -> dict[str, Any]:
     """The manifest in ``outdir`` (an empty one if there is none), checked by :mod:`.manifestcheck`:
     bounded size and nesting, valid JSON, the shipped JSON Schema, a version this code reads.
-    A manifest that is a symbolic link, a FIFO or anything but a regular file is refused unopened."""
-    path = outdir / MANIFEST
+    A manifest that is a symbolic link, a FIFO or anything but a regular file is refused unopened.
+    ``name`` is another file name in ``outdir`` holding a manifest (a merged one, ``manifest merge``)."""
+    path = outdir / name
     try:
         st = os.lstat(path)
     except FileNotFoundError:
