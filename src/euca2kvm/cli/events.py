@@ -124,6 +124,10 @@ class Reporter:
         if self._progress is not None:
             self._progress.stop()
 
+    def event(self, name: str, **fields: Any) -> None:
+        """One JSON event line (with --json): ``event``, ``time`` (Unix seconds), then ``fields``."""
+        self._emit(event=name, **fields)
+
     def _emit(self, **event: Any) -> None:
         event = {"event": event.pop("event"), "time": round(time.time(), 3), **event}
         with self._lock:

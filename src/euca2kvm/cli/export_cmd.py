@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import Euca2kvmError, Interrupted, InUseError, UsageError, VerifyError
+from ..errors import InUseError, UsageError, VerifyError
 from ..eucalyptus.discovery import Volume
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
@@ -28,9 +27,9 @@ from .common import (
     esc,
     output_dir,
     resolve_volumes,
-    without_id,
 )
-from .events import Reporter
+from .events import Reporter, VolumeProgress
+from .s3_cmd import add_s3_args, run_s3_exports
 
 MAX_JOBS = 16  # volumes in parallel; each also runs --workers I/O threads
 
@@ -44,12 +43,14 @@ def build_parser(sub: Any) -> None:
     p.add_argument("ids", nargs="*", metavar="ID", help="volume id, VG/LV, or path of a container or snapshot file")
     p.add_argument("--all", action="store_true", help="export every volume found in the sources")
     add_sources(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory (created when missing)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                   help="output directory (created when missing), or s3://bucket/prefix (see --s3-*)")
     p.add_argument("--format", "-f", default="raw", choices=FORMATS, help="image format (default raw)")
     p.add_argument("--compress", action="store_true", help="compressed qcow2 (or streamOptimized vmdk)")
     p.add_argument("--vmdk-subformat", choices=VMDK_SUBFORMATS, help="vmdk subformat (default monolithicSparse)")
     p.add_argument("--force", action="store_true", help="export even when a source is in use")
     add_digest_args(p)
+    add_s3_args(p)
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip verification: no block digest is computed (raw) and converted images are not "
                         "compared with their source; the manifest records verified=false")
@@ -105,9 +106,9 @@ def check_legs(vol: Volume, reporter: Reporter) -> None:
 
 
 def volume_source(vol: Volume) -> Source:
-    return Source(vol.id, vol.extent_map(),
+    return Source(vol.id, vol.block_source(),
                   {"kind": vol.kind, "vg": vol.vg, "lv": vol.lv, "segment_types": vol.segment_types},
-                  **source_identity(vol.group, vol.lv))
+                  **source_identity(vol.group, vol.lv), files=vol.local_files())
 
 
 def volume_label(vol: Volume) -> str:
@@ -133,7 +134,6 @@ def do_export(args: argparse.Namespace) -> int:
                          fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args))
     # IDs first: an unknown ID or a file that is no volume leaves no output directory behind
     d, named = resolve_volumes(list(dict.fromkeys(args.ids)), args.source, quiet=args.json)
-    outdir = output_dir(args.output)
     if args.all:
         vols = [v for v in d.volumes]
         for v in vols:
@@ -145,6 +145,9 @@ def do_export(args: argparse.Namespace) -> int:
     else:
         # unknown ids failed above, before anything was written
         vols = list({id(v): v for v in named}.values())  # one volume named twice (id and path) is one export
+    if args.output.startswith("s3://"):  # object storage: cli/s3_cmd.py
+        return run_s3_exports(vols, opts, args)
+    outdir = output_dir(args.output)
     check_outputs(vols, outdir, fmt.ext)
     if not args.verify and not args.json:
         console_err.print("note: --no-verify: no digest is computed and outputs are not compared with sources")
@@ -177,18 +180,17 @@ def after_export(entry: dict[str, Any], outdir: Path, args: argparse.Namespace |
 
 def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bool, jobs: int,
                 as_json: bool, args: argparse.Namespace | None = None) -> int:
-    cancel = threading.Event()
-    errors: list[Euca2kvmError] = []
-    with Reporter(as_json, sum(v.size for v in vols), cancel) as rep:
+    from .batch import Job, run_batch
 
-        def one(vol: Volume) -> None:
-            try:
-                if cancel.is_set():
-                    raise Interrupted("interrupted")
+    with Reporter(as_json, sum(v.size for v in vols), threading.Event()) as rep:
+
+        def job(vol: Volume) -> Job:
+            def check() -> None:
                 check_exportable(vol, force, rep)
                 if args is not None and args.check_mirrors:
                     check_legs(vol, rep)
-                advance = rep.start(vol.id, vol.size)
+
+            def run(advance: VolumeProgress) -> tuple[dict[str, Any], bool]:
                 if vol.compressed:
                     from ..export.gzsource import export_gz
 
@@ -196,34 +198,11 @@ def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bo
                 else:
                     entry, reused = export_source(volume_source(vol), outdir, opts, advance, on_read=advance.read)
                 after_export(entry, outdir, args)
-                rep.done(vol.id, entry, reused)  # the result line, or the JSON event
-            except Euca2kvmError as e:
-                if not (isinstance(e, Interrupted) or cancel.is_set()):  # Ctrl-C says "interrupted" once
-                    rep.error(vol.id, without_id(e, vol.id))
-                errors.append(e)
+                return entry, reused
 
-        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="export")
-        futures: list[Future[None]] = [pool.submit(one, v) for v in vols]
-        try:
-            for f in futures:
-                while True:
-                    try:
-                        f.result(timeout=0.2)  # short waits keep the main thread responsive to Ctrl-C
-                        break
-                    except TimeoutError:
-                        continue
-        except KeyboardInterrupt:
-            cancel.set()
-            for f in futures:
-                f.cancel()
-            pool.shutdown(wait=True)
-            raise
-        pool.shutdown(wait=True)
-    interrupted = [e for e in errors if isinstance(e, Interrupted)]
-    if interrupted:
-        raise interrupted[0]
-    if errors:
-        if len(vols) > 1:
-            console_err.print(f"{len(errors)} of {len(vols)} volume(s) failed")
-        return errors[0].exit_code
-    return 0
+            return Job(vol.id, vol.size, run, check)
+
+        outcome = run_batch([job(v) for v in vols], rep, jobs)
+    if outcome.errors and len(vols) > 1:
+        console_err.print(f"{len(outcome.errors)} of {len(vols)} volume(s) failed")
+    return outcome.exit_code

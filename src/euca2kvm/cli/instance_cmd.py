@@ -4,24 +4,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
-import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import Euca2kvmError, Interrupted, InUseError, UsageError
+from ..errors import InUseError, UsageError
 from ..eucalyptus.instances import InstancePlan, PlannedDisk
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.identity import source_identity
 from ..export.pipeline import ExportOptions, Source, export_source
 from ..outdir import OutDir, write_atomic
-from .common import add_digest_args, console_err, digest_algorithm, esc, output_dir, without_id
-from .events import Reporter
+from .batch import Job, run_batch
+from .common import add_digest_args, console_err, digest_algorithm, esc, output_dir
+from .events import Reporter, VolumeProgress
 from .instance_domain import add_domain_args, build_domain, check_domain_args, file_names, seed_for
 from .plan_cmd import add_plan_args, make_plan
 
@@ -84,19 +82,33 @@ def _refuse(plans: list[InstancePlan], host_blockers: list[Any], force: bool, re
         rep_warn(f"in use, exporting because of --force: {b.message}")
 
 
+def _seed_record(plan: InstancePlan, outdir: Path, seed: bytes | None) -> dict[str, Any] | None:
+    """The manifest's record of the instance's seed image (known before it is written), or None."""
+    from ..kvm.seed import sha256
+
+    seed_name = file_names(plan, seed is not None)[2]
+    if seed is None or seed_name is None:
+        return None
+    return {"output": str((outdir / seed_name).resolve()), "sha256": sha256(seed), "instance_id": plan.instance.id}
+
+
+def _domain_fields(plan: InstancePlan, outdir: Path, seed: bytes | None) -> dict[str, Any]:
+    """What each disk's manifest entry records of its instance's domain and seed, in its one record.
+    The domain and seed are written when every disk of the instance is exported."""
+    xml_name = file_names(plan, seed is not None)[0]
+    return {"domain": str((outdir / xml_name).resolve()), "seed": _seed_record(plan, outdir, seed)}
+
+
 def _domain(
     plan: InstancePlan, outdir: Path, fmt: str, args: argparse.Namespace, seed: bytes | None
-) -> tuple[Path, Path, dict[str, Any] | None]:
-    """Write the seed (if any), the domain XML and the virt-install script; returns their paths and the seed record."""
+) -> tuple[Path, Path]:
+    """Write the seed (if any), the domain XML and the virt-install script; returns the domain's and script's paths."""
     from ..kvm.libvirt import virt_install_command, write_domain
-    from ..kvm.seed import sha256
 
     xml_name, script_name, seed_name = file_names(plan, seed is not None)
     dom = build_domain(plan, outdir, fmt, args, seed_name)
-    seed_record = None
     if seed is not None and seed_name is not None:
-        iso = write_atomic(outdir / seed_name, seed, mode=0o644)
-        seed_record = {"output": str(iso.resolve()), "sha256": sha256(seed), "instance_id": plan.instance.id}
+        write_atomic(outdir / seed_name, seed, mode=0o644)
     xml = write_domain(dom, outdir / xml_name)
     script = outdir / script_name
     text = (
@@ -104,15 +116,15 @@ def _domain(
         f"{shlex.quote(str(xml))}).\nexec {shlex.join(virt_install_command(dom))}\n"
     )
     write_atomic(script, text, mode=0o755)  # O_EXCL temporary, renamed: never through a symlink
-    return xml, script, seed_record
+    return xml, script
 
 
-def _source(plan: InstancePlan, d: PlannedDisk) -> Source:
+def _source(plan: InstancePlan, d: PlannedDisk, domain: dict[str, Any]) -> Source:
     v = d.volume
     assert v is not None
     return Source(
         d.name,
-        v.extent_map(),
+        v.block_source(),
         {
             "kind": v.kind,
             "vg": v.vg,
@@ -124,8 +136,10 @@ def _source(plan: InstancePlan, d: PlannedDisk) -> Source:
             "attachment": d.attachment,
             "target_dev": d.target_dev,
             "boot": d.is_root,
+            **domain,
         },
         **source_identity(v.group, v.lv),
+        files=v.local_files(),
     )
 
 
@@ -173,63 +187,44 @@ def do_export_instance(args: argparse.Namespace) -> int:
             fmt=plan.fmt, sha256=args.sha256, verify=True, workers=args.workers, overwrite=args.overwrite,
             algorithm=digest_algorithm(args),
         )
-        errors: list[Euca2kvmError] = []
-        entries: dict[str, dict[str, Any]] = {}
+        domains = {p.instance.id: _domain_fields(p, outdir, seeds[p.instance.id]) for p in plan.instances}
 
-        def one(p: InstancePlan, d: PlannedDisk) -> None:
-            try:
-                if cancel.is_set():
-                    raise Interrupted("interrupted")
-                advance = rep.start(d.name, d.size or 0)
-                entry, reused = export_source(_source(p, d), outdir, opts, advance, on_read=advance.read)
-                entries[d.name] = entry
-                rep.done(d.name, entry, reused, label=f"{d.volume_id} ({d.device or '-'})")
-            except Euca2kvmError as e:
-                if not (isinstance(e, Interrupted) or cancel.is_set()):  # Ctrl-C says "interrupted" once
-                    rep.error(d.name, without_id(e, d.name))
-                errors.append(e)
+        def job(p: InstancePlan, d: PlannedDisk) -> Job:
+            def run(advance: VolumeProgress) -> tuple[dict[str, Any], bool]:
+                fields = domains[p.instance.id]
+                entry, reused = export_source(_source(p, d, fields), outdir, opts, advance, on_read=advance.read)
+                if reused and any(entry.get(k) != v for k, v in fields.items()):
+                    # an earlier run's output, still verified, of an instance whose seed changed since
+                    entry = {**entry, **fields}
+                    manifest.record(outdir, entry)
+                return entry, reused
+
+            return Job(d.name, d.size or 0, run, label=f"{d.volume_id} ({d.device or '-'})")
 
         jobs = [(p, d) for p in plan.instances for d in p.disks]
-        with ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="export") as pool:
-            futures = [pool.submit(one, p, d) for p, d in jobs]
-            try:
-                for f in futures:
-                    f.result()
-            except KeyboardInterrupt:
-                cancel.set()
-                raise
-        interrupted = [e for e in errors if isinstance(e, Interrupted)]
-        if interrupted:
-            raise interrupted[0]
-        if errors:
+        outcome = run_batch([job(p, d) for p, d in jobs], rep, args.jobs)
+        if outcome.errors:
             console_err.print(
-                f"{len(errors)} of {len(jobs)} disk(s) failed; no domain written for their instances"
+                f"{len(outcome.errors)} of {len(jobs)} disk(s) failed; no domain written for their instances"
             )
-        failed = {d.name for p, d in jobs if d.name not in entries}
         for p in plan.instances:
-            if any(d.name in failed for d in p.disks):
+            if any(d.name not in outcome.entries for d in p.disks):
                 continue
-            xml, script, seed = _domain(p, outdir, plan.fmt.name, args, seeds[p.instance.id])
+            xml, script = _domain(p, outdir, plan.fmt.name, args, seeds[p.instance.id])
+            seed = domains[p.instance.id]["seed"]
             hw = p.hardware.to_json() if p.hardware else None
-            for d in p.disks:
-                manifest.record(outdir, {**entries[d.name], "domain": str(xml.resolve()), "seed": seed})
             if args.json:
-                sys.stdout.write(
-                    json.dumps(
-                        {
-                            "event": "domain",
-                            "id": p.instance.id,
-                            "xml": str(xml),
-                            "virt_install": str(script),
-                            "vcpus": p.vcpus,
-                            "memory_mib": p.memory_mib,
-                            "disks": [str(d.output) for d in p.disks],
-                            "kernel": os.path.abspath(args.kernel) if args.kernel else None,
-                            "hardware": hw,
-                            "seed": seed,
-                        }
-                    )
-                    + "\n"
+                rep.event(
+                    "domain",
+                    id=p.instance.id,
+                    xml=str(xml),
+                    virt_install=str(script),
+                    vcpus=p.vcpus,
+                    memory_mib=p.memory_mib,
+                    disks=[str(d.output) for d in p.disks],
+                    kernel=os.path.abspath(args.kernel) if args.kernel else None,
+                    hardware=hw,
+                    seed=seed,
                 )
             else:
                 for line in p.hardware.lines() if p.hardware else []:
@@ -241,4 +236,4 @@ def do_export_instance(args: argparse.Namespace) -> int:
                     f"{', '.join(f'{d.target_dev}={d.output.name}' for d in p.disks)} -> {esc(str(xml))}; "
                     f"define it with: virsh define {esc(shlex.quote(str(xml)))} (or run {esc(str(script))})"
                 )
-    return errors[0].exit_code if errors else 0
+    return outcome.exit_code
