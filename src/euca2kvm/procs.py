@@ -32,10 +32,12 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import IO, TypeVar
 
 from .errors import Interrupted, IOFailure, ToolError
+from .safefs import open_new_or_truncate, open_regular
 
 # How much of a tool's stderr is kept for messages: the last lines carry its reason.
 STDERR_TAIL = 4096
@@ -198,18 +200,20 @@ def run(argv: Sequence[str], *, timeout: float | None, stall_timeout: float | No
 class Service:
     """A long-running child owned by a ``with`` block (or :meth:`start` / :meth:`stop`).
 
-    stdin is /dev/null. stdout goes to ``log`` (a writable binary file; else /dev/null) and stderr
-    too; without a ``log`` stderr goes to a private anonymous file, whose tail :meth:`tail` returns.
-    ``new_session`` puts the child in its own session, so a Ctrl-C in the terminal reaches euca2kvm
-    first and euca2kvm stops the child in order. Leaving the block always stops and reaps it.
+    stdin is /dev/null. With ``log_path`` its stdout and stderr go to that file (created or
+    truncated, never through a symlink); without, stdout goes to /dev/null and stderr to a private
+    anonymous file. :meth:`tail` returns the end of either. ``new_session`` puts the child in its
+    own session, so a Ctrl-C in the terminal reaches euca2kvm first and euca2kvm stops the child
+    in order. Leaving the block always stops and reaps it.
     """
 
-    def __init__(self, argv: Sequence[str], *, log: IO[bytes] | None = None, cwd: str | os.PathLike[str] | None = None,
-                 env: Mapping[str, str] | None = None, new_session: bool = False, stop_grace: float = STOP_GRACE,
-                 what: str | None = None, hint: str = "") -> None:
+    def __init__(self, argv: Sequence[str], *, log_path: str | Path | None = None,
+                 cwd: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                 new_session: bool = False, stop_grace: float = STOP_GRACE, what: str | None = None,
+                 hint: str = "") -> None:
         self.argv = [str(a) for a in argv]
         self.what = what or os.path.basename(self.argv[0])
-        self._log = log
+        self.log_path = log_path
         self._cwd = cwd
         self._env = env
         self._new_session = new_session
@@ -219,16 +223,22 @@ class Service:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:
-        self._err = self._log if self._log is not None else tempfile.TemporaryFile(prefix="euca2kvm-stderr-")  # noqa: SIM115 (closed in __exit__)
+        if self.log_path is not None:
+            out: IO[bytes] | int = os.fdopen(open_new_or_truncate(self.log_path), "wb")
+        else:
+            self._err = tempfile.TemporaryFile(prefix="euca2kvm-stderr-")  # noqa: SIM115 (closed in __exit__)
+            out = subprocess.DEVNULL
         try:
             self._proc = subprocess.Popen(
-                die_with_parent(self.argv), stdin=subprocess.DEVNULL,
-                stdout=self._log if self._log is not None else subprocess.DEVNULL, stderr=self._err,
-                close_fds=True, cwd=self._cwd, start_new_session=self._new_session,
-                env=None if self._env is None else {**os.environ, **self._env})
+                die_with_parent(self.argv), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=self._err if self._err is not None else out, close_fds=True, cwd=self._cwd,
+                start_new_session=self._new_session, env=None if self._env is None else {**os.environ, **self._env})
         except OSError as e:
             self._close_err()
             raise _cannot_run(self.argv, e, self._hint) from e
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child has its own descriptor; the log is read back by name
         return self
 
     def __enter__(self) -> Service:
@@ -276,15 +286,19 @@ class Service:
             time.sleep(poll)
 
     def tail(self, limit: int = STDERR_TAIL) -> str:
-        """The last ``limit`` bytes the child wrote to stderr ("" when they went to a write-only log)."""
-        f = self._err
-        if f is None or f.closed:
-            return ""
+        """The last ``limit`` bytes the child wrote to stderr (and to stdout, with a ``log_path``)."""
         try:
-            size = os.fstat(f.fileno()).st_size
-            return _decode_tail(os.pread(f.fileno(), limit, max(0, size - limit)), limit)
-        except OSError:
-            return ""  # a write-only log: the caller reads it by name
+            if self.log_path is not None:
+                fd = open_regular(self.log_path, os.O_RDONLY)
+                try:
+                    return _read_tail(fd, limit)
+                finally:
+                    os.close(fd)
+            if self._err is not None and not self._err.closed:
+                return _read_tail(self._err.fileno(), limit)
+        except (OSError, IOFailure):
+            pass  # no log (yet, or any more): nothing to tell
+        return ""
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after ``stop_grace`` seconds; always reaps. The exit status."""
@@ -301,5 +315,10 @@ class Service:
         return proc.returncode
 
     def _close_err(self) -> None:
-        if self._err is not None and self._err is not self._log:
+        if self._err is not None:
             self._err.close()
+
+
+def _read_tail(fd: int, limit: int) -> str:
+    size = os.fstat(fd).st_size
+    return _decode_tail(os.pread(fd, limit, max(0, size - limit)), limit)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .. import procs
+from ..errors import ToolError
 from .discovery import Volume
 from .inventory import Instance, Inventory
 
@@ -141,27 +142,15 @@ def tgt_targets(tgtadm: str | None = None) -> tuple[list[tuple[int, str, str]], 
         return [], None
     cmd = [exe, "--lld", "iscsi", "--op", "show", "--mode", "target"]
     try:
-        with subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "LC_ALL": "C"},
-        ) as p:
-            try:
-                out, err = p.communicate(timeout=TGTADM_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.communicate()
-                return [], f"tgtadm did not answer within {TGTADM_TIMEOUT_S} s"
-    except OSError as e:
-        return [], f"cannot run {exe}: {e.strerror}"
-    if p.returncode != 0:
-        msg = err.decode("utf-8", "replace").strip()[:300]
+        res = procs.run(cmd, timeout=TGTADM_TIMEOUT_S, ok=None, max_stdout=MAX_TGTADM_OUTPUT, what="tgtadm")
+    except ToolError as e:
+        return [], str(e)  # not runnable, no answer in time, or an output no tgtadm prints
+    if res.status != 0:
+        msg = res.stderr[:300]
         if "can't find the driver" in msg.lower() or "connect" in msg.lower():
             return [], None  # tgtd is not running: no targets exist
-        return [], f"tgtadm failed ({p.returncode}): {msg}"
-    return parse_tgtadm_targets(out[:MAX_TGTADM_OUTPUT].decode("utf-8", "replace")), None
+        return [], f"tgtadm failed ({res.status}): {msg}"
+    return parse_tgtadm_targets(res.stdout.decode("utf-8", "replace")), None
 
 
 def host_state(proc: str = PROC, tgtadm: str | None = None) -> HostState:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import tempfile
 from collections import OrderedDict
 from typing import Any, Protocol
 
+from .. import procs
 from ..errors import FormatError, IOFailure, ToolError, UnsupportedError
+from ..export import qemu_img
 
 # No single guest structure the inspector reads is larger than this (a GPT entry array is at most
 # 1 MiB by our own cap, see partitions.MAX_GPT_ENTRIES_BYTES); a larger read is a bug.
@@ -111,26 +112,17 @@ class RawReader:
         self.close()
 
 
-def _run(argv: list[str], what: str) -> subprocess.CompletedProcess[bytes]:
-    """Run a qemu tool with a timeout; failures become ToolError."""
-    try:
-        proc = subprocess.run(argv, capture_output=True, timeout=QEMU_TIMEOUT, check=False,
-                              stdin=subprocess.DEVNULL)
-    except FileNotFoundError as e:
-        raise ToolError(f"{argv[0]} not found (install qemu-utils)") from e
-    except subprocess.TimeoutExpired as e:
-        raise ToolError(f"{what}: {argv[0]} timed out after {QEMU_TIMEOUT:.0f} s") from e
-    if proc.returncode != 0:
-        msg = proc.stderr.decode("utf-8", "replace").strip()[-500:]
-        raise ToolError(f"{what}: {argv[0]} exited {proc.returncode}: {msg}")
-    return proc
+def _run(args: list[str], what: str) -> bytes:
+    """stdout of ``qemu-img args`` (``$QEMU_IMG`` if set), bounded in time; failures become ToolError."""
+    return procs.run([qemu_img.binary(), *args], timeout=QEMU_TIMEOUT, what=f"{what}: qemu-img {args[0]}",
+                     hint="install qemu-utils").stdout
 
 
 def image_info(path: str) -> dict[str, Any]:
     """``qemu-img info --output=json`` of a file (format probing, no backing chain)."""
-    proc = _run(["qemu-img", "info", "-U", "--output=json", path], f"probe {path}")
+    out = _run(["info", "-U", "--output=json", path], f"probe {path}")
     try:
-        info = json.loads(proc.stdout)
+        info = json.loads(out)
     except ValueError as e:
         raise ToolError(f"qemu-img info {path}: output is not JSON") from e
     if not isinstance(info, dict):
@@ -175,7 +167,7 @@ class QemuImgReader:
         start = index * QEMU_CHUNK
         size = min(QEMU_CHUNK, self.size - start)
         out = os.path.join(self._tmp.name, "chunk.raw")
-        _run(["qemu-img", "convert", "-U", "-O", "raw", self._spec(start, size), out],
+        _run(["convert", "-U", "-O", "raw", self._spec(start, size), out],
              f"read {size} bytes at {start} from {self.path}")
         try:
             with open(out, "rb") as f:

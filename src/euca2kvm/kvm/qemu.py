@@ -19,14 +19,12 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
+from euca2kvm import procs
 from euca2kvm.errors import ToolError, UsageError
-from euca2kvm.procs import die_with_parent
-from euca2kvm.safefs import open_new_or_truncate, private_tmp
+from euca2kvm.safefs import private_tmp
 
 log = logging.getLogger(__name__)
 
@@ -71,88 +69,27 @@ def hmp_quote(path: Path | str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _read_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            return f.read(limit).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-class QemuProcess:
-    """A QEMU process that is always stopped when the ``with`` block ends.
+class QemuProcess(procs.Service):
+    """A QEMU process that is always stopped when the ``with`` block ends (a :class:`procs.Service`).
 
     ``args`` are the arguments after the binary name. QEMU's stdout and stderr go to ``log_path``.
+    It runs in its own session: a Ctrl-C in the terminal must not reach the guest first.
     """
 
     def __init__(self, args: list[str], log_path: Path, cwd: Path | None = None) -> None:
-        self.args = [qemu_binary(), *args]
-        self.log_path = log_path
-        self.cwd = cwd
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__([qemu_binary(), *args], log_path=log_path, cwd=cwd, new_session=True,
+                         stop_grace=TERMINATE_GRACE, what="QEMU")
+        self.args = self.argv
+        self.log_path: Path = log_path
 
     def __enter__(self) -> QemuProcess:
         log.debug("Starting %s", " ".join(self.args))
-        with os.fdopen(open_new_or_truncate(self.log_path), "wb") as out:  # never through a symlink
-            try:
-                self._proc = subprocess.Popen(
-                    die_with_parent(self.args),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.cwd,
-                    start_new_session=True,  # a Ctrl-C in the terminal must not reach the guest first
-                )
-            except OSError as e:
-                raise ToolError(f"cannot start {self.args[0]}: {e}") from e
+        self.start()
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid if self._proc is not None else -1
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
-
-    def wait(self, timeout: float) -> int | None:
-        """Wait up to ``timeout`` seconds; the exit status, or None if still running."""
-        if self._proc is None:
-            return None
-        try:
-            return self._proc.wait(timeout=max(0.0, timeout))
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self) -> int | None:
-        """Terminate, then kill; always reaps the process. Returns the exit status."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=TERMINATE_GRACE)
-            except subprocess.TimeoutExpired:
-                log.warning("QEMU pid %d ignored SIGTERM, killing it", proc.pid)
-                proc.kill()
-                proc.wait()
-        return proc.returncode
 
     def output_tail(self) -> str:
         """The last few KiB QEMU wrote to stdout/stderr."""
-        return _read_tail(self.log_path)
+        return self.tail(LOG_TAIL_BYTES)
 
 
 class HmpMonitor:
@@ -238,15 +175,7 @@ PROBE_PREFIX = "euca2kvm-probe-"  # its work directory in the system temporary d
 
 
 def _run_tool(argv: list[str], timeout: float = PROBE_TOOL_TIMEOUT, stdin: bytes | None = None) -> None:
-    try:
-        subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=True)
-    except FileNotFoundError as e:
-        raise ToolError(f"{argv[0]} not installed") from e
-    except subprocess.TimeoutExpired as e:
-        raise ToolError(f"{argv[0]} timed out after {timeout} s") from e
-    except subprocess.CalledProcessError as e:
-        err = (e.stderr or b"").decode("utf-8", "replace").strip()[-LOG_TAIL_BYTES:]
-        raise ToolError(f"{argv[0]} failed (exit {e.returncode}): {err}") from e
+    procs.run(argv, timeout=timeout, stdin=stdin)
 
 
 def build_probe_disk(out: Path) -> Path:
