@@ -36,7 +36,7 @@ EPILOG = """exit codes:
 COMMANDS = {
     "scan": "scan_cmd", "inspect": "inspect_cmd", "export": "export_cmd", "verify": "verify_cmd",
     "libvirt": "kvm_cmds", "boot-test": "kvm_cmds", "inventory": "inventory_cmd", "plan": "plan_cmd",
-    "export-instance": "instance_cmd", "report": "report_cmd",
+    "export-instance": "instance_cmd", "report": "report_cmd", "manifest": "manifest_cmd",
 }
 
 

@@ -31,6 +31,7 @@ from ..export.copy import DEFAULT_WORKERS
 from ..export.digest import algorithm_of
 from ..export.imagerefs import RefusedImage
 from ..export.manifestcheck import entry_path
+from ..export.manifestmerge import RemoteImage, image_dir
 from ..export.pipeline import content_digest
 from .common import console, console_err, esc, print_json
 from .console import visible
@@ -45,7 +46,8 @@ MAX_WORKERS = 16
 # The id and output columns are as wide as their longest value up to this, so that they line up
 # without one hostile name pushing every detail off the screen.
 MAX_COLUMN = 48
-STATUS_WIDTH = max(len(s) for s in ("ok", "mismatch", "unverifiable", "missing", "unreadable", "refused"))
+STATUS_WIDTH = max(len(s) for s in ("ok", "mismatch", "unverifiable", "missing", "unreadable", "refused",
+                                    "remote"))
 
 
 def build_parser(sub: Any) -> None:
@@ -53,13 +55,14 @@ def build_parser(sub: Any) -> None:
         "verify", help="re-check exported images against their manifest",
         description="Recompute the block digest of every image listed in a manifest (reading "
                     "qcow2/vmdk/vhdx/vpc/vdi through qemu-nbd) and compare it with the recorded one. Every entry "
-                    "is checked and reported as ok, mismatch, unverifiable (no usable digest recorded), missing, "
+                    "is checked and reported as ok, mismatch, unverifiable (no usable digest recorded), remote "
+                    "(a merged entry whose export directory is on another host: not checked here), missing, "
                     "unreadable or refused (its output leaves the manifest's directory, passes through a symbolic "
                     "link or is not a regular file, or the image names other files: a backing file, a data file, "
                     "vmdk extents). The exit status is the most severe found: 3 (refused, or an image or manifest "
-                    "that is invalid) before 6 (mismatch, unverifiable) before 5 (missing or unreadable) before 7 "
-                    "(qemu-img or qemu-nbd failed); 0 when every image verified.")
-    p.add_argument("manifest", metavar="MANIFEST", help="OUTDIR/manifest.json (or OUTDIR)")
+                    "that is invalid) before 6 (mismatch, unverifiable, remote) before 5 (missing or unreadable) "
+                    "before 7 (qemu-img or qemu-nbd failed); 0 when every image verified.")
+    p.add_argument("manifest", metavar="MANIFEST", help="OUTDIR/manifest.json (or OUTDIR), or a merged manifest")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
                    help=f"hashing threads (1-{MAX_WORKERS}, default {DEFAULT_WORKERS})")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -77,10 +80,14 @@ def padded(text: str, width: int) -> str:
     return esc(text) + " " * max(0, width - len(visible(text)))
 
 
-def check_entry(outdir: Path, entry: dict[str, Any], workers: int) -> tuple[str, str, int]:
-    """(status, detail, exit status) of one manifest entry."""
+def check_entry(outdir: Path, entry: dict[str, Any], workers: int,
+                seen: dict[str, frozenset[str] | None] | None = None) -> tuple[str, str, int]:
+    """(status, detail, exit status) of one manifest entry; a merged entry's image is looked for in its
+    export directory, and is "remote" (not checked: exit 6) unless that directory is here."""
     try:
-        out = entry_path(outdir, entry["output"])
+        out = entry_path(image_dir(outdir, entry, {} if seen is None else seen), entry["output"])
+    except RemoteImage as e:
+        return "remote", e.reason, EXIT_VERIFY
     except FileNotFoundError:
         return "missing", "does not exist", EXIT_IO
     except FormatError as e:
@@ -110,16 +117,19 @@ def do_verify(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
     path = Path(args.manifest)
     outdir = path if path.is_dir() else path.parent
-    if not path.is_dir() and path.name != manifest.MANIFEST:
-        raise FormatError("expected a manifest.json or an output directory", str(path))
-    if not (outdir / manifest.MANIFEST).exists():
-        raise IOFailure(f"no {manifest.MANIFEST} in {outdir}")
-    data = manifest.load(outdir)
+    name = manifest.MANIFEST if path.is_dir() else path.name
+    if not name.endswith(".json"):
+        raise FormatError("expected a manifest (.json: OUTDIR/manifest.json, a merged one) or an output directory",
+                          str(path))
+    if not (outdir / name).exists():
+        raise IOFailure(f"no {name} in {outdir}")
+    data = manifest.load(outdir, name)
     results = []
+    seen: dict[str, frozenset[str] | None] = {}
     id_w, out_w = (min(MAX_COLUMN, max((len(visible(str(e[k]))) for e in data["volumes"]), default=0))
                    for k in ("id", "output"))
     for entry in data["volumes"]:
-        status, detail, code = check_entry(outdir, entry, args.workers)
+        status, detail, code = check_entry(outdir, entry, args.workers, seen)
         results.append({"id": entry["id"], "output": entry["output"], "status": status, "detail": detail,
                         "exit_code": code})
         if not args.json:

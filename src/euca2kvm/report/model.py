@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Euca2kvmError, FormatError, UsageError
-from ..export import manifest, manifestcheck
+from ..export import manifest, manifestcheck, manifestmerge
 from ..kvm.boottest import STAGE_PATTERNS, Stage
 from ..safefs import read_bounded
 
@@ -126,15 +126,15 @@ class Report:
 
 
 def manifest_dir(arg: str) -> Path:
-    """The export directory of a MANIFEST argument (``manifest.json`` or its directory)."""
+    """The manifest file of a MANIFEST argument (``manifest.json``, a merged ``*.json`` or the directory)."""
     path = Path(arg)
     if path.is_dir():
         path = path / manifest.MANIFEST
-    if path.name != manifest.MANIFEST:
-        raise UsageError(f"{arg}: not a manifest (a {manifest.MANIFEST} or the directory holding one)")
+    if not path.name.endswith(".json"):
+        raise UsageError(f"{arg}: not a manifest (a {manifest.MANIFEST}, a merged .json or the directory holding one)")
     if not path.parent.is_dir() or not (path.exists() or path.is_symlink()):
         raise UsageError(f"{path} does not exist")
-    return path.parent
+    return path
 
 
 def _str(v: Any) -> str | None:
@@ -221,11 +221,13 @@ def _boot(entry: dict[str, Any], outdir: Path, disk: Disk) -> None:
                      "accel": None, "elapsed": None, "milestones": []}
 
 
-def _disk(entry: dict[str, Any], outdir: Path) -> Disk:
+def _disk(entry: dict[str, Any], outdir: Path | None) -> Disk:
+    """One disk; ``outdir`` None: a merged entry on another host, shown as its manifest records it."""
     output = entry["output"]
     present, problems = True, []
     try:
-        manifestcheck.entry_path(outdir, output)
+        if outdir is not None:
+            manifestcheck.entry_path(outdir, output)
     except FileNotFoundError:
         present = False
         problems.append("image missing")
@@ -237,7 +239,8 @@ def _disk(entry: dict[str, Any], outdir: Path) -> Disk:
              allocated=_int(entry.get("allocated_bytes")), digest=_str(entry.get("digest")),
              sha256=_str(entry.get("sha256")), verified=entry.get("verified") is True, present=present,
              seconds=_num(entry.get("seconds")), exported_at=_str(entry.get("exported_at")), problems=problems)
-    _boot(entry, outdir, d)
+    if outdir is not None:
+        _boot(entry, outdir, d)
     return d
 
 
@@ -287,22 +290,29 @@ def _blockers(items: Any) -> list[str]:
 
 def build(manifest_args: list[str], plan_paths: list[Path] | None = None) -> Report:
     """The report of every entry of the given manifests, grouped by instance, plus the plans' facts."""
-    dirs = list(dict.fromkeys(manifest_dir(a).resolve() for a in manifest_args))
+    files = list(dict.fromkeys(manifest_dir(a).resolve() for a in manifest_args))
     instances: dict[tuple[str, str], Instance] = {}
-    for outdir in dirs:
-        data = manifest.load(outdir)
+    seen: dict[str, frozenset[str] | None] = {}
+    for mfile in files:
+        data = manifest.load(mfile.parent, mfile.name)
         for entry in data["volumes"]:
+            try:  # a merged manifest's entry lives in its export directory, maybe on another host
+                outdir: Path | None = manifestmerge.image_dir(mfile.parent, entry, seen)
+            except manifestmerge.RemoteImage:
+                outdir = None
+            edir = _str(entry.get(manifestmerge.EXPORT_DIR))
+            where = Path(edir) / manifest.MANIFEST if edir else mfile
             inst = _str(entry.get("instance"))
-            key = (str(outdir), inst or "\0" + entry["id"] + "\0" + entry["output"])
+            key = (str(where), inst or "\0" + entry["id"] + "\0" + entry["output"])
             item = instances.get(key)
             if item is None:
                 item = instances[key] = Instance(id=inst or entry["id"], kind="instance" if inst else "volume",
-                                                 manifest=str(outdir / manifest.MANIFEST))
-                if inst:
+                                                 manifest=str(where))
+                if inst and outdir is not None:
                     item.hardware = _domain_hardware(outdir, entry)
             item.disks.append(_disk(entry, outdir))
     rep = Report(instances=sorted(instances.values(), key=lambda i: (i.kind, i.id)),
-                 manifests=[str(d / manifest.MANIFEST) for d in dirs])
+                 manifests=[str(f) for f in files])
     by_id = {i.id: i for i in rep.instances}
     for p in plan_paths or []:
         plan = read_plan(p)
