@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.kvm.testdisk import TestDisk, build_test_disk, fetch_package_file
 
 from _env import missing, need_tools
-from euca2kvm.kvm.testdisk import TestDisk, build_test_disk, fetch_package_file
 
 DEB_CACHE = Path(os.environ.get("EUCA2KVM_DEBS", "/var/tmp/euca2kvm-debs"))
 # Hybrid ISOs shipped in Debian packages that boot as hard disks and show a known VGA screen.

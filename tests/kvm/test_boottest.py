@@ -12,12 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from _env import need_tools
-from euca2kvm.errors import UsageError
-from euca2kvm.kvm import qemu
-from euca2kvm.kvm.boottest import Stage, boot_test, decode_vga_text
-from euca2kvm.kvm.testdisk import (
+from tests.kvm.testdisk import (
     P2_START,
     PAYLOAD_SIZE,
     SECTOR,
@@ -27,6 +22,11 @@ from euca2kvm.kvm.testdisk import (
     kernel_files,
     payload_bytes,
 )
+
+from _env import need_tools
+from euca2kvm.errors import UsageError
+from euca2kvm.kvm import qemu
+from euca2kvm.kvm.boottest import Stage, boot_test, decode_vga_text
 from refdigest import file_sha256 as sha256_file
 
 MiB = 1 << 20

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.kvm.testdisk import TestDisk
 
 import lvmfix
 from _env import need_root, need_tools
-from euca2kvm.kvm.testdisk import TestDisk
 from refdigest import file_sha256 as sha256
 
 MiB = 1 << 20

@@ -31,6 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from euca2kvm import procs
 from euca2kvm.errors import FormatError, ToolError, UsageError
 from euca2kvm.units import MiB
 
@@ -126,17 +127,7 @@ class KernelFiles:
 
 def _run(argv: list[str], *, timeout: float = TOOL_TIMEOUT, cwd: Path | None = None,
          stdin: bytes | None = None, env: dict[str, str] | None = None) -> str:
-    try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, cwd=cwd, check=True,
-                              env=None if env is None else {**os.environ, **env})
-    except FileNotFoundError as e:
-        raise ToolError(f"{argv[0]} not installed") from e
-    except subprocess.TimeoutExpired as e:
-        raise ToolError(f"{argv[0]} timed out after {timeout:.0f} s") from e
-    except subprocess.CalledProcessError as e:
-        err = (e.stderr or b"").decode("utf-8", "replace").strip()[-2000:]
-        raise ToolError(f"{' '.join(argv[:2])} failed (exit {e.returncode}): {err}") from e
-    return proc.stdout.decode("utf-8", "replace")
+    return procs.run(argv, timeout=timeout, cwd=cwd, stdin=stdin, env=env).stdout.decode("utf-8", "replace")
 
 
 def _check_package(name: str) -> str:
@@ -201,7 +192,8 @@ def extract_members(deb: Path, wanted: dict[str, str], dest: Path) -> None:
     patterns = {re.compile(k): v for k, v in wanted.items()}
     dest.mkdir(parents=True, exist_ok=True)
     found: set[str] = set()
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+    # A streamed archive of up to a few hundred MiB: read as a pipe, not collected by procs.run.
+    with subprocess.Popen(procs.die_with_parent(["dpkg-deb", "--fsys-tarfile", str(deb)]), stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None
         try:
