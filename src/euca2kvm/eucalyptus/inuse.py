@@ -2,7 +2,12 @@
 """Is a source held by someone else? Loop devices, device-mapper and open descriptors.
 
 Exporting a container that is attached and active gives a torn copy of a disk a guest is
-writing. Everything here only reads /sys and /proc; nothing is locked or changed.
+writing. Everything here only reads /sys and /proc; nothing is locked or changed (tgt targets and
+Eucalyptus processes are the cloud-level evidence of :mod:`.cloudinuse`).
+
+The checks run on a :class:`Host`: :data:`LOCAL` is this machine; a source host reached over SSH
+(``remote.hostcheck``) answers the same questions with read-only commands, so a remote source is
+refused exactly as a local one.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 SYS_BLOCK = "/sys/block"
 PROC = "/proc"
@@ -98,27 +104,73 @@ def open_by(paths: Iterable[str], proc: str = PROC) -> dict[str, list[str]]:
     return out
 
 
-def holders(files: Iterable[str], lvs: Iterable[tuple[str, str]] = ()) -> list[Holder]:
-    """Everything that holds any of ``files`` (or has any of the (vg, lv) active in dm)."""
-    files = [os.path.realpath(f) for f in files]
+def block_holders(path: str, sys_block: str = SYS_BLOCK) -> list[str]:
+    """What holds a block device (dm, md): /sys/block/<dev>/holders."""
+    hdir = os.path.join(sys_block, os.path.basename(path), "holders")
+    if not path.startswith("/dev/") or not os.path.isdir(hdir):
+        return []
+    with contextlib.suppress(OSError):
+        return sorted(os.listdir(hdir))
+    return []
+
+
+class Host(Protocol):
+    """Where sources live and the checks run: this machine or a source host over SSH."""
+
+    def path_of(self, name: str) -> str:
+        """The host's own path for a source's name (local: its realpath; remote: the URL's path)."""
+        ...
+
+    def loop_backings(self) -> dict[str, str]: ...
+
+    def dm_names(self) -> dict[str, str]: ...
+
+    def block_holders(self, path: str) -> list[str]: ...
+
+    def open_by(self, paths: Iterable[str]) -> dict[str, list[str]]: ...
+
+
+class LocalHost:
+    """This machine: /sys and /proc read directly."""
+
+    def path_of(self, name: str) -> str:
+        return os.path.realpath(name)
+
+    def loop_backings(self) -> dict[str, str]:
+        return loop_backings()
+
+    def dm_names(self) -> dict[str, str]:
+        return dm_names()
+
+    def block_holders(self, path: str) -> list[str]:
+        return block_holders(path)
+
+    def open_by(self, paths: Iterable[str]) -> dict[str, list[str]]:
+        return open_by(paths)
+
+
+LOCAL = LocalHost()
+
+
+def holders(files: Iterable[str], lvs: Iterable[tuple[str, str]] = (), host: Host = LOCAL) -> list[Holder]:
+    """Everything on ``host`` that holds any of ``files`` (or has any of the (vg, lv) active in dm).
+
+    Holders name the files as given (a remote file by its ``ssh://`` name).
+    """
+    named = {host.path_of(f): f for f in files}
     found: list[Holder] = []
-    loops = loop_backings()
-    for f in files:
-        if f in loops:
-            found.append(Holder(f, f"attached to {loops[f]} (losetup)"))
-        base = os.path.basename(f)
-        # A block-device source held by dm/md: /sys/block/<dev>/holders lists them.
-        hdir = os.path.join(SYS_BLOCK, base, "holders")
-        if f.startswith("/dev/") and os.path.isdir(hdir):
-            with contextlib.suppress(OSError):
-                for h in os.listdir(hdir):
-                    found.append(Holder(f, f"held by /dev/{h}"))
-    active = dm_names()
+    loops = host.loop_backings()
+    for path, f in named.items():
+        if path in loops:
+            found.append(Holder(f, f"attached to {loops[path]} (losetup)"))
+        for h in host.block_holders(path):
+            found.append(Holder(f, f"held by /dev/{h}"))
+    active = host.dm_names()
     for vg, lv in lvs:
         n = dm_name(vg, lv)
         if n in active:
             found.append(Holder(f"{vg}/{lv}", f"active in device-mapper as /dev/{active[n]} ({n})"))
-    for path, who in open_by(files).items():
+    for path, who in host.open_by(list(named)).items():
         for w in who:
-            found.append(Holder(path, f"open by {w}"))
+            found.append(Holder(named.get(path, path), f"open by {w}"))
     return found
