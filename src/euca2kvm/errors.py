@@ -1,20 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """Typed errors. Each class carries the process exit code the CLI maps it to.
 
-Exit codes (also printed by ``euca2kvm --help`` and listed in the README):
-
-    0   success
-    1   unexpected internal error (a bug: please report it with the traceback)
-    2   usage error (bad arguments, unknown volume id)
-    3   input format error (a container, PV, metadata or guest structure is invalid or unsupported)
-    4   source in use (loop device, device-mapper, open file, tgt target) and no --force
-    5   I/O error (read, write, no space left)
-    6   verification failed (a digest or comparison did not match)
-    7   external tool failed or timed out (qemu-img, qemu, psql...)
-    130 interrupted (SIGINT); 143 terminated (SIGTERM)
+:data:`EXIT_CODES` is the one table of exit codes and their meanings: ``euca2kvm --help`` prints
+it (:func:`epilog`) and the README's "Exit codes" section is generated from it
+(``python -m euca2kvm.errors --markdown``; a test keeps the two equal).
 """
 
 from __future__ import annotations
+
+import sys
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -26,6 +20,34 @@ EXIT_VERIFY = 6
 EXIT_TOOL = 7
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+
+# (code, meaning); ``--force`` in backquotes is an option name (code in Markdown, plain in --help).
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "success"),
+    (EXIT_INTERNAL, "internal error: a bug, please report it with the traceback"),
+    (EXIT_USAGE, "usage error: bad arguments, unknown volume id (close matches are suggested)"),
+    (EXIT_FORMAT, "input format error: an invalid or unsupported container, PV, metadata, LV type or guest "
+                  "structure"),
+    (EXIT_IN_USE, "a source is in use (loop device, device-mapper, open by a process, tgt target); "
+                  "`--force` overrides"),
+    (EXIT_IO, "I/O error: a read or write failed, no space left"),
+    (EXIT_VERIFY, "verification failed: a digest or comparison did not match"),
+    (EXIT_TOOL, "an external tool failed or timed out (qemu-img, qemu-nbd, qemu, debugfs...)"),
+    (EXIT_SIGINT, "interrupted (SIGINT, Ctrl-C)"),
+    (EXIT_SIGTERM, "terminated (SIGTERM)"),
+)
+
+
+def markdown() -> str:
+    """The README's exit-code table."""
+    rows = "".join(f"| {code} | {meaning} |\n" for code, meaning in EXIT_CODES)
+    return "| code | meaning |\n|---|---|\n" + rows
+
+
+def epilog() -> str:
+    """The exit-code table at the end of ``euca2kvm --help``."""
+    rows = "".join(f"  {code:<4} {meaning.replace('`', '')}\n" for code, meaning in EXIT_CODES)
+    return "exit codes:\n" + rows
 
 
 class Euca2kvmError(Exception):
@@ -93,3 +115,12 @@ class Interrupted(Euca2kvmError):
     """The user interrupted the operation."""
 
     exit_code = EXIT_SIGINT
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(markdown())
+    elif sys.argv[1:] == ["--epilog"]:
+        sys.stdout.write(epilog())
+    else:
+        sys.exit(f"usage: python -m {__spec__.name if __spec__ else 'euca2kvm.errors'} --markdown | --epilog")

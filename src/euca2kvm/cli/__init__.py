@@ -18,17 +18,7 @@ from ..errors import Euca2kvmError
 from .common import console_err, esc
 from .console import LINE_BREAK, VisibleFormatter, visible
 
-EPILOG = """exit codes:
-  0    success
-  2    usage error (bad arguments, unknown volume id)
-  3    input format error (invalid or unsupported container, PV, metadata, LV type)
-  4    source in use (loop device, device-mapper, open by a process); --force overrides
-  5    I/O error (read or write failed, no space left)
-  6    verification failed (digest or comparison mismatch)
-  7    external tool failed or timed out (qemu-img, qemu)
-  1    internal error (a bug)
-  130  interrupted (Ctrl-C); 143 terminated
-"""
+EPILOG = errors.epilog()  # the one exit-code table, also the README's
 
 # Command name -> module defining it. Only the named command's module is imported for a run
 # (the others pull in qemu, libvirt, database and API code): start-up time counts when a
