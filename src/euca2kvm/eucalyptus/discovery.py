@@ -26,7 +26,7 @@ from ..lvm.device import Device, file_size
 from ..lvm.extents import ExtentMap, LinearMapper
 from ..lvm.model import LV
 from ..lvm.scan import VolumeGroup, scan
-from .inuse import Holder, holders
+from .inuse import LOCAL, Holder, Host, holders
 
 VOLUMES_DIR = "/var/lib/eucalyptus/volumes"
 # Eucalyptus ids: 8 hex digits (short) or 17 (long), treated as opaque otherwise.
@@ -207,6 +207,14 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
         except Euca2kvmError as e:
             out.warnings.append(f"{f}: {e}")
             out.unusable[f] = e
+    return from_devices(devices, explicit, out, check_in_use)
+
+
+def from_devices(devices: list[Device], explicit: set[str], out: Discovery, check_in_use: bool = True,
+                 host: Host = LOCAL) -> Discovery:
+    """Volumes from listed files (local or read through ``Device.reader``): the scan, the volumes and the
+    notes, shared by local and remote sources; ``explicit`` are the files named by the user, ``host`` where
+    the in-use checks run."""
     res = scan(devices)
     out.warnings.extend(res.warnings)
     for dev_name, err in res.errors.items():
@@ -237,7 +245,7 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
         out.notes.append(f"{label.device.path}: PV {label.uuid_dashed} without VG metadata (orphan PV)")
     for dev in res.plain:
         base = os.path.basename(dev.path)
-        if (SNAP_GZ_RE.match(base) or dev.path in explicit) and is_gzip(dev.path):
+        if (SNAP_GZ_RE.match(base) or dev.path in explicit) and _device_is_gzip(dev):
             vid = base[:-3] if base.endswith(".gz") else base
             out.volumes.append(Volume(id=vid, kind="snapshot-gz", size=0, files=[dev.path],
                                       segment_types=["gzip"]))
@@ -263,7 +271,7 @@ def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
             out.notes.append(f"{f}: temporary file left by an interrupted snapshot; it is a PV of a "
                              "volume's VG and is read as such")
     if check_in_use:
-        mark_in_use(out.volumes)
+        mark_in_use(out.volumes, host)
     out.volumes.sort(key=lambda v: (v.id, v.name))
     return out
 
@@ -277,10 +285,19 @@ def is_gzip(path: str) -> bool:
         return False
 
 
-def mark_in_use(volumes: list[Volume]) -> None:
+def _device_is_gzip(dev: Device) -> bool:
+    if dev.reader is None:
+        return is_gzip(dev.path)
+    try:
+        return dev.size >= len(GZIP_MAGIC) and dev.read(0, len(GZIP_MAGIC)) == GZIP_MAGIC
+    except Euca2kvmError:
+        return False
+
+
+def mark_in_use(volumes: list[Volume], host: Host = LOCAL) -> None:
     """Fill each volume's ``in_use`` with whatever holds its files or its LV."""
     files = sorted({f for v in volumes for f in v.files})
     lvs = sorted({(v.vg or '', v.lv or '') for v in volumes if v.vg and v.lv})
-    found = holders(files, [(vg, lv) for vg, lv in lvs if vg and lv])
+    found = holders(files, [(vg, lv) for vg, lv in lvs if vg and lv], host)
     for v in volumes:
         v.in_use = [h for h in found if h.path in v.files or h.path == v.name]
