@@ -124,7 +124,7 @@ def _source(plan: InstancePlan, d: PlannedDisk, domain: dict[str, Any]) -> Sourc
     assert v is not None
     return Source(
         d.name,
-        v.block_source(),
+        v.extent_map(),
         {
             "kind": v.kind,
             "vg": v.vg,
@@ -139,7 +139,6 @@ def _source(plan: InstancePlan, d: PlannedDisk, domain: dict[str, Any]) -> Sourc
             **domain,
         },
         **source_identity(v.group, v.lv),
-        files=v.local_files(),
     )
 
 
