@@ -16,12 +16,12 @@
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import Euca2kvmError, FormatError, UsageError
+from ..ids import GZIP_MAGIC, ID_RE, SNAP_GZ_RE, STRAY_RE, is_gzip
 from ..lvm.device import Device, file_size
 from ..lvm.extents import ExtentMap, LinearMapper
 from ..lvm.model import LV
@@ -29,12 +29,6 @@ from ..lvm.scan import VolumeGroup, scan
 from .inuse import LOCAL, Holder, Host, holders
 
 VOLUMES_DIR = "/var/lib/eucalyptus/volumes"
-# Eucalyptus ids: 8 hex digits (short) or 17 (long), treated as opaque otherwise.
-ID_RE = re.compile(r"^(?:vol|volume|snap)-(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{17})$")
-# A snapshot object downloaded from object storage: gzip members, not seekable (see export.gzsource).
-SNAP_GZ_RE = re.compile(r"^snap-(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{17})\.gz$")
-GZIP_MAGIC = b"\x1f\x8b"
-STRAY_RE = re.compile(r"^(?:vol|volume|snap)-(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{17})[0-9A-Za-z]{1,16}$")
 EUCA_LV_PREFIX = "euca-"
 # A directory with more entries than this is not a volumes directory; refuse rather than
 # open a million files.
@@ -274,15 +268,6 @@ def from_devices(devices: list[Device], explicit: set[str], out: Discovery, chec
         mark_in_use(out.volumes, host)
     out.volumes.sort(key=lambda v: (v.id, v.name))
     return out
-
-
-def is_gzip(path: str) -> bool:
-    """Does the file start with the gzip magic (a snapshot object from object storage)?"""
-    try:
-        with open(path, "rb") as f:
-            return f.read(2) == GZIP_MAGIC
-    except OSError:
-        return False
 
 
 def _device_is_gzip(dev: Device) -> bool:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, IOFailure, VerifyError
-from ..eucalyptus.discovery import GZIP_MAGIC, SNAP_GZ_RE, is_gzip
+from ..ids import GZIP_MAGIC, SNAP_GZ_RE, is_gzip
 from ..lvm.extents import ExtentMap, LinearMapper
 from ..outdir import OutDir
 from ..units import MiB, TiB
