@@ -30,8 +30,54 @@ esc = escape
 
 
 def add_sources(p: argparse.ArgumentParser) -> None:
+    add_ssh_args(p)
     p.add_argument("--source", "-s", action="append", metavar="PATH",
                    help=f"volumes directory, container file or block device (repeatable; default {VOLUMES_DIR})")
+
+
+# ssh:// sources (remote/); asyncssh is imported only when one is named.
+SSH_SCHEME = "ssh://"
+# The --ssh-* options as parsed, for discover_sources (which commands call with their sources only).
+_ssh_options: dict[str, str] = {}
+
+
+class _SshOption(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        _ssh_options[self.dest] = values
+
+
+def add_ssh_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SSH sources (--source ssh://[user@]host[:port]/path; read-only, nothing is installed "
+                             "on the host)")
+    g.add_argument("--ssh-known-hosts", action=_SshOption, default="~/.ssh/known_hosts", metavar="FILE",
+                   help="host keys the source hosts must present; an unknown key is refused")
+    g.add_argument("--ssh-identity", action=_SshOption, metavar="FILE",
+                   help="private key to log in with (default: the SSH agent and ~/.ssh/id_*)")
+
+
+def add_ssh_volumes(d: Discovery, urls: list[str]) -> None:
+    """The volumes of ``ssh://`` sources, added to ``d``."""
+    from ..remote import sources as ssh_sources
+    from ..remote import ssh
+
+    ssh.OPTIONS = ssh.Options(known_hosts=_ssh_options.get("ssh_known_hosts", ssh.DEFAULT_KNOWN_HOSTS),
+                              identity=_ssh_options.get("ssh_identity"))
+    r = ssh_sources.discover_all(urls)
+    d.volumes.extend(r.volumes)
+    d.notes.extend(r.notes)
+    d.warnings.extend(r.warnings)
+    d.unusable.update(r.unusable)
+    d.volumes.sort(key=lambda v: (v.id, v.name))
+
+
+def find_volume(d: Discovery, ident: str) -> Volume:
+    if ident.startswith(SSH_SCHEME):
+        from ..remote import sources as ssh_sources
+
+        return ssh_sources.find_url(d, ident)
+    return d.find(ident)
 
 
 def add_digest_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +96,11 @@ def sources(args: argparse.Namespace) -> list[str]:
 
 
 def discover_sources(paths: list[str], quiet: bool = False) -> Discovery:
+    remote = [p for p in paths if p.startswith(SSH_SCHEME)]
+    paths = [p for p in paths if not p.startswith(SSH_SCHEME)]
     d = discover(paths)
+    if remote:
+        add_ssh_volumes(d, remote)
     if not quiet:
         for w in d.warnings:
             console_err.print(f"[yellow]warning:[/] {esc(w)}")
@@ -59,12 +109,14 @@ def discover_sources(paths: list[str], quiet: bool = False) -> Discovery:
 
 def is_path_id(ident: str) -> bool:
     """Does a volume ID name a file system object (a container path) rather than a volume id or VG/LV?"""
-    return os.path.lexists(ident)
+    return ident.startswith(SSH_SCHEME) or os.path.lexists(ident)
 
 
 def path_id_source(ident: str) -> str:
     """A container path given as an ID, checked: what is wrong with anything that is not a file (a
     directory, a character device, a dangling link) is said here, naming it (exit 2)."""
+    if ident.startswith(SSH_SCHEME):
+        return ident  # checked on its host when scanned
     try:
         mode = os.stat(ident).st_mode
     except OSError as e:
@@ -92,7 +144,7 @@ def resolve_volumes(ids: list[str], source_args: list[str] | None, quiet: bool =
     by_name = [i for i in ids if not is_path_id(i)]
     paths = list(source_args or ([VOLUMES_DIR] if by_name or not ids else []))
     d = discover_sources(paths + [p for p in named if p not in paths], quiet=quiet)
-    return d, [d.find(i) for i in ids]
+    return d, [find_volume(d, i) for i in ids]
 
 
 def output_dir(path: str) -> Path:

@@ -123,7 +123,7 @@ class RemoteFile:
         if p is None and stat.S_ISBLK(mode):
             raise UsageError(f"{self.path}: reading a block device needs a Python on the host (for its size)")
         self._mode = mode
-        self._size = p.size if p is not None else int(attrs.size or 0)
+        self.size_probed = p.size if p is not None else int(attrs.size or 0)
         self._ranges = None if p is None else p.ranges
         self._starts = [a for a, _ in self._ranges] if self._ranges is not None else []
         self._file: asyncssh.SFTPClientFile = conn.call(conn.sftp().open(path, "rb"), f"cannot open {path}")
@@ -131,7 +131,7 @@ class RemoteFile:
     def size(self) -> int:
         if stat.S_ISBLK(self._mode):
             p = probe(self.conn, self.remote_path)
-            return p.size if p is not None else self._size
+            return p.size if p is not None else self.size_probed
         attrs = self.conn.call(self.conn.sftp().lstat(self.remote_path), f"cannot stat {self.remote_path}")
         return int(attrs.size or 0)
 
@@ -174,8 +174,8 @@ class RemoteFile:
             s, e = max(a, lo), min(b, hi)
             if s < e:
                 out.append((s, e))
-        if hi > self._size and lo < hi:  # past the probed end: the file grew; let the reader find out
-            s = max(lo, self._size)
+        if hi > self.size_probed and lo < hi:  # past the probed end: the file grew; let the reader find out
+            s = max(lo, self.size_probed)
             if out and out[-1][1] == s:
                 out[-1] = (out[-1][0], hi)
             else:

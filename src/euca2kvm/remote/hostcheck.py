@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The in-use checks of :mod:`euca2kvm.eucalyptus.inuse` on a source host reached over SSH.
+
+One read-only shell command gathers everything in one round trip, NUL-separated (names from the
+host may hold any byte but NUL): each loop device's backing file, each dm device's name, each
+block device's holders, and every process's open descriptors (``find /proc/<pid>/fd -printf``,
+GNU findutils as on CentOS 7) with its ``comm``. Descriptors of this connection's own session
+processes (siblings of the command's shell under the connection's sshd: the SFTP server reading
+the containers) are not holders, as locally this process is not.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from ..errors import FormatError
+from .ssh import Connection, parse_url
+
+# Records: tag NUL a NUL b NUL. L loop backing_file; M dm name; H block-device holder;
+# C pid comm (session siblings are tagged S); F fd-link target; P our shell's parent pid.
+# find's -printf takes \NNN octal escapes: NUL is written \000 so that a pid's digits never extend it.
+_SCRIPT = r"""
+printf 'P\0%s\0-\0' "$PPID"
+for f in /sys/block/loop*/loop/backing_file; do
+  [ -r "$f" ] && printf 'L\0%s\0%s\0' "${f#/sys/block/}" "$(head -c 4096 "$f")"
+done
+for f in /sys/block/dm-*/dm/name; do [ -r "$f" ] && printf 'M\0%s\0%s\0' "${f#/sys/block/}" "$(head -c 256 "$f")"; done
+for d in /sys/block/*/holders/*; do [ -e "$d" ] && printf 'H\0%s\0%s\0' "${d%%/holders/*}" "${d##*/}"; done
+for p in /proc/[0-9]*; do
+  pid=${p#/proc/}; [ "$pid" = "$$" ] && continue
+  pp=; while read -r k v; do [ "$k" = PPid: ] && pp=$v && break; done < "$p/status" 2>/dev/null
+  t=C; [ "$pp" = "$PPID" ] && t=S
+  printf '%s\0%s\0%s\0' "$t" "$pid" "$(head -c 64 "$p/comm" 2>/dev/null)"
+  find "$p/fd" -mindepth 1 -maxdepth 1 -type l -printf "F\000$pid\000%l\000" 2>/dev/null
+done
+exit 0
+""".strip()
+
+
+class RemoteHost:
+    """A source host's loop devices, dm names, block holders and open files (an inuse.Host)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._facts: tuple[dict[str, str], dict[str, str], dict[str, list[str]], dict[str, list[str]]] | None = None
+
+    def path_of(self, name: str) -> str:
+        return parse_url(name).path if name.startswith("ssh://") else os.path.normpath(name)
+
+    def _gather(self) -> tuple[dict[str, str], dict[str, str], dict[str, list[str]], dict[str, list[str]]]:
+        if self._facts is not None:
+            return self._facts
+        _, out = self.conn.run(_SCRIPT)
+        fields = out.split(b"\0")
+        if fields and fields[-1] == b"":
+            fields.pop()
+        if len(fields) % 3:
+            raise FormatError("unexpected answer from the host's in-use listing", self.conn.name)
+        loops: dict[str, str] = {}
+        dms: dict[str, str] = {}
+        held: dict[str, list[str]] = {}
+        comm: dict[str, str] = {}
+        ours: set[str] = set()
+        fds: dict[str, list[str]] = {}  # target -> pids
+        for i in range(0, len(fields), 3):
+            tag, a, b = (x.decode("utf-8", "surrogateescape") for x in fields[i:i + 3])
+            if tag == "L" and b:
+                dev = a.split("/", 1)[0]
+                loops[b.removesuffix(" (deleted)")] = f"/dev/{dev}"
+            elif tag == "M" and b:
+                dms[b.strip()] = a.split("/", 1)[0]
+            elif tag == "H":
+                held.setdefault("/dev/" + a.rsplit("/", 1)[-1], []).append(b)
+            elif tag in ("C", "S"):
+                comm[a] = b.strip() or "?"
+                if tag == "S":
+                    ours.add(a)
+            elif tag == "F" and a not in ours:
+                fds.setdefault(b, []).append(a)
+        opened = {t: [f"pid {p} ({comm.get(p, '?')})" for p in pids if p not in ours] for t, pids in fds.items()}
+        self._facts = (loops, dms, held, {t: w for t, w in opened.items() if w})
+        return self._facts
+
+    def loop_backings(self) -> dict[str, str]:
+        return self._gather()[0]
+
+    def dm_names(self) -> dict[str, str]:
+        return self._gather()[1]
+
+    def block_holders(self, path: str) -> list[str]:
+        return sorted(self._gather()[2].get(path, []))
+
+    def open_by(self, paths: Iterable[str]) -> dict[str, list[str]]:
+        opened = self._gather()[3]
+        return {p: opened[p] for p in paths if p in opened}
