@@ -23,17 +23,25 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import FormatError, UsageError
 from ..units import SECTOR
+from .device import Device
 from .extents import ExtentMap, FillMapper, Kind, LinearMapper, Mapper, ShiftedMapper
 from .model import LV, VG, Segment
 from .reader import ExtentReader
 from .resolve import MAX_STACK_DEPTH, Context, area_target
+from .segparams import seg_int, where
 
-if TYPE_CHECKING:
-    from .scan import VolumeGroup
+
+class ScannedGroup(Protocol):
+    """What :func:`check_mirrors` needs of a scanned VG (``scan.VolumeGroup``), named structurally:
+    ``scan`` imports the segment types, which import this module."""
+
+    vg: VG
+    devices: dict[str, Device | None]
+    missing: dict[str, str]
 
 RAID_SB_MAGIC = 0x64526D44  # "DmRd"
 RAID_SB_SIZE = 48  # magic .. array_resync_offset: all this module reads
@@ -69,19 +77,6 @@ class LegMapper(ShiftedMapper):
         d = super().describe()
         d["leg"] = self.leg
         return d
-
-
-def where(vg: VG, lv: LV, seg: Segment) -> str:
-    return f"LV {vg.name}/{lv.name} segment{seg.index}"
-
-
-def seg_int(vg: VG, lv: LV, seg: Segment, key: str, default: int | None = None, hi: int = 1 << 40) -> int:
-    v = seg.param(key)
-    if v is None and default is not None:
-        return default
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
-        raise FormatError(f"{where(vg, lv, seg)}: {key} must be an integer in [0, {hi}], found {v!r}")
-    return v
 
 
 def raid_pairs(vg: VG, lv: LV, seg: Segment, key: str) -> list[tuple[str | None, str]]:
@@ -288,7 +283,7 @@ class MirrorReport:
                 "differing_legs": list(self.differing_legs) if self.differing_legs else None}
 
 
-def check_mirrors(group: VolumeGroup, lv_name: str, block: int = COMPARE_BLOCK) -> MirrorReport:
+def check_mirrors(group: ScannedGroup, lv_name: str, block: int = COMPARE_BLOCK) -> MirrorReport:
     """Compare all readable legs of every mirrored segment of ``lv_name`` (``group``: a scanned
     ``VolumeGroup``), in ``block``-sized reads; report the first differing LV byte."""
     vg = group.vg

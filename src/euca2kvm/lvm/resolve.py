@@ -15,6 +15,7 @@ from ..errors import FormatError, UnsupportedError
 from .device import Device
 from .extents import ExtentMap, FillMapper, Kind, LinearMapper, Mapper, ShiftedMapper, StripedMapper
 from .model import LV, VG, Segment
+from .segparams import where as segment_name
 
 MAX_STACK_DEPTH = 8  # thin on raid on striped is 3 levels; deeper is a loop or garbage
 
@@ -83,7 +84,7 @@ def area_target(ctx: Context, lv: LV, seg: Segment, name: str, start_pe: int,
                 length: int) -> tuple[Device, int] | ExtentMap:
     """Where an area's bytes live: (device, absolute byte offset) for a PV, or an LV's map."""
     vg = ctx.vg
-    where = f"LV {vg.name}/{lv.name} segment{seg.index}"
+    where = segment_name(vg, lv, seg)
     if name in vg.pvs:
         pv = vg.pvs[name]
         dev = ctx.devices.get(name)
@@ -110,7 +111,7 @@ def area_target(ctx: Context, lv: LV, seg: Segment, name: str, start_pe: int,
 
 def _areas(ctx: Context, lv: LV, seg: Segment) -> list[tuple[str, int]]:
     raw = seg.param("stripes")
-    where = f"LV {ctx.vg.name}/{lv.name} segment{seg.index}"
+    where = segment_name(ctx.vg, lv, seg)
     if not isinstance(raw, list) or len(raw) % 2 or not raw:
         raise FormatError(f"{where}: stripes must be a list of (name, extent) pairs, found {raw!r}")
     out: list[tuple[str, int]] = []
@@ -125,7 +126,7 @@ def _areas(ctx: Context, lv: LV, seg: Segment) -> list[tuple[str, int]]:
 @resolver("striped", "linear")
 def _striped(ctx: Context, lv: LV, seg: Segment, start: int) -> Mapper:
     vg = ctx.vg
-    where = f"LV {vg.name}/{lv.name} segment{seg.index}"
+    where = segment_name(vg, lv, seg)
     areas = _areas(ctx, lv, seg)
     count = seg.param("stripe_count")
     if count is None:

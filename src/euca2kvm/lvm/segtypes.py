@@ -28,10 +28,11 @@ from ..errors import FormatError, UnsupportedError
 from ..units import SECTOR
 from .cow import CowSnapshotMapper
 from .extents import Extent, ExtentMap, ExtentMerger, Mapper, translate
-from .mirrors import pick_leg, raid_pairs, seg_int, where
+from .mirrors import pick_leg, raid_pairs
 from .model import LV, VG, Segment
 from .reader import ExtentReader
 from .resolve import Context, resolver
+from .segparams import seg_int, where
 from .thin import ThinMapper
 
 MAX_STRIPE_SECTORS = 1 << 31  # same bound as resolve.py's striped reader
