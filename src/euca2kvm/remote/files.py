@@ -34,32 +34,41 @@ PYTHONS = ("python3", "python2", "python", "/usr/libexec/platform-python")
 # O_NOATIME on Linux (all architectures CentOS 7 runs on); os.O_NOATIME is missing in Python 2.
 O_NOATIME = 0o1000000
 
-# Prints "S mode size", then "D start end" per data range, then "E" (end), "X" (too many ranges) or
-# "U" (the file system cannot tell); "F errno" when the file cannot be opened (ELOOP: a symlink).
+# Paths probed by one remote command (one round trip, bounded well under the host's ARG_MAX).
+PROBE_BATCH = 512
+
+# For each path: "P" then "S mode size", a "D start end" per data range, and "E" (end), "X" (too many
+# ranges) or "U" (the file system cannot tell); or "P" then "F errno" (ELOOP: a symlink).
 _PROBE = r"""
 import os,sys,errno
-p=sys.argv[1];M=int(sys.argv[2]);w=sys.stdout.write;fl=os.O_RDONLY|getattr(os,'O_NOFOLLOW',0o400000)
-try:
-  try:fd=os.open(p,fl|%d)
-  except OSError:fd=os.open(p,fl)
-except OSError as e:
-  w('F %%d\n'%%e.errno);sys.exit(0)
-st=os.fstat(fd);n=os.lseek(fd,0,2);w('S %%d %%d\n'%%(st.st_mode,n))
-if st.st_mode&0o170000!=0o100000:w('U\n');sys.exit(0)
-o=0;k=0;r='E'
-while o<n:
-  if k>=M:r='X';break
-  try:a=os.lseek(fd,o,3)
+M=int(sys.argv[1]);w=sys.stdout.write;fl=os.O_RDONLY|getattr(os,'O_NOFOLLOW',0o400000)
+def probe(p):
+  try:
+    try:fd=os.open(p,fl|%d)
+    except OSError:fd=os.open(p,fl)
   except OSError as e:
-    if e.errno!=errno.ENXIO:r='U'
-    break
-  b=os.lseek(fd,a,4);w('D %%d %%d\n'%%(a,b));o=b;k+=1
-w(r+'\n')
+    w('F %%d\n'%%e.errno);return
+  try:
+    st=os.fstat(fd);n=os.lseek(fd,0,2);w('S %%d %%d\n'%%(st.st_mode,n))
+    if st.st_mode&0o170000!=0o100000:w('U\n');return
+    o=0;k=0;r='E'
+    while o<n:
+      if k>=M:r='X';break
+      try:a=os.lseek(fd,o,3)
+      except OSError as e:
+        if e.errno!=errno.ENXIO:r='U'
+        break
+      b=os.lseek(fd,a,4);w('D %%d %%d\n'%%(a,b));o=b;k+=1
+    w(r+'\n')
+  finally:os.close(fd)
+for p in sys.argv[2:]:
+  w('P\n');probe(p)
 """.strip() % O_NOATIME
 
 
-def _probe_command(path: str) -> str:
-    tries = "; ".join(f"command -v {p} >/dev/null 2>&1 && exec {p} -c {q(_PROBE)} {q(path)} {MAX_RANGES}"
+def _probe_command(paths: list[str]) -> str:
+    args = " ".join(q(p) for p in paths)
+    tries = "; ".join(f"command -v {p} >/dev/null 2>&1 && exec {p} -c {q(_PROBE)} {MAX_RANGES} {args}"
                       for p in PYTHONS)
     return f"{tries}; echo NOPYTHON"
 
@@ -71,13 +80,11 @@ class Probe:
     ranges: list[tuple[int, int]] | None  # None: the host cannot tell, all data
 
 
-def probe(conn: Connection, path: str) -> Probe | None:
-    """The file's mode, size and data ranges, or None when the host has no Python."""
-    _, out = conn.run(_probe_command(path))
-    lines = out.decode("ascii", "replace").splitlines()
-    name = conn.target.url(path)
-    if lines == ["NOPYTHON"]:
-        return None
+# The answer for every file of a host without a Python: sizes from SFTP, all data.
+NO_PYTHON = Probe(-1, -1, None)
+
+
+def _parse(name: str, lines: list[str]) -> Probe:
     if lines and lines[0].startswith("F "):
         code = lines[0][2:].strip()
         if code == "40":  # ELOOP
@@ -87,27 +94,58 @@ def probe(conn: Connection, path: str) -> Probe | None:
         tag, mode, size = lines[0].split()
         if tag != "S" or lines[-1] not in ("E", "X", "U"):
             raise ValueError(lines[-1])
-        ranges: list[tuple[int, int]] | None = []
+        ranges: list[tuple[int, int]] = []
         last = 0
         for ln in lines[1:-1]:
             t, a, b = ln.split()
             s, e = int(a), int(b)
             if t != "D" or not last <= s < e:
                 raise ValueError(ln)
-            assert ranges is not None
             ranges.append((s, min(e, int(size))))
             last = e
-        if lines[-1] != "E":
-            ranges = None
-        return Probe(int(mode), int(size), ranges)
+        return Probe(int(mode), int(size), ranges if lines[-1] == "E" else None)
     except (ValueError, IndexError) as e:
         raise FormatError(f"unexpected answer from the host's file probe: {str(e)[:80]!r}", name) from e
+
+
+def probe_many(conn: Connection, paths: list[str]) -> dict[str, Probe | Exception]:
+    """Each file's mode, size and data ranges (or why not; :data:`NO_PYTHON` without a Python)."""
+    out: dict[str, Probe | Exception] = {}
+    for i in range(0, len(paths), PROBE_BATCH):
+        batch = paths[i:i + PROBE_BATCH]
+        _, raw = conn.run(_probe_command(batch))
+        lines = raw.decode("ascii", "replace").splitlines()
+        if lines == ["NOPYTHON"]:
+            return dict.fromkeys(paths, NO_PYTHON)
+        groups: list[list[str]] = []
+        for ln in lines:
+            if ln == "P":
+                groups.append([])
+            elif groups:
+                groups[-1].append(ln)
+        if len(groups) != len(batch):
+            raise FormatError("unexpected answer from the host's file probe", conn.name)
+        for p, g in zip(batch, groups, strict=True):
+            try:
+                out[p] = _parse(conn.target.url(p), g)
+            except (UsageError, IOFailure, FormatError) as e:
+                out[p] = e
+    return out
+
+
+def probe(conn: Connection, path: str) -> Probe:
+    """One file's mode, size and data ranges (:data:`NO_PYTHON` without a Python)."""
+    r = probe_many(conn, [path])[path]
+    if isinstance(r, Exception):
+        raise r
+    return r
 
 
 class RemoteFile:
     """One remote regular file or block device, read-only (a :class:`~euca2kvm.blocks.ByteFile`)."""
 
-    def __init__(self, conn: Connection, path: str) -> None:
+    def __init__(self, conn: Connection, path: str, probed: Probe | Exception | None = None) -> None:
+        """``probed``: the file's :func:`probe_many` answer when the caller probed many files at once."""
         self.conn = conn
         self.remote_path = path
         self.path = conn.target.url(path)
@@ -119,19 +157,20 @@ class RemoteFile:
             raise UsageError(f"{self.path} is a symbolic link; name the file itself")
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
             raise FormatError("not a regular file or block device", self.path)
-        p = probe(conn, path)
-        if p is None and stat.S_ISBLK(mode):
+        if isinstance(probed, Exception):
+            raise probed
+        p = probe(conn, path) if probed is None else probed
+        if p is NO_PYTHON and stat.S_ISBLK(mode):
             raise UsageError(f"{self.path}: reading a block device needs a Python on the host (for its size)")
         self._mode = mode
-        self.size_probed = p.size if p is not None else int(attrs.size or 0)
-        self._ranges = None if p is None else p.ranges
+        self.size_probed = int(attrs.size or 0) if p is NO_PYTHON else p.size
+        self._ranges = p.ranges
         self._starts = [a for a, _ in self._ranges] if self._ranges is not None else []
         self._file: asyncssh.SFTPClientFile = conn.call(conn.sftp().open(path, "rb"), f"cannot open {path}")
 
     def size(self) -> int:
         if stat.S_ISBLK(self._mode):
-            p = probe(self.conn, self.remote_path)
-            return p.size if p is not None else self.size_probed
+            return probe(self.conn, self.remote_path).size
         attrs = self.conn.call(self.conn.sftp().lstat(self.remote_path), f"cannot stat {self.remote_path}")
         return int(attrs.size or 0)
 

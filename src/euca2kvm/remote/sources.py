@@ -19,7 +19,7 @@ import asyncssh
 from ..errors import Euca2kvmError, UsageError
 from ..eucalyptus.discovery import MAX_DIR_ENTRIES, Discovery, Volume, discover, from_devices
 from ..lvm.device import Device
-from .files import RemoteFile, RemoteOpener
+from .files import RemoteFile, RemoteOpener, probe_many
 from .hostcheck import RemoteHost
 from .ssh import Connection, Target, connect, is_url, parse_url
 
@@ -73,10 +73,12 @@ def discover_host(urls: list[str], check_in_use: bool = True) -> Discovery:
         paths.extend(files)
         explicit |= named
     devices: list[Device] = []
-    for p in dict.fromkeys(paths):
+    paths = list(dict.fromkeys(paths))
+    probes = probe_many(conn, paths)  # one round trip for the whole listing
+    for p in paths:
         url = t0.url(p)
         try:
-            f = RemoteFile(conn, p)
+            f = RemoteFile(conn, p, probes[p])
         except Euca2kvmError as e:
             out.warnings.append(f"{url}: {e}")
             out.unusable[url] = e
