@@ -1,0 +1,62 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``--source rbd:POOL``: the images of Ceph pools, each with its facts and a way to open it.
+
+What becomes a volume (names like ``vol-XXXXXXXX``/``snap-XXXXXXXX``; ``del<8>-…`` images, renamed by
+Eucalyptus when deleted while clones still read through them, are not volumes) is decided by the
+caller, which knows Eucalyptus' id rules. Nothing here writes: listing and facts use read-only opens.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from .image import Cluster, ImageFacts, Pool, RbdImage
+
+PREFIX = "rbd:"
+# Eucalyptus renames an image it cannot remove (it still has clones) to "del" + 8 characters + "-" + name.
+DELETED_RE = re.compile(r"^del[0-9A-Za-z]{8}-")
+# Ceph pool names are free text; these bytes never belong in one and would reach terminals and messages.
+_BAD_POOL = re.compile(r"[\x00-\x1f\x7f/@]")
+
+
+def is_rbd(source: str) -> bool:
+    return source.startswith(PREFIX)
+
+
+def pool_name(source: str) -> str:
+    """``rbd:POOL`` -> ``POOL`` (exit 2 for an empty or impossible name)."""
+    name = source[len(PREFIX):]
+    if not name or _BAD_POOL.search(name):
+        raise UsageError(f"--source {source!r}: expected rbd:POOL with a Ceph pool name")
+    return name
+
+
+@dataclass
+class RbdRef:
+    """One image of a pool: its facts, and a factory for its block source (``Volume.blocks_factory``)."""
+
+    pool: Pool
+    image: str
+    facts: ImageFacts
+
+    @property
+    def spec(self) -> str:
+        return f"rbd:{self.pool.name}/{self.image}"
+
+    @property
+    def deleted(self) -> bool:
+        return bool(DELETED_RE.match(self.image))
+
+    def __call__(self) -> RbdImage:
+        return self.pool.open(self.image)
+
+    def chain_text(self) -> list[str]:
+        """The parent chain, nearest first: ``pool/image@snap (overlap N bytes)``."""
+        return [f"{p.pool}/{p.image}@{p.snap} (overlap {p.overlap} bytes)" for p in self.facts.chain]
+
+
+def pool_images(cluster: Cluster, pool: str) -> list[RbdRef]:
+    p = cluster.pool(pool)
+    return [RbdRef(p, name, p.facts(name)) for name in p.names()]
