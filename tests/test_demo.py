@@ -10,6 +10,7 @@ from pathlib import Path
 from euca2kvm.eucalyptus.discovery import discover
 from euca2kvm.export.copy import copy_blocks
 from euca2kvm.lvm.reader import ExtentReader
+from euca2kvm.lvm.source import LvmSource
 
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "volumes.tar.xz"
 
@@ -29,7 +30,7 @@ def test_demo_volumes(tmp_path: Path) -> None:
     assert head == b"\x53\xef"  # ext4 superblock magic
     # the LV holds the same filesystem as the raw snapshot file
     snap = d.find("snap-0de0b001")
-    assert copy_blocks(fs.extent_map(), None).digest == copy_blocks(snap.extent_map(), None).digest
+    assert copy_blocks(LvmSource(fs.extent_map()), None).digest == copy_blocks(LvmSource(snap.extent_map()), None).digest
 
 
 def test_demo_script_is_syntactically_valid() -> None:

@@ -22,12 +22,13 @@ import pytest
 from tests._env import need_tools
 
 from euca2kvm.errors import Euca2kvmError, FormatError, IOFailure, ToolError, UnsupportedError, UsageError
-from euca2kvm.export import imagedigest, nbd
+from euca2kvm.export import imagedigest, nbd, nbdproto
 from euca2kvm.export.copy import copy_blocks
 from euca2kvm.export.digest import BlockDigest
 from euca2kvm.export.imagedigest import image_digest
 from euca2kvm.export.nbdclient import NbdClient
 from euca2kvm.lvm.extents import ExtentMap, FillMapper, Kind, LinearMapper
+from euca2kvm.lvm.source import LvmSource
 from refdigest import blkdigest
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -110,7 +111,7 @@ def expected(source: tuple[Path, bytes]) -> tuple[str, str]:
     path, data = source
     want = blkdigest(data)
     emap = ExtentMap(SIZE, [LinearMapper(0, SIZE, str(path), 0)])
-    res = copy_blocks(emap, None, sha256=True, workers=2)
+    res = copy_blocks(LvmSource(emap), None, sha256=True, workers=2)
     assert res.digest == want  # the project's own mover agrees with the recipe
     assert res.sha256 == hashlib.sha256(data).hexdigest()
     return want, hashlib.sha256(data).hexdigest()
@@ -231,10 +232,10 @@ def test_client_reads_and_maps_the_project_server(tmp_path: Path) -> None:
     emap = ExtentMap(6 * MiB, [LinearMapper(0, 2 * MiB, str(tmp_path / "d.bin"), 0),
                                FillMapper(2 * MiB, 3 * MiB, Kind.ZERO),
                                LinearMapper(5 * MiB, MiB, str(tmp_path / "d.bin"), 2 * MiB)])
-    with nbd.serve(emap) as server, NbdClient(server.sock_path) as c:
+    with nbd.serve(LvmSource(emap)) as server, NbdClient(server.sock_path) as c:
         assert (c.size, c.base_allocation) == (6 * MiB, True)
-        assert [(e.offset, e.length, e.zero) for e in c.extents(4 * MiB)] == [
-            (0, 2 * MiB, False), (2 * MiB, 3 * MiB, True), (5 * MiB, MiB, False)]
+        assert [(r.start, r.length, r.kind) for r in c.ranges(0, c.size, 4 * MiB)] == [
+            (0, 2 * MiB, Kind.DATA), (2 * MiB, 3 * MiB, Kind.HOLE), (5 * MiB, MiB, Kind.DATA)]
         buf = bytearray(6 * MiB)
         c.read_into(0, memoryview(buf))  # hole chunks for the zero extent
         assert bytes(buf) == blob[: 2 * MiB] + bytes(3 * MiB) + blob[2 * MiB :]
@@ -245,19 +246,19 @@ def test_client_reads_and_maps_the_project_server(tmp_path: Path) -> None:
 
 def _greeting_and_options(conn: socket.socket) -> None:
     """Server side of a correct handshake: STRUCTURED_REPLY, base:allocation as id 1, GO."""
-    conn.sendall(struct.pack(">QQH", nbd.NBDMAGIC, nbd.IHAVEOPT, 3))
+    conn.sendall(struct.pack(">QQH", nbdproto.NBDMAGIC, nbdproto.IHAVEOPT, 3))
     conn.recv(4)
     while True:
         _, opt, length = struct.unpack(">QII", _recv(conn, 16))
         _recv(conn, length)
-        if opt == nbd.OPT_SET_META_CONTEXT:
-            payload = struct.pack(">I", 1) + nbd.BASE_ALLOCATION
-            conn.sendall(struct.pack(">QIII", nbd.REPLY_MAGIC, opt, nbd.REP_META_CONTEXT, len(payload)) + payload)
-        if opt == nbd.OPT_GO:
-            info = struct.pack(">HQH", nbd.INFO_EXPORT, 8 * MiB, 1 | 2)
-            conn.sendall(struct.pack(">QIII", nbd.REPLY_MAGIC, opt, nbd.REP_INFO, len(info)) + info)
-        conn.sendall(struct.pack(">QIII", nbd.REPLY_MAGIC, opt, nbd.REP_ACK, 0))
-        if opt == nbd.OPT_GO:
+        if opt == nbdproto.OPT_SET_META_CONTEXT:
+            payload = struct.pack(">I", 1) + nbdproto.BASE_ALLOCATION
+            conn.sendall(struct.pack(">QIII", nbdproto.REPLY_MAGIC, opt, nbdproto.REP_META_CONTEXT, len(payload)) + payload)
+        if opt == nbdproto.OPT_GO:
+            info = struct.pack(">HQH", nbdproto.INFO_EXPORT, 8 * MiB, 1 | 2)
+            conn.sendall(struct.pack(">QIII", nbdproto.REPLY_MAGIC, opt, nbdproto.REP_INFO, len(info)) + info)
+        conn.sendall(struct.pack(">QIII", nbdproto.REPLY_MAGIC, opt, nbdproto.REP_ACK, 0))
+        if opt == nbdproto.OPT_GO:
             return
 
 
@@ -272,7 +273,7 @@ def _recv(conn: socket.socket, n: int) -> bytes:
 
 
 def _chunk(flags: int, rtype: int, handle: int, payload: bytes) -> bytes:
-    return struct.pack(">IHHQI", nbd.STRUCTURED_MAGIC, flags, rtype, handle, len(payload)) + payload
+    return struct.pack(">IHHQI", nbdproto.STRUCTURED_MAGIC, flags, rtype, handle, len(payload)) + payload
 
 
 @contextlib.contextmanager
@@ -304,11 +305,11 @@ def _scripted(tmp_path: Path, reply: Callable[[socket.socket, int, int, int], No
 
 def _data_header(h: int, o: int, n: int) -> bytes:
     """A data chunk header announcing ``n`` bytes at ``o`` (the bytes themselves not sent)."""
-    return struct.pack(">IHHQIQ", nbd.STRUCTURED_MAGIC, 1, nbd.REPLY_OFFSET_DATA, h, 8 + n, o)
+    return struct.pack(">IHHQIQ", nbdproto.STRUCTURED_MAGIC, 1, nbdproto.REPLY_OFFSET_DATA, h, 8 + n, o)
 
 
 def _hole(h: int, o: int, n: int) -> bytes:
-    return _chunk(1, nbd.REPLY_OFFSET_HOLE, h, struct.pack(">QI", o, n))
+    return _chunk(1, nbdproto.REPLY_OFFSET_HOLE, h, struct.pack(">QI", o, n))
 
 
 # case: (server reply to a 64 KiB read at 0, expected message)
@@ -340,7 +341,7 @@ def test_client_rejects_protocol_violations_without_hanging(tmp_path: Path, case
 def test_client_reports_error_chunks(tmp_path: Path) -> None:
     def reply(c: socket.socket, h: int, o: int, n: int) -> None:
         msg = b"bad sector\x1b[2J"
-        c.sendall(_chunk(1, nbd.REPLY_ERROR, h, struct.pack(">IH", 5, len(msg)) + msg))
+        c.sendall(_chunk(1, nbdproto.REPLY_ERROR, h, struct.pack(">IH", 5, len(msg)) + msg))
 
     with (_scripted(tmp_path, reply) as path, NbdClient(path) as c,
           pytest.raises(IOFailure, match=r"Input/output error \(bad sector\?\[2J\)")):

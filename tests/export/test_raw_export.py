@@ -19,6 +19,7 @@ from euca2kvm.export.copy import copy_blocks
 from euca2kvm.export.digest import DEFAULT, DIGEST_BLOCK
 from euca2kvm.export.raw import export_raw, partial_name
 from euca2kvm.lvm.extents import ExtentMap, FillMapper, Kind, LinearMapper, StripedMapper
+from euca2kvm.lvm.source import LvmSource
 from refdigest import blkdigest
 
 MiB = 1 << 20
@@ -64,7 +65,7 @@ def test_export_exact_sparse_and_digests(tmp_path: Path, layout: tuple[ExtentMap
     emap, expected = layout
     out = tmp_path / "out.raw"
     out.write_bytes(b"garbage!" * (4 * MiB))  # a previous file with the final name: must be replaced
-    res = export_raw(emap, out, sha256=True, workers=workers)
+    res = export_raw(LvmSource(emap), out, sha256=True, workers=workers)
     data = out.read_bytes()
     assert data == expected
     assert res.sha256 == hashlib.sha256(expected).hexdigest()
@@ -77,7 +78,7 @@ def test_export_exact_sparse_and_digests(tmp_path: Path, layout: tuple[ExtentMap
 
 def test_verify_mode_reads_without_writing(layout: tuple[ExtentMap, bytes]) -> None:
     emap, expected = layout
-    res = copy_blocks(emap, None)
+    res = copy_blocks(LvmSource(emap), None)
     assert res.digest == blkdigest(expected) and res.bytes_written == 0
 
 
@@ -85,7 +86,7 @@ def test_all_zero_lv_costs_no_reads(tmp_path: Path) -> None:
     src = tmp_path / "hole"
     sparse_source(src, 64 * MiB, [])
     emap = ExtentMap(64 * MiB, [LinearMapper(0, 64 * MiB, str(src), 0)])
-    res = export_raw(emap, tmp_path / "z.raw")
+    res = export_raw(LvmSource(emap), tmp_path / "z.raw")
     assert res.bytes_read == 0 and res.bytes_written == 0
     assert res.digest == blkdigest(bytes(64 * MiB))
     assert os.stat(tmp_path / "z.raw").st_blocks == 0
@@ -97,7 +98,7 @@ def test_error_extent_refused_and_nothing_left(tmp_path: Path) -> None:
     emap = ExtentMap(8 * MiB, [LinearMapper(0, 4 * MiB, str(src), 0), FillMapper(4 * MiB, 4 * MiB, Kind.ERROR)])
     out = tmp_path / "e.raw"
     with pytest.raises(IOFailure, match="error"):
-        export_raw(emap, out)
+        export_raw(LvmSource(emap), out)
     assert not out.exists() and not partial_name(out).exists()
 
 
@@ -114,7 +115,7 @@ def test_interrupt_leaves_no_partial_and_keeps_old_output(tmp_path: Path, layout
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        export_raw(emap, out, progress=boom)
+        export_raw(LvmSource(emap), out, progress=boom)
     assert out.read_bytes() == b"previous complete export"
     assert not partial_name(out).exists()
 
@@ -126,7 +127,7 @@ def test_source_shrinking_is_an_error_not_zeros(tmp_path: Path) -> None:
     os.truncate(src, 6 * MiB + 5)
     out = tmp_path / "t.raw"
     with pytest.raises(IOFailure) as ei:  # a source that shrank after its scan: exit 5
-        export_raw(emap, out)
+        export_raw(LvmSource(emap), out)
     assert str(src) in str(ei.value)
     assert not out.exists() and not partial_name(out).exists()
 
@@ -143,7 +144,7 @@ def test_enospc_clear_error_and_no_partial(tmp_path: Path) -> None:
     try:
         out = mnt / "full.raw"
         with pytest.raises(IOFailure, match="no space left"):
-            export_raw(emap, out)
+            export_raw(LvmSource(emap), out)
         assert os.listdir(mnt) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=True, timeout=30)
@@ -187,8 +188,8 @@ def test_buffer_path_without_digest_copies_exactly(tmp_path: Path, layout: tuple
     out = tmp_path / "nv.raw"
     with open(out, "wb") as f:
         f.truncate(emap.size)
-        res = copy_blocks(emap, f.fileno(), digest=False, workers=2)
+        res = copy_blocks(LvmSource(emap), f.fileno(), digest=False, workers=2)
     assert res.digest is None and out.read_bytes() == expected
     with open(out, "wb") as f:
         f.truncate(emap.size)
-        assert copy_blocks(emap, f.fileno(), workers=2).digest == blkdigest(expected)
+        assert copy_blocks(LvmSource(emap), f.fileno(), workers=2).digest == blkdigest(expected)

@@ -19,6 +19,7 @@ from euca2kvm.lvm import Device, scan
 from euca2kvm.lvm.extents import Kind
 from euca2kvm.lvm.label import find_label
 from euca2kvm.lvm.mda import read_mda_header, read_metadata
+from euca2kvm.lvm.source import LvmSource
 from refdigest import blkdigest
 
 
@@ -40,7 +41,7 @@ def test_every_readable_lv_matches_lvm2_ground_truth(lvm_fixtures: tuple[Path, d
         assert vol.problem is None, (lv["lv"], vol.problem)
         emap = vol.extent_map()
         assert emap.size == lv["size"]
-        res = copy_blocks(emap, None, sha256=True)
+        res = copy_blocks(LvmSource(emap), None, sha256=True)
         assert res.sha256 == lv["sha256"], f"{lv['vg']}/{lv['lv']}"
         checked += 1
     assert checked >= 14
@@ -175,7 +176,7 @@ def test_raw_snapshot_bytes(lvm_fixtures: tuple[Path, dict[str, Any]]) -> None:
     raw = truth["raw"][0]
     d = discover([str(root / raw["dir"] / raw["file"])], check_in_use=False)
     vol = d.find(raw["file"])
-    assert copy_blocks(vol.extent_map(), None, sha256=True).sha256 == raw["sha256"]
+    assert copy_blocks(LvmSource(vol.extent_map()), None, sha256=True).sha256 == raw["sha256"]
 
 
 def test_third_party_images(third_party_pvs: dict[str, Any]) -> None:
@@ -186,7 +187,7 @@ def test_third_party_images(third_party_pvs: dict[str, Any]) -> None:
         for lv_name, lv in info["lvs"].items():
             emap = g.lv_map(lv_name)
             assert emap.size == lv["size"]
-            assert copy_blocks(emap, None, sha256=True).sha256 == lv["sha256"]
+            assert copy_blocks(LvmSource(emap), None, sha256=True).sha256 == lv["sha256"]
 
 
 def test_thin_pool_made_by_lvm2_metadata_and_thin_restore(lvm_fixtures: tuple[Path, dict[str, Any]]) -> None:
@@ -201,6 +202,6 @@ def test_thin_pool_made_by_lvm2_metadata_and_thin_restore(lvm_fixtures: tuple[Pa
     data = bytearray(8 << 20)
     marker = b"THIN-BLOCK0-MARKER"
     data[: len(marker)] = marker
-    assert copy_blocks(thin1.extent_map(), None).digest == blkdigest(bytes(data))
+    assert copy_blocks(LvmSource(thin1.extent_map()), None).digest == blkdigest(bytes(data))
     assert by_lv["lv-lin"].problem is None
 

@@ -103,9 +103,9 @@ def check_legs(vol: Volume, reporter: Reporter) -> None:
 
 
 def volume_source(vol: Volume) -> Source:
-    return Source(vol.id, vol.extent_map(),
+    return Source(vol.id, vol.block_source(),
                   {"kind": vol.kind, "vg": vol.vg, "lv": vol.lv, "segment_types": vol.segment_types},
-                  **source_identity(vol.group, vol.lv))
+                  **source_identity(vol.group, vol.lv), files=vol.local_files())
 
 
 def volume_label(vol: Volume) -> str:

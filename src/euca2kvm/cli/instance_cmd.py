@@ -124,7 +124,7 @@ def _source(plan: InstancePlan, d: PlannedDisk, domain: dict[str, Any]) -> Sourc
     assert v is not None
     return Source(
         d.name,
-        v.extent_map(),
+        v.block_source(),
         {
             "kind": v.kind,
             "vg": v.vg,
@@ -139,6 +139,7 @@ def _source(plan: InstancePlan, d: PlannedDisk, domain: dict[str, Any]) -> Sourc
             **domain,
         },
         **source_identity(v.group, v.lv),
+        files=v.local_files(),
     )
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ..blocks import BlockSource, FileOpener
 from ..errors import Euca2kvmError, FormatError, UsageError
 from ..ids import GZIP_MAGIC, ID_RE, SNAP_GZ_RE, STRAY_RE, is_gzip
 from ..lvm.device import Device, file_size
@@ -54,6 +55,8 @@ class Volume:
     problem_error: Euca2kvmError | None = None
     in_use: list[Holder] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    opener: FileOpener | None = None  # how this volume's files are read (None: local files)
+    blocks_factory: Callable[[], BlockSource] | None = None  # a non-LVM backend's source (RBD...)
 
     @property
     def compressed(self) -> bool:
@@ -69,6 +72,20 @@ class Volume:
             assert self.lv is not None
             return self.group.lv_map(self.lv)
         return ExtentMap(self.size, [LinearMapper(0, self.size, self.files[0], 0)] if self.size else [])
+
+    def block_source(self) -> BlockSource:
+        """The volume's bytes: the backend's own source, else its extent map read through ``opener``."""
+        if self.blocks_factory is not None:
+            return self.blocks_factory()
+        from ..lvm.source import LvmSource
+
+        return LvmSource(self.extent_map(), self.id, self.opener)
+
+    def local_files(self) -> list[str]:
+        """The local files an export fingerprints (none when read through an opener or a backend)."""
+        if self.blocks_factory is not None or self.opener is not None:
+            return []
+        return sorted(self.extent_map().paths())
 
     @property
     def name(self) -> str:

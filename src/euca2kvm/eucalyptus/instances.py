@@ -11,11 +11,13 @@ and every reason it cannot be exported (a *blocker*). In-use blockers may be ove
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..blocks import data_bytes
 from ..errors import (
     EXIT_FORMAT,
     EXIT_IN_USE,
@@ -30,7 +32,7 @@ from ..errors import (
 )
 from ..export import manifest
 from ..export.formats import OutputFormat
-from ..export.pipeline import FORMAT_OVERHEAD_FIXED, FORMAT_OVERHEAD_RATIO, data_bytes
+from ..export.pipeline import FORMAT_OVERHEAD_FIXED, FORMAT_OVERHEAD_RATIO
 from ..units import GiB
 from .cloudinuse import HostState, instance_evidence, volume_evidence
 from .discovery import Discovery, Volume
@@ -232,8 +234,8 @@ def check_volume(
         disk.blockers.append(Blocker(classify(vol.problem_error), f"{vid}: {vol.problem}", vid))
     else:
         try:
-            emap = vol.extent_map()
-            disk.bytes_to_read = data_bytes(emap)
+            with contextlib.closing(vol.block_source()) as blocks:
+                disk.bytes_to_read = data_bytes(blocks)
             disk.estimated_bytes = estimate_output(disk.bytes_to_read, fmt)
         except Euca2kvmError as e:
             disk.blockers.append(Blocker(classify(e), f"{vid}: {e}", vid))

@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The block mover: reads an extent map block by block, digests it, and writes a sparse copy.
+"""The block mover: reads a block source block by block, digests it, and writes a sparse copy.
 
-Work is cut into digest blocks (4 MiB). A block whose extents are all ZERO, or whose source
-bytes are holes (SEEK_DATA), is neither read nor written: its digest is known. Other blocks are
-shared with the source by reflink (FICLONERANGE, btrfs/XFS; remembered when unsupported) and
-read only to be hashed, or read with ``preadv`` into a per-worker buffer, hashed and written
+Work is cut into digest blocks (4 MiB). A block whose ranges are all ZERO or HOLE is neither
+read nor written: its digest is known. Other blocks are shared with the source by reflink
+(FICLONERANGE, btrfs/XFS; when the source offers ``file_runs``, remembered when unsupported) and
+read only to be hashed, or read with ``read_into`` into a per-worker buffer, hashed and written
 from it with one ``pwritev`` per contiguous span.
 
 Sources are never mapped: a page of a mapping beyond the end of a file that shrank meanwhile
@@ -29,18 +29,16 @@ import fcntl
 import hashlib
 import os
 import queue
-import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..blocks import BlockSource, Kind
 from ..errors import IOFailure
-from ..lvm.extents import Extent, ExtentMap, Kind
-from ..lvm.reader import FdCache
 from ..units import KiB
-from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
+from .digest import DEFAULT, DIGEST_BLOCK, ZEROS, Algorithm, BlockDigest
 from .inorder import fold_plain, in_order
 
 # Two cores hash and copy at once; a third and fourth worker keep a core busy while another
@@ -51,7 +49,6 @@ EXTRA_INFLIGHT = 2
 # Zero runs shorter than this are written as data: the filesystem block size, as qemu-img's
 # default -S 4k; a finer grain cannot save space.
 SPARSE_GRAIN = 4 * KiB
-_ZEROS = bytes(DIGEST_BLOCK)
 # Linux UIO_MAXIOV: most buffers one pwritev takes.
 IOV_MAX = 1024
 # linux/fs.h: share blocks between files (btrfs, XFS with reflink=1, ...)
@@ -74,86 +71,46 @@ class CopyResult:
     bytes_written: int  # bytes written (data; zeros and holes are skipped)
 
 
-class Sources(FdCache):
-    """The sources of one copy: shared read-only descriptors, and which fast paths they support."""
+class _Dest:
+    """The destination of one copy: one writer at a time, and whether it can share blocks."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.can_seek_data: dict[str, bool] = {}
-        self.can_clone = True
-        self._data_span: dict[str, tuple[int, int]] = {}  # path -> last (data, hole) offsets seen
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.can_clone = fd is not None
         # One writer at a time: concurrent writes to one file contend for its inode lock, which
         # the kernel spins on (measured: 2-4x the system time, and exports that took 1.3 s
         # instead of 0.35 s). Waiting here sleeps, and the other workers go on hashing.
         self.write_lock = threading.Lock()
 
-    def write(self, fd: int, pieces: list[tuple[int, memoryview]]) -> int:
+    def write(self, pieces: list[tuple[int, memoryview]]) -> int:
         """Write (offset, bytes) pieces to the destination, one writer at a time."""
+        assert self.fd is not None
         with self.write_lock:
-            return _pwritev_pieces(fd, pieces)
+            return _pwritev_pieces(self.fd, pieces)
 
-    def clone_runs(self, out_fd: int, lo: int, runs: list[tuple[int, int, str, int]]) -> bool:
+    def clone_runs(self, lo: int, runs: list[tuple[int, int, int, int]]) -> bool:
         """Share the runs' blocks with the destination (FICLONERANGE, btrfs/XFS reflink).
 
-        Only whole filesystem blocks can be shared; False (and remembered when the filesystem
-        cannot) sends the block down the copying path.
+        ``runs`` are (disk byte, source descriptor, file offset, length). Only whole filesystem
+        blocks can be shared; False (and remembered when the filesystem cannot) sends the block
+        down the copying path.
         """
-        for boff, foff, path, length in runs:
-            dst = lo + boff
+        assert self.fd is not None
+        for dst, _, foff, length in runs:
             if foff % CLONE_ALIGN or dst % CLONE_ALIGN or length % CLONE_ALIGN:
                 return False
-            arg = struct.pack("qQQQ", self.fd(path), foff, length, dst)
+        for dst, src_fd, foff, length in runs:
+            arg = struct.pack("qQQQ", src_fd, foff, length, dst)
             try:
-                fcntl.ioctl(out_fd, FICLONERANGE, arg)
+                fcntl.ioctl(self.fd, FICLONERANGE, arg)
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise IOFailure(f"no space left on device sharing {length} bytes at offset {dst}") from e
                 if e.errno in _UNSUPPORTED or e.errno == errno.ENOTTY:
                     self.can_clone = False  # not a reflink filesystem, or another filesystem
                     return False
-                raise IOFailure(f"reflink of {length} bytes from {path} at {foff} failed: {e.strerror}") from e
+                raise IOFailure(f"reflink of {length} bytes at source offset {foff} failed: {e.strerror}") from e
         return True
-
-    def data_ranges(self, ext: Extent) -> list[tuple[int, int]]:
-        """Sub-ranges (file offsets) of a DATA extent that are not holes in the source file."""
-        assert ext.path is not None
-        start, end = ext.offset, ext.offset + ext.length
-        known = self._data_span.get(ext.path)
-        if known is not None and known[0] <= start and end <= known[1]:
-            return [(start, end)]  # inside the last data run found: no system call per stripe chunk
-        fd = self.fd(ext.path)
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and st.st_size < end:
-            # SEEK_DATA past EOF looks like a hole: a shrunk source must fail, not read as zeros. The
-            # scan checked every extent against the file's size, so the file shrank since.
-            raise IOFailure(f"{ext.path} is {st.st_size} bytes but the LV needs bytes up to {end} at "
-                            f"offset {start}: the file shrank while exporting")
-        if not self.can_seek_data.get(ext.path, True):
-            return [(start, end)]
-        out: list[tuple[int, int]] = []
-        pos = start
-        try:
-            while pos < end:
-                try:
-                    data = os.lseek(fd, pos, os.SEEK_DATA)
-                except OSError as e:
-                    if e.errno == errno.ENXIO:  # only a hole remains up to EOF
-                        break
-                    raise
-                if data >= end:
-                    break
-                hole_at = os.lseek(fd, data, os.SEEK_HOLE)
-                self._data_span[ext.path] = (data, hole_at)
-                hole = min(hole_at, end)
-                out.append((data, hole))
-                pos = hole
-        except OSError as e:
-            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-                # Block devices and some filesystems: everything counts as data. Remember it.
-                self.can_seek_data[ext.path] = False
-                return [(start, end)]
-            raise IOFailure(f"cannot map holes of {ext.path}: {e.strerror}") from e
-        return out
 
 
 class BufferPool:
@@ -187,32 +144,33 @@ class _Block:
     written: int
 
 
-def _block_runs(emap: ExtentMap, src: Sources, lo: int, hi: int, name: str) -> list[tuple[int, int, str, int]]:
-    """The data runs of block [lo, hi): (offset in block, file offset, path, length); [] = all zeros."""
-    runs: list[tuple[int, int, str, int]] = []
-    for ext in emap.extents(lo, hi):
-        if ext.kind is Kind.ERROR:
-            raise IOFailure(f"{name}: bytes {ext.start}..{ext.end} map to an 'error' segment; "
+def block_data(source: BlockSource, lo: int, hi: int, name: str) -> list[tuple[int, int]]:
+    """The DATA ranges of block [lo, hi) as (offset in block, length); [] = all zeros or holes.
+    An ERROR range fails here, before anything of the block is read or written."""
+    runs: list[tuple[int, int]] = []
+    for r in source.ranges(lo, hi):
+        if r.kind is Kind.ERROR:
+            raise IOFailure(f"{name}: bytes {r.start}..{r.end} map to an 'error' segment; "
                             "the device-mapper would fail these reads, refusing to invent data")
-        if ext.kind is Kind.ZERO:
-            continue
-        assert ext.path is not None
-        for a, b in src.data_ranges(ext):
-            runs.append((ext.start - lo + (a - ext.offset), a, ext.path, b - a))
+        if r.kind is Kind.DATA:
+            runs.append((r.start - lo, r.length))
     return runs
 
 
-def _block_job(src: Sources, out_fd: int | None, lo: int, hi: int, index: int, runs: list[tuple[int, int, str, int]],
+def _block_job(source: BlockSource, dest: _Dest, lo: int, hi: int, index: int, runs: list[tuple[int, int]],
                buffers: BufferPool, keep: bool, algo: Algorithm | None) -> _Block:
     """Copy and/or digest one block; ``algo`` None copies without hashing (--no-verify)."""
-    if out_fd is not None and not keep and src.can_clone and src.clone_runs(out_fd, lo, runs):
-        # Blocks shared with the source (reflink): nothing copied; read only to hash them, if asked.
-        total = sum(r[3] for r in runs)
-        if algo is None:
-            return _Block(index, lo, hi, b"", None, 0, total)
-        hashed = _buffered_block(src, None, lo, hi, index, runs, buffers, False, algo)
-        return _Block(index, lo, hi, hashed.digest, None, hashed.read, total)
-    return _buffered_block(src, out_fd, lo, hi, index, runs, buffers, keep, algo)
+    if dest.can_clone and not keep:
+        file_runs = getattr(source, "file_runs", None)  # an optional capability of file-backed sources
+        shared = file_runs(lo, hi) if file_runs is not None else None
+        if shared is not None and dest.clone_runs(lo, shared):
+            # Blocks shared with the source (reflink): nothing copied; read only to hash them, if asked.
+            total = sum(r[1] for r in runs)
+            if algo is None:
+                return _Block(index, lo, hi, b"", None, 0, total)
+            hashed = _buffered_block(source, None, lo, hi, index, runs, buffers, False, algo)
+            return _Block(index, lo, hi, hashed.digest, None, hashed.read, total)
+    return _buffered_block(source, dest, lo, hi, index, runs, buffers, keep, algo)
 
 
 def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
@@ -243,40 +201,30 @@ def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
     return written
 
 
-def _buffered_block(src: Sources, out_fd: int | None, lo: int, hi: int, index: int,
-                    runs: list[tuple[int, int, str, int]], buffers: BufferPool, keep: bool,
+def _buffered_block(source: BlockSource, dest: _Dest | None, lo: int, hi: int, index: int,
+                    runs: list[tuple[int, int]], buffers: BufferPool, keep: bool,
                     algo: Algorithm | None) -> _Block:
-    """Read the block's runs into a buffer, hash it and write its non-zero grains from there.
-
-    A read that returns fewer bytes than asked for is a source that shrank after the scan
-    checked its size: IOFailure naming the file and the offset, never zeros or stale bytes."""
+    """Read the block's DATA into a buffer, hash it and write its non-zero grains from there."""
     n = hi - lo
     buf: bytearray | None = buffers.get()
     assert buf is not None
     try:
         view = memoryview(buf)[:n]
         covered = 0
-        for boff, foff, path, length in runs:
+        for boff, length in runs:
             if boff > covered:
-                view[covered:boff] = _ZEROS[: boff - covered]
-            try:
-                got = os.preadv(src.fd(path), [view[boff : boff + length]], foff)
-            except OSError as e:
-                raise IOFailure(f"read of {length} bytes at offset {foff} of {path} failed: "
-                                f"{e.strerror}") from e
-            if got != length:
-                raise IOFailure(f"short read of {path} at offset {foff + got} ({got} of {length} bytes): "
-                                "the file shrank while exporting")
+                view[covered:boff] = ZEROS[: boff - covered]
+            source.read_into(lo + boff, view[boff : boff + length])
             covered = boff + length
         if covered < n:
-            view[covered:n] = _ZEROS[: n - covered]
-        read = sum(r[3] for r in runs)
-        if _ZEROS.startswith(view):
+            view[covered:n] = ZEROS[: n - covered]
+        read = sum(r[1] for r in runs)
+        if ZEROS.startswith(view):
             digest = algo.zero(n) if algo else b""
             written = 0
         else:
             digest = algo.block(view) if algo else b""
-            written = src.write(out_fd, sparse_pieces(view, lo)) if out_fd is not None else 0
+            written = dest.write(sparse_pieces(view, lo)) if dest is not None and dest.fd is not None else 0
         if keep:
             out = _Block(index, lo, hi, digest, buf, read, written)
             buf = None  # ownership passes to the consumer
@@ -299,7 +247,7 @@ def _zero_grains(view: memoryview) -> Iterator[int]:
     i = firsts.find(0)
     while i >= 0:
         a = i * SPARSE_GRAIN
-        if _ZEROS.startswith(view[a : a + SPARSE_GRAIN]):
+        if ZEROS.startswith(view[a : a + SPARSE_GRAIN]):
             yield i
         i = firsts.find(0, i + 1)
 
@@ -343,20 +291,22 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += n
 
 
-def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
+def copy_blocks(source: BlockSource, out_fd: int | None, *, sha256: bool = False,
                 workers: int = DEFAULT_WORKERS, progress: ProgressFn | None = None,
-                name: str = "LV", digest: bool = True, algorithm: Algorithm = DEFAULT,
+                name: str | None = None, digest: bool = True, algorithm: Algorithm = DEFAULT,
                 on_read: ProgressFn | None = None) -> CopyResult:
-    """Digest (and when ``out_fd`` is given, sparsely write) every byte of ``emap``.
+    """Digest (and when ``out_fd`` is given, sparsely write) every byte of ``source``.
 
+    This is the one block-digest fold: exports, resume checks and ``verify`` all digest through it.
     ``digest=False`` (``--no-verify``) copies without hashing; the result's digest is then None.
-    ``progress`` gets the bytes of the LV each block covers (holes included), ``on_read`` the bytes
+    ``progress`` gets the bytes of the disk each block covers (holes included), ``on_read`` the bytes
     actually read for it (what a transfer rate should count), when there are any.
     """
     workers = max(1, workers)
-    size = emap.size
+    size = source.size
+    label = name or source.name
     buffers = BufferPool(workers + EXTRA_INFLIGHT if sha256 else workers)
-    src = Sources()
+    dest = _Dest(out_fd)
     bd = BlockDigest(algorithm)
     algo = algorithm if digest or sha256 else None
     plain = hashlib.sha256() if sha256 else None
@@ -377,19 +327,23 @@ def copy_blocks(emap: ExtentMap, out_fd: int | None, *, sha256: bool = False,
     def blocks() -> Iterator[Future[_Block] | _Block]:
         for index, lo in enumerate(range(0, size, DIGEST_BLOCK)):
             hi = min(size, lo + DIGEST_BLOCK)
-            runs = _block_runs(emap, src, lo, hi, name)
+            runs = block_data(source, lo, hi, label)
             if runs and workers == 1:  # no hand-off at all: each one costs a wake-up of another thread
-                yield _block_job(src, out_fd, lo, hi, index, runs, buffers, sha256, algo)
+                yield _block_job(source, dest, lo, hi, index, runs, buffers, sha256, algo)
             elif runs:
-                yield pool.submit(_block_job, src, out_fd, lo, hi, index, runs, buffers, sha256, algo)
+                yield pool.submit(_block_job, source, dest, lo, hi, index, runs, buffers, sha256, algo)
             else:  # all zeros or holes: known digest, nothing to read or write, no hand-off to a worker
                 yield _Block(index, lo, hi, algo.zero(hi - lo) if algo else b"", None, 0, 0)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy")
     try:
         in_order(blocks(), workers + EXTRA_INFLIGHT, consume)
+    except BaseException:
+        abort = getattr(source, "abort", None)  # optional: wake workers blocked on a source read
+        if abort is not None:
+            abort()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        src.close()
     return CopyResult(bd.hexdigest() if digest else None, plain.hexdigest() if plain else None, size, total_read,
                       total_written)

@@ -37,6 +37,8 @@ from ..units import MiB
 # 4 MiB: large enough that per-block overhead (a syscall, a digest) is noise, small enough that
 # a few blocks in flight per worker stay well under the memory budget; same as ovirt's blkhash.
 DIGEST_BLOCK = 4 * MiB
+# One block of zeros: what holes read as, compared against (``ZEROS.startswith(view)``) and copied.
+ZEROS = bytes(DIGEST_BLOCK)
 
 
 class Hasher(Protocol):

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import FormatError, IOFailure, VerifyError
 from ..ids import GZIP_MAGIC, SNAP_GZ_RE, is_gzip
-from ..lvm.extents import ExtentMap, LinearMapper
+from ..lvm.source import file_source
 from ..outdir import OutDir
 from ..units import MiB, TiB
 from . import manifest
@@ -222,7 +222,8 @@ def _reusable(outdir: Path, out: Path, path: str, opts: ExportOptions) -> dict[s
     ):
         return None
     try:
-        return prev if content_digest(out, opts.fmt.name, prev["digest"], opts.workers) == prev["digest"] else None
+        found = content_digest(out, opts.fmt.name, prev["digest"], opts.workers, prev.get("size"))
+        return prev if found == prev["digest"] else None
     except Exception:  # noqa: BLE001 - anything wrong with the old output means: export again
         return None
 
@@ -275,8 +276,7 @@ def export_gz(
             res = decompress(path, fd, sha256=opts.sha256, progress=progress, algorithm=opts.algorithm)
             os.ftruncate(fd, res.size)
         tmp = str(work.file(IMAGE))
-        emap = ExtentMap(res.size, [LinearMapper(0, res.size, tmp, 0)] if res.size else [])
-        entry, _ = export_source(Source(ident, emap, base), outdir, opts)
+        entry, _ = export_source(Source(ident, file_source(tmp, res.size), base, files=[tmp]), outdir, opts)
     if entry.get("digest") and entry["digest"] != res.digest:
         raise VerifyError(f"{ident}: the digest of the decompressed data changed during conversion")
     entry["digest"] = res.digest

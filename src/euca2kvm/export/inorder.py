@@ -9,9 +9,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from .digest import DIGEST_BLOCK
-
-_ZEROS = bytes(DIGEST_BLOCK)
+from .digest import ZEROS
 
 T = TypeVar("T")
 
@@ -47,4 +45,4 @@ def fold_plain(plain: Any, buf: bytearray | None, n: int, give_back: Callable[[b
         plain.update(memoryview(buf)[:n])
         give_back(buf)
     else:
-        plain.update(_ZEROS[:n])
+        plain.update(ZEROS[:n])

@@ -1,29 +1,30 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A minimal, read-only NBD server over an :class:`ExtentMap`, on a unix socket.
+"""A minimal, read-only NBD server over a :class:`~euca2kvm.blocks.BlockSource`, on a unix socket.
 
-qemu-img reads multi-run LVs (several segments, stripes, thin) through it without a temporary
-full-size copy: ``qemu-img convert -f raw <server.uri> out.qcow2``. Implemented subset of the
-NBD protocol (NetworkBlockDevice/nbd ``doc/proto.md``):
+qemu-img reads every converted export through it without a temporary full-size copy:
+``qemu-img convert -f raw <server.uri> out.qcow2``; the bytes it serves are read (and, for a
+verified export, digested) by :class:`.served.Served`, so the source is read once. Implemented
+subset of the NBD protocol (NetworkBlockDevice/nbd ``doc/proto.md``; constants in :mod:`.nbdproto`):
 
 - fixed newstyle handshake with ``NO_ZEROES``; options ``EXPORT_NAME``, ``GO``, ``INFO``,
   ``LIST``, ``ABORT``, ``STRUCTURED_REPLY``, ``LIST_META_CONTEXT``/``SET_META_CONTEXT``
   (``base:allocation`` only); any other option gets ``NBD_REP_ERR_UNSUP``;
-- ``READ`` (simple or structured replies; ZERO extents become hole chunks, never read),
-  ``BLOCK_STATUS`` (ZERO extents are reported hole+zero so qemu skips them), ``FLUSH``
-  (no-op), ``DISC``; writes, trims and write-zeroes fail with ``EPERM``;
-- ERROR extents fail reads with ``EIO`` (a convert fails, it never gets zeros); requests
-  beyond the end or larger than :data:`MAX_REQUEST` fail with ``EINVAL``.
+- ``READ`` (simple or structured replies; ZERO and HOLE ranges become hole chunks, never read),
+  ``BLOCK_STATUS`` (ZERO and HOLE ranges, source-file holes included, are reported hole+zero
+  so qemu skips them), ``FLUSH`` (no-op), ``DISC``; writes, trims and write-zeroes fail with
+  ``EPERM``;
+- ERROR ranges fail reads with ``EIO`` (a convert fails, it never gets zeros), and so does a
+  source read that fails (a file that shrank): every byte of a reply is read before its header
+  is sent. Requests beyond the end or larger than :data:`MAX_REQUEST` fail with ``EINVAL``.
 
-One thread per connection, each with its own file descriptors; protocol violations close that
-connection only. The module is longer than most here on purpose: the protocol constants, the
-server and the per-connection state machine are one protocol and are read together.
-Unexpected exceptions are kept in :attr:`NbdServer.failures` for callers and tests to check.
+One thread per connection; protocol violations close that connection only. Unexpected
+exceptions are kept in :attr:`NbdServer.failures`, source read failures in
+:attr:`NbdServer.read_failures`, for callers and tests to check.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -35,16 +36,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from ..errors import UsageError
-from ..lvm.extents import Extent, ExtentMap, Kind
+from ..blocks import ZEROS as ZERO_KINDS
+from ..blocks import BlockSource, Kind, Range
+from ..errors import IOFailure, UsageError
 from ..safefs import RUNTIME_PREFIX, runtime_dir
 from ..units import KiB, MiB
+from . import nbdproto as proto
+from .nbdproto import MAX_REQUEST, MAX_SOCK_PATH
+from .served import Served
 
 log = logging.getLogger(__name__)
 
-# Requests larger than this fail with EINVAL; advertised as the maximum block size. 32 MiB is
-# the NBD de-facto hard limit (qemu's NBD_MAX_BUFFER_SIZE) and bounds per-connection memory.
-MAX_REQUEST = 32 * MiB
 # Advertised preferred I/O size: page size, what a page-cached source reads best at.
 PREFERRED_BLOCK = 4 * KiB
 # Option payloads above this close the connection (strings are at most 4 KiB by the spec).
@@ -65,37 +67,10 @@ MIN_HOLE_CHUNK = 64 * KiB
 # Extents examined per BLOCK_STATUS request (the spec allows a shorter answer): bounds the
 # work a 4 GiB query over a 64 KiB-striped map costs.
 MAX_STATUS_EXTENTS = 8192
-# pread size when sendfile is unavailable (bounded memory per connection).
-FALLBACK_CHUNK = 1 * MiB
-# Unix socket paths are limited to 108 bytes including the NUL (sun_path).
-MAX_SOCK_PATH = 107
+# Bytes of the source asked for ranges at a time while answering BLOCK_STATUS: 64 MiB of 64 KiB
+# stripes is 1024 ranges, so the answer stops soon after MAX_STATUS_EXTENTS.
+STATUS_STEP = 64 * MiB
 
-NBDMAGIC = 0x4E42444D41474943
-IHAVEOPT = 0x49484156454F5054
-REPLY_MAGIC = 0x3E889045565A9
-REQUEST_MAGIC = 0x25609513
-SIMPLE_MAGIC = 0x67446698
-STRUCTURED_MAGIC = 0x668E33EF
-FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
-# Transmission flags: HAS_FLAGS | READ_ONLY | SEND_FLUSH | CAN_MULTI_CONN (a read-only export
-# is trivially consistent across connections).
-EXPORT_FLAGS = 1 | 2 | 4 | 256
-OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
-OPT_STRUCTURED_REPLY, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT = 8, 9, 10
-REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT = 1, 2, 3, 4
-REP_ERR_UNSUP, REP_ERR_INVALID, REP_ERR_UNKNOWN = 2**31 + 1, 2**31 + 3, 2**31 + 6
-INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
-CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = 0, 1, 2, 3, 4, 6, 7
-CMD_FLAG_FUA, CMD_FLAG_DF, CMD_FLAG_REQ_ONE = 1, 4, 8
-REPLY_FLAG_DONE = 1
-REPLY_NONE, REPLY_OFFSET_DATA, REPLY_OFFSET_HOLE, REPLY_BLOCK_STATUS = 0, 1, 2, 5
-REPLY_ERROR, REPLY_ERROR_OFFSET = 2**15 + 1, 2**15 + 2
-STATE_HOLE, STATE_ZERO = 1, 2
-EPERM, EIO, EINVAL = 1, 5, 22
-BASE_ALLOCATION = b"base:allocation"
-BASE_ALLOCATION_ID = 1
-
-_REQUEST = struct.Struct(">IHHQQI")
 _ZEROS = bytes(1 * MiB)
 _CHUNK = struct.Struct(">IHHQI")
 
@@ -115,10 +90,14 @@ class Stats:
 
 
 class NbdServer:
-    """Serves ``emap`` read-only on a unix socket until :meth:`close`. Use :func:`serve`."""
+    """Serves ``source`` read-only on a unix socket until :meth:`close`. Use :func:`serve`.
 
-    def __init__(self, emap: ExtentMap, sock_path: str | None = None, export_name: str = "") -> None:
-        self.emap = emap
+    Bytes are read through ``served`` (default: a plain, counting :class:`.served.Served`)."""
+
+    def __init__(self, source: BlockSource, sock_path: str | None = None, export_name: str = "",
+                 served: Served | None = None) -> None:
+        self.source = source
+        self.served = served or Served(source)
         self.export_name = export_name
         self._tmpdir: str | None = None
         if sock_path is None:
@@ -131,6 +110,7 @@ class NbdServer:
         self.sock_path = sock_path
         self.stats = Stats()
         self.failures: list[str] = []
+        self.read_failures: list[IOFailure] = []  # source reads that failed (answered proto.EIO)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._conns: dict[int, tuple[socket.socket, threading.Thread]] = {}
@@ -164,7 +144,7 @@ class NbdServer:
         self._listener = lsock
         self._acceptor = threading.Thread(target=self._accept_loop, name="nbd-accept", daemon=True)
         self._acceptor.start()
-        log.debug("NBD serving size=%d socket=%s", self.emap.size, self.sock_path)
+        log.debug("NBD serving size=%d socket=%s", self.source.size, self.sock_path)
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -237,9 +217,10 @@ class NbdServer:
 
 
 @contextlib.contextmanager
-def serve(emap: ExtentMap, sock_path: str | None = None, export_name: str = "") -> Iterator[NbdServer]:
-    """Serve ``emap`` read-only over NBD for the duration of the ``with`` block."""
-    server = NbdServer(emap, sock_path, export_name)
+def serve(source: BlockSource, sock_path: str | None = None, export_name: str = "",
+          served: Served | None = None) -> Iterator[NbdServer]:
+    """Serve ``source`` read-only over NBD for the duration of the ``with`` block."""
+    server = NbdServer(source, sock_path, export_name, served)
     server.start()
     try:
         yield server
@@ -250,13 +231,11 @@ def serve(emap: ExtentMap, sock_path: str | None = None, export_name: str = "") 
 class _Connection:
     def __init__(self, server: NbdServer, sock: socket.socket) -> None:
         self.server = server
-        self.emap = server.emap
+        self.source = server.source
         self.sock = sock
         self.structured = False
         self.meta = False  # base:allocation selected
         self.no_zeroes = False
-        self._fds: dict[str, tuple[int, int]] = {}
-        self._sendfile = True
 
     def run(self) -> None:
         try:
@@ -272,8 +251,6 @@ class _Connection:
             log.exception("NBD connection failed")
             self.server._fail(f"{type(e).__name__}: {e}")
         finally:
-            for fd, _ in self._fds.values():
-                os.close(fd)
             self.sock.close()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -297,14 +274,15 @@ class _Connection:
 
     def _handshake(self) -> bool:
         self.sock.settimeout(HANDSHAKE_TIMEOUT)
-        self._send(struct.pack(">QQH", NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+        self._send(struct.pack(">QQH", proto.NBDMAGIC, proto.IHAVEOPT,
+                               proto.FLAG_FIXED_NEWSTYLE | proto.FLAG_NO_ZEROES))
         (cflags,) = struct.unpack(">I", self._recv(4))
-        if cflags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES):
+        if cflags & ~(proto.FLAG_FIXED_NEWSTYLE | proto.FLAG_NO_ZEROES):
             raise _Hangup(f"unknown client flags {cflags:#x}")
-        self.no_zeroes = bool(cflags & FLAG_NO_ZEROES)
+        self.no_zeroes = bool(cflags & proto.FLAG_NO_ZEROES)
         for _ in range(MAX_OPTIONS):
             magic, opt, length = struct.unpack(">QII", self._recv(16))
-            if magic != IHAVEOPT:
+            if magic != proto.IHAVEOPT:
                 raise _Hangup(f"bad option magic {magic:#x}")
             if length > MAX_OPTION_LENGTH:
                 raise _Hangup(f"option {opt} payload of {length} bytes")
@@ -313,40 +291,40 @@ class _Connection:
         raise _Hangup("too many options")
 
     def _reply(self, opt: int, rep: int, data: bytes = b"") -> None:
-        self._send(struct.pack(">QIII", REPLY_MAGIC, opt, rep, len(data)), data)
+        self._send(struct.pack(">QIII", proto.REPLY_MAGIC, opt, rep, len(data)), data)
 
     def _option(self, opt: int, data: bytes) -> bool:
         """Handle one option; True when transmission starts."""
-        if opt == OPT_EXPORT_NAME:
+        if opt == proto.OPT_EXPORT_NAME:
             if data.decode("utf-8", "replace") != self.server.export_name:
                 raise _Hangup("unknown export name")  # the only way to refuse EXPORT_NAME
             pad = b"" if self.no_zeroes else bytes(124)
-            self._send(struct.pack(">QH", self.emap.size, EXPORT_FLAGS), pad)
+            self._send(struct.pack(">QH", self.source.size, proto.EXPORT_FLAGS), pad)
             return True
-        if opt == OPT_ABORT:
-            self._reply(opt, REP_ACK)
+        if opt == proto.OPT_ABORT:
+            self._reply(opt, proto.REP_ACK)
             raise _Hangup("client aborted")
-        if opt == OPT_LIST:
+        if opt == proto.OPT_LIST:
             if data:
-                self._reply(opt, REP_ERR_INVALID, b"LIST takes no data")
+                self._reply(opt, proto.REP_ERR_INVALID, b"LIST takes no data")
                 return False
             name = self.server.export_name.encode()
-            self._reply(opt, REP_SERVER, struct.pack(">I", len(name)) + name)
-            self._reply(opt, REP_ACK)
+            self._reply(opt, proto.REP_SERVER, struct.pack(">I", len(name)) + name)
+            self._reply(opt, proto.REP_ACK)
             return False
-        if opt == OPT_STRUCTURED_REPLY:
+        if opt == proto.OPT_STRUCTURED_REPLY:
             if data:
-                self._reply(opt, REP_ERR_INVALID, b"STRUCTURED_REPLY takes no data")
+                self._reply(opt, proto.REP_ERR_INVALID, b"STRUCTURED_REPLY takes no data")
                 return False
             self.structured = True
-            self._reply(opt, REP_ACK)
+            self._reply(opt, proto.REP_ACK)
             return False
-        if opt in (OPT_INFO, OPT_GO):
+        if opt in (proto.OPT_INFO, proto.OPT_GO):
             return self._info(opt, data)
-        if opt in (OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT):
+        if opt in (proto.OPT_LIST_META_CONTEXT, proto.OPT_SET_META_CONTEXT):
             self._meta_context(opt, data)
             return False
-        self._reply(opt, REP_ERR_UNSUP, b"unsupported option")
+        self._reply(opt, proto.REP_ERR_UNSUP, b"unsupported option")
         return False
 
     def _export_name(self, data: bytes) -> tuple[bool, int]:
@@ -361,24 +339,24 @@ class _Connection:
     def _info(self, opt: int, data: bytes) -> bool:
         known, pos = self._export_name(data)
         if pos < 0 or pos + 2 > len(data):
-            self._reply(opt, REP_ERR_INVALID, b"malformed request")
+            self._reply(opt, proto.REP_ERR_INVALID, b"malformed request")
             return False
         (count,) = struct.unpack_from(">H", data, pos)
         if pos + 2 + 2 * count != len(data):
-            self._reply(opt, REP_ERR_INVALID, b"malformed information request list")
+            self._reply(opt, proto.REP_ERR_INVALID, b"malformed information request list")
             return False
         if not known:
-            self._reply(opt, REP_ERR_UNKNOWN, b"unknown export")
+            self._reply(opt, proto.REP_ERR_UNKNOWN, b"unknown export")
             return False
-        self._reply(opt, REP_INFO, struct.pack(">HQH", INFO_EXPORT, self.emap.size, EXPORT_FLAGS))
+        self._reply(opt, proto.REP_INFO, struct.pack(">HQH", proto.INFO_EXPORT, self.source.size, proto.EXPORT_FLAGS))
         # Sent whether asked or not (the spec allows it): clients learn the 32 MiB bound.
-        self._reply(opt, REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, 1, PREFERRED_BLOCK, MAX_REQUEST))
-        self._reply(opt, REP_ACK)
-        return opt == OPT_GO
+        self._reply(opt, proto.REP_INFO, struct.pack(">HIII", proto.INFO_BLOCK_SIZE, 1, PREFERRED_BLOCK, MAX_REQUEST))
+        self._reply(opt, proto.REP_ACK)
+        return opt == proto.OPT_GO
 
     def _meta_context(self, opt: int, data: bytes) -> None:
         if not self.structured:
-            self._reply(opt, REP_ERR_INVALID, b"negotiate structured replies first")
+            self._reply(opt, proto.REP_ERR_INVALID, b"negotiate structured replies first")
             return
         known, pos = self._export_name(data)
         queries: list[bytes] = []
@@ -394,195 +372,161 @@ class _Connection:
             if len(queries) != count:
                 pos = -1
         if pos != len(data):
-            self._reply(opt, REP_ERR_INVALID, b"malformed meta context request")
+            self._reply(opt, proto.REP_ERR_INVALID, b"malformed meta context request")
             return
         if not known:
-            self._reply(opt, REP_ERR_UNKNOWN, b"unknown export")
+            self._reply(opt, proto.REP_ERR_UNKNOWN, b"unknown export")
             return
-        if opt == OPT_LIST_META_CONTEXT:
-            match = not queries or any(q in (b"base:", BASE_ALLOCATION) for q in queries)
+        if opt == proto.OPT_LIST_META_CONTEXT:
+            match = not queries or any(q in (b"base:", proto.BASE_ALLOCATION) for q in queries)
             if match:
-                self._reply(opt, REP_META_CONTEXT, struct.pack(">I", 0) + BASE_ALLOCATION)
+                self._reply(opt, proto.REP_META_CONTEXT, struct.pack(">I", 0) + proto.BASE_ALLOCATION)
         else:
-            self.meta = BASE_ALLOCATION in queries
+            self.meta = proto.BASE_ALLOCATION in queries
             if self.meta:
-                self._reply(opt, REP_META_CONTEXT, struct.pack(">I", BASE_ALLOCATION_ID) + BASE_ALLOCATION)
-        self._reply(opt, REP_ACK)
+                self._reply(opt, proto.REP_META_CONTEXT,
+                            struct.pack(">I", proto.BASE_ALLOCATION_ID) + proto.BASE_ALLOCATION)
+        self._reply(opt, proto.REP_ACK)
 
     # -- transmission ----------------------------------------------------------------------------
 
     def _transmission(self) -> None:
         while True:
-            magic, flags, cmd, handle, offset, length = _REQUEST.unpack(self._recv(_REQUEST.size))
-            if magic != REQUEST_MAGIC:
+            magic, flags, cmd, handle, offset, length = proto.REQUEST.unpack(self._recv(proto.REQUEST.size))
+            if magic != proto.REQUEST_MAGIC:
                 raise _Hangup(f"bad request magic {magic:#x}")
-            if cmd == CMD_DISC:
+            if cmd == proto.CMD_DISC:
                 return
-            if cmd == CMD_READ:
+            if cmd == proto.CMD_READ:
                 self._read(handle, flags, offset, length)
-            elif cmd == CMD_BLOCK_STATUS:
+            elif cmd == proto.CMD_BLOCK_STATUS:
                 self._block_status(handle, flags, offset, length)
-            elif cmd == CMD_FLUSH:
+            elif cmd == proto.CMD_FLUSH:
                 self._done(handle)
-            elif cmd == CMD_WRITE:
+            elif cmd == proto.CMD_WRITE:
                 if length > MAX_REQUEST:
                     raise _Hangup("oversized write payload")  # cannot resynchronise otherwise
                 self._recv(length)
-                self._error(handle, EPERM, "read-only export")
-            elif cmd in (CMD_TRIM, CMD_WRITE_ZEROES):
-                self._error(handle, EPERM, "read-only export")
+                self._error(handle, proto.EPERM, "read-only export")
+            elif cmd in (proto.CMD_TRIM, proto.CMD_WRITE_ZEROES):
+                self._error(handle, proto.EPERM, "read-only export")
             else:
-                self._error(handle, EINVAL, f"unsupported command {cmd}")
+                self._error(handle, proto.EINVAL, f"unsupported command {cmd}")
 
     def _done(self, handle: int) -> None:
         if self.structured:
-            self._send(_CHUNK.pack(STRUCTURED_MAGIC, REPLY_FLAG_DONE, REPLY_NONE, handle, 0))
+            self._send(_CHUNK.pack(proto.STRUCTURED_MAGIC, proto.REPLY_FLAG_DONE, proto.REPLY_NONE, handle, 0))
         else:
-            self._send(struct.pack(">IIQ", SIMPLE_MAGIC, 0, handle))
+            self._send(struct.pack(">IIQ", proto.SIMPLE_MAGIC, 0, handle))
 
     def _error(self, handle: int, err: int, msg: str, offset: int | None = None) -> None:
         self.server.count(errors=1)
         log.debug("NBD error reply errno=%d: %s", err, msg)
         if not self.structured:
-            self._send(struct.pack(">IIQ", SIMPLE_MAGIC, err, handle))
+            self._send(struct.pack(">IIQ", proto.SIMPLE_MAGIC, err, handle))
             return
         text = msg.encode()[:4096]
         if offset is None:
             payload = struct.pack(">IH", err, len(text)) + text
-            kind = REPLY_ERROR
+            kind = proto.REPLY_ERROR
         else:
             payload = struct.pack(">IH", err, len(text)) + text + struct.pack(">Q", offset)
-            kind = REPLY_ERROR_OFFSET
-        self._send(_CHUNK.pack(STRUCTURED_MAGIC, REPLY_FLAG_DONE, kind, handle, len(payload)), payload)
+            kind = proto.REPLY_ERROR_OFFSET
+        self._send(_CHUNK.pack(proto.STRUCTURED_MAGIC, proto.REPLY_FLAG_DONE, kind, handle, len(payload)), payload)
 
     def _bad_range(self, offset: int, length: int, limit: int | None) -> str | None:
         if length == 0:
             return "zero-length request"
         if limit is not None and length > limit:
             return f"request of {length} bytes exceeds {limit}"
-        if offset + length > self.emap.size:
-            return f"request {offset}+{length} beyond the export size {self.emap.size}"
+        if offset + length > self.source.size:
+            return f"request {offset}+{length} beyond the export size {self.source.size}"
         return None
-
-    def _open(self, path: str) -> tuple[int, int]:
-        """(fd, current size) of a source file or block device, opened once per connection.
-
-        The size is asked again for every request (one lseek): a source that shrank since is
-        refused with an EIO reply before any byte is sent, instead of ending the connection in
-        the middle of a reply."""
-        got = self._fds.get(path)
-        if got is None:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            got = self._fds[path] = (fd, 0)  # the size is asked per request, below
-        fd = got[0]
-        return fd, os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for block devices
 
     def _read(self, handle: int, flags: int, offset: int, length: int) -> None:
         self.server.count(reads=1)
         bad = self._bad_range(offset, length, MAX_REQUEST)
-        if flags & ~(CMD_FLAG_FUA | CMD_FLAG_DF):
+        if flags & ~(proto.CMD_FLAG_FUA | proto.CMD_FLAG_DF):
             bad = f"unsupported read flags {flags:#x}"
         if bad:
-            return self._error(handle, EINVAL, bad)
-        extents = list(self.emap.extents(offset, offset + length))
-        for e in extents:  # every check that can fail happens before the first byte is sent
-            if e.kind is Kind.ERROR:
-                return self._error(handle, EIO, f"bytes {e.start}..{e.end} map to an error segment", e.start)
-            if e.kind is Kind.DATA:
-                assert e.path is not None
-                try:
-                    _, size = self._open(e.path)
-                except OSError as err:
-                    return self._error(handle, EIO, f"cannot open {e.path}: {err.strerror}", e.start)
-                if e.offset + e.length > size:
-                    return self._error(handle, EIO, f"{e.path} is shorter than the map says", e.start)
+            return self._error(handle, proto.EINVAL, bad)
+        # Every check and every read that can fail happens before the first byte is sent.
+        try:
+            ranges = list(self.source.ranges(offset, offset + length))
+            for r in ranges:
+                if r.kind is Kind.ERROR:
+                    return self._error(handle, proto.EIO, f"bytes {r.start}..{r.end} map to an error segment",
+                                       r.start)
+            # Runs sent as one chunk each: data (with short zero runs inlined), or one hole.
+            runs: list[tuple[bool, int, int]] = []  # (is a hole, start, length)
+            for r in ranges:
+                hole = (self.structured and not flags & proto.CMD_FLAG_DF and r.kind in ZERO_KINDS
+                        and r.length >= MIN_HOLE_CHUNK)
+                if runs and not hole and not runs[-1][0]:
+                    runs[-1] = (False, runs[-1][1], r.end - runs[-1][1])
+                else:
+                    runs.append((hole, r.start, r.length))
+            payload = [None if hole else self.server.served.pieces(start, n) for hole, start, n in runs]
+        except IOFailure as e:
+            with self.server._lock:
+                self.server.read_failures.append(e)
+            return self._error(handle, proto.EIO, str(e), offset)
         if not self.structured:
-            self._send(struct.pack(">IIQ", SIMPLE_MAGIC, 0, handle))
-            self._send_extents(extents)
+            self._send(struct.pack(">IIQ", proto.SIMPLE_MAGIC, 0, handle))
+            for pieces in payload:
+                assert pieces is not None
+                self._send(*pieces)
             self.server.count(data_bytes=length)
             return None
-        # Runs of extents sent as one chunk: data (with short zero runs inlined) or one hole.
-        runs: list[tuple[bool, list[Extent]]] = []  # (is a hole, extents)
-        for e in extents:
-            hole = not flags & CMD_FLAG_DF and e.kind is Kind.ZERO and e.length >= MIN_HOLE_CHUNK
-            if runs and not hole and not runs[-1][0]:
-                runs[-1][1].append(e)
-            else:
-                runs.append((hole, [e]))
         data = 0
-        for i, (hole, run) in enumerate(runs):
-            done = REPLY_FLAG_DONE if i == len(runs) - 1 else 0
-            start, n = run[0].start, run[-1].end - run[0].start
-            if hole:
-                self._send(_CHUNK.pack(STRUCTURED_MAGIC, done, REPLY_OFFSET_HOLE, handle, 12)
+        for i, ((_, start, n), pieces) in enumerate(zip(runs, payload, strict=True)):
+            done = proto.REPLY_FLAG_DONE if i == len(runs) - 1 else 0
+            if pieces is None:
+                self._send(_CHUNK.pack(proto.STRUCTURED_MAGIC, done, proto.REPLY_OFFSET_HOLE, handle, 12)
                            + struct.pack(">QI", start, n))
             else:
-                self._send(_CHUNK.pack(STRUCTURED_MAGIC, done, REPLY_OFFSET_DATA, handle, 8 + n)
-                           + struct.pack(">Q", start))
-                self._send_extents(run)
+                self._send(_CHUNK.pack(proto.STRUCTURED_MAGIC, done, proto.REPLY_OFFSET_DATA, handle, 8 + n)
+                           + struct.pack(">Q", start), *pieces)
                 data += n
         self.server.count(data_bytes=data, hole_bytes=length - data)
         return None
-
-    def _send_extents(self, extents: list[Extent]) -> None:
-        """Payload bytes of DATA and ZERO extents. A failure here cannot be reported any more (the
-        header is out), so it ends the connection: the client sees an I/O error, never bad data."""
-        for e in extents:
-            if e.kind is Kind.ZERO:
-                for pos in range(0, e.length, len(_ZEROS)):
-                    self._send(memoryview(_ZEROS)[: min(len(_ZEROS), e.length - pos)])
-                continue
-            assert e.path is not None
-            fd, _ = self._open(e.path)
-            pos = 0
-            try:
-                while pos < e.length:
-                    n = self._copy(fd, e.offset + pos, e.length - pos)
-                    if n == 0:
-                        raise OSError(EIO, "unexpected end of file")
-                    pos += n
-            except (BrokenPipeError, ConnectionResetError):
-                raise
-            except OSError as err:
-                log.error("NBD: reading %s at %d failed mid-reply: %s", e.path, e.offset + pos, err)
-                raise _Hangup("source read failed mid-reply") from err
-
-    def _copy(self, fd: int, offset: int, count: int) -> int:
-        """Send up to ``count`` bytes of ``fd`` at ``offset``: sendfile (no copy through Python; on
-        AF_UNIX the kernel even passes page references), else pread + send."""
-        if self._sendfile:
-            try:
-                return os.sendfile(self.sock.fileno(), fd, offset, count)
-            except OSError as err:
-                if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                log.debug("NBD: sendfile unsupported (%s), using pread", err)
-                self._sendfile = False
-        buf = os.pread(fd, min(count, FALLBACK_CHUNK), offset)
-        self._send(buf)
-        return len(buf)
 
     def _block_status(self, handle: int, flags: int, offset: int, length: int) -> None:
         self.server.count(block_status=1)
         bad = self._bad_range(offset, length, None)
         if not self.meta:
             bad = "no metadata context negotiated"
-        elif flags & ~(CMD_FLAG_FUA | CMD_FLAG_REQ_ONE):
+        elif flags & ~(proto.CMD_FLAG_FUA | proto.CMD_FLAG_REQ_ONE):
             bad = f"unsupported block status flags {flags:#x}"
         if bad:
-            return self._error(handle, EINVAL, bad)
+            return self._error(handle, proto.EINVAL, bad)
         descs: list[list[int]] = []
-        for i, e in enumerate(self.emap.extents(offset, offset + length)):
-            state = STATE_HOLE | STATE_ZERO if e.kind is Kind.ZERO else 0  # ERROR: "data", read fails
-            if descs and descs[-1][1] == state:
-                descs[-1][0] += e.length
-            elif descs and (flags & CMD_FLAG_REQ_ONE or i >= MAX_STATUS_EXTENTS):
-                break
-            else:
-                descs.append([e.length, state])
-            if i >= MAX_STATUS_EXTENTS:
-                break
-        payload = struct.pack(">I", BASE_ALLOCATION_ID) + b"".join(struct.pack(">II", n, s) for n, s in descs)
-        self._send(_CHUNK.pack(STRUCTURED_MAGIC, REPLY_FLAG_DONE, REPLY_BLOCK_STATUS, handle, len(payload)),
-                   payload)
+        try:
+            for i, r in enumerate(self._status_ranges(offset, offset + length)):
+                # ZERO and HOLE: hole+zero, qemu skips them; ERROR: "data", its read fails
+                state = proto.STATE_HOLE | proto.STATE_ZERO if r.kind in ZERO_KINDS else 0
+                if descs and descs[-1][1] == state:
+                    descs[-1][0] += r.length
+                elif descs and (flags & proto.CMD_FLAG_REQ_ONE or i >= MAX_STATUS_EXTENTS):
+                    break
+                else:
+                    descs.append([r.length, state])
+                if i >= MAX_STATUS_EXTENTS:
+                    break
+        except IOFailure as e:
+            with self.server._lock:
+                self.server.read_failures.append(e)
+            return self._error(handle, proto.EIO, str(e), offset)
+        payload = struct.pack(">I", proto.BASE_ALLOCATION_ID) + b"".join(struct.pack(">II", n, s) for n, s in descs)
+        self._send(_CHUNK.pack(proto.STRUCTURED_MAGIC, proto.REPLY_FLAG_DONE, proto.REPLY_BLOCK_STATUS, handle,
+                               len(payload)), payload)
         return None
+
+    def _status_ranges(self, lo: int, hi: int) -> Iterator[Range]:
+        """The source's ranges of [lo, hi), asked in bounded steps (a 4 GiB query over a 64 KiB-striped
+        map costs at most a few thousand ranges before the answer is cut short)."""
+        pos = lo
+        while pos < hi:
+            step = min(hi, pos + STATUS_STEP)
+            yield from self.source.ranges(pos, step)
+            pos = step

@@ -22,11 +22,12 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
+from ..blocks import Kind, Range
 from ..errors import IOFailure, ToolError
 from ..units import KiB, MiB
-from . import nbd as proto  # protocol constants shared with the server
+from . import nbdproto as proto  # protocol constants shared with the server
+from .nbdproto import MAX_SOCK_PATH
 
 # Seconds to connect and finish the handshake (qemu-nbd needs milliseconds once listening).
 HANDSHAKE_TIMEOUT = 30.0
@@ -45,23 +46,11 @@ MAX_STATUS_PAYLOAD = 2 * MiB
 MAX_CHUNKS = 64 * KiB
 # Default maximum request when the server advertises none (the spec's default, 32 MiB).
 DEFAULT_MAX_BLOCK = 32 * MiB
-# Unix socket paths are limited to 108 bytes including the NUL (sun_path).
-MAX_SOCK_PATH = 107
 # Transmission flag every server sets; its absence after GO means no export information came.
 TFLAG_HAS_FLAGS = 1
 REPLY_FLAG_ERROR_BIT = 1 << 15
-_REQ = struct.Struct(">IHHQQI")
 _CHUNK = struct.Struct(">HHQI")  # after the 4-byte magic: flags, type, handle, length
 _ZEROS = bytes(1 * MiB)
-
-
-@dataclass(frozen=True)
-class Extent:
-    """``length`` bytes at ``offset`` that read as zeros (``zero``) or may hold data."""
-
-    offset: int
-    length: int
-    zero: bool
 
 
 class NbdClient:
@@ -216,7 +205,7 @@ class NbdClient:
         if self._broken:
             raise ToolError(f"NBD connection to {self.sock_path} is unusable after an earlier error")
         self._handle += 1
-        self._send(_REQ.pack(proto.REQUEST_MAGIC, flags, cmd, self._handle, offset, length), deadline)
+        self._send(proto.REQUEST.pack(proto.REQUEST_MAGIC, flags, cmd, self._handle, offset, length), deadline)
         return self._handle
 
     def _check_range(self, offset: int, length: int) -> None:
@@ -322,14 +311,15 @@ class NbdClient:
         if pos != length:
             raise self._violation(f"read reply covers {pos} of {length} bytes")
 
-    def block_status(self, offset: int, length: int) -> list[Extent]:
-        """Extents from ``offset`` (at least one, possibly covering less than ``length``)."""
+    def block_status(self, offset: int, length: int) -> list[Range]:
+        """Ranges from ``offset`` (at least one, possibly covering less than ``length``): ``DATA``,
+        or ``ZERO``/``HOLE`` when the server says they read as zeros (``HOLE``: also unallocated)."""
         if self._meta_id is None:
-            return [Extent(offset, length, False)]  # no allocation information: all data
+            return [Range(offset, length, Kind.DATA)]  # no allocation information: all data
         self._check_range(offset, length)
         deadline = time.monotonic() + self.request_timeout
         handle = self._request(proto.CMD_BLOCK_STATUS, offset, length, deadline)
-        out: list[Extent] = []
+        out: list[Range] = []
         for rtype, clen in self._reply_chunks(handle, deadline, "block status"):
             if rtype == proto.REPLY_BLOCK_STATUS:
                 if clen < 12 or clen > MAX_STATUS_PAYLOAD or (clen - 4) % 8:
@@ -347,7 +337,7 @@ class NbdClient:
                         raise self._violation("zero-length extent")
                     end = min(pos + elen, offset + length)  # a final extent may run past the request
                     if end > pos:
-                        out.append(Extent(pos, end - pos, bool(state & proto.STATE_ZERO)))
+                        out.append(Range(pos, end - pos, _kind(state)))
                     pos = end
             else:
                 raise self._violation(f"unexpected chunk type {rtype} in a block status reply")
@@ -355,21 +345,21 @@ class NbdClient:
             raise self._violation("block status reply without extents")
         return out
 
-    def extents(self, span: int) -> Iterator[Extent]:
-        """All extents of the export in order, asking ``span`` bytes at a time; neighbours of the
+    def ranges(self, lo: int, hi: int, span: int) -> Iterator[Range]:
+        """Ranges of ``[lo, hi)`` in order, asking ``span`` bytes at a time; neighbours of the
         same kind are merged."""
-        pos = 0
-        pending: Extent | None = None
-        while pos < self.size:
-            for e in self.block_status(pos, min(span, self.size - pos)):
-                if pending is not None and pending.zero == e.zero:
-                    pending = Extent(pending.offset, pending.length + e.length, e.zero)
+        pos = lo
+        pending: Range | None = None
+        while pos < hi:
+            for e in self.block_status(pos, min(span, hi - pos)):
+                if pending is not None and pending.kind is e.kind:
+                    pending = Range(pending.start, pending.length + e.length, e.kind)
                     continue
                 if pending is not None:
                     yield pending
                 pending = e
             assert pending is not None
-            pos = pending.offset + pending.length
+            pos = pending.end
         if pending is not None:
             yield pending
 
@@ -387,3 +377,10 @@ class NbdClient:
             with contextlib.suppress(ToolError):
                 self._request(proto.CMD_DISC, 0, 0, time.monotonic() + HANDSHAKE_TIMEOUT)
         self._sock.close()
+
+
+def _kind(state: int) -> Kind:
+    """A base:allocation state as a range kind: only the ZERO bit promises zeros."""
+    if not state & proto.STATE_ZERO:
+        return Kind.DATA
+    return Kind.HOLE if state & proto.STATE_HOLE else Kind.ZERO

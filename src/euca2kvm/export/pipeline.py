@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """Export one volume: preflight, resume check, copy or convert, verify, atomic rename, manifest.
 
-Raw images are written by the block mover (sparse, hashed while read). Other formats are
-written by ``qemu-img convert``, fed without a temporary full-size copy: a volume that is one
-contiguous byte range of one file goes through qemu's raw ``offset``/``size`` driver, anything
-else (multi-segment, striped, thin) through the NBD server on a private unix socket. While
-qemu-img converts, the source's block digest is computed on another core; afterwards the
-output is compared with the source by ``qemu-img compare`` (verification, on by default).
+Everything is read through the source's :class:`~euca2kvm.blocks.BlockSource`, once. Raw images
+are written by the block mover (sparse, hashed while read). Other formats are written by
+``qemu-img convert``, fed without a temporary full-size copy through the NBD server on a private
+unix socket; the server digests the blocks it serves (:mod:`.served`), and verification (on by
+default) digests the output through ``qemu-nbd`` and compares: export, resume and ``verify``
+check the same block digest (:mod:`.digest`).
 
 Sources that change are refused: the files' size, mtime, ctime and inode are taken before the
 copy and again after it (before the output is published), and an LVM source's metadata is read
@@ -22,22 +22,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .. import blocks
+from ..blocks import BlockSource, Kind
 from ..errors import Euca2kvmError, FormatError, IOFailure, VerifyError
-from ..lvm.extents import ExtentMap, Kind
 from ..outdir import OutDir, WorkDir
 from ..units import MiB, human
 from . import manifest
-from .copy import DEFAULT_WORKERS, CopyResult, Sources, copy_blocks
+from .copy import DEFAULT_WORKERS, CopyResult, copy_blocks
 from .digest import DEFAULT, Algorithm, algorithm_of
 from .formats import OutputFormat, check_size
 from .raw import IMAGE, new_image
+
+if TYPE_CHECKING:
+    from .nbd import NbdServer
+    from .served import Served
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +67,17 @@ class ExportOptions:
 
 @dataclass
 class Source:
-    """What is exported: an id for names, the extent map, descriptive fields for the manifest, and
-    what the extent map was built from (:mod:`.identity`; empty for files without LVM)."""
+    """What is exported: an id for names, the block source, descriptive fields for the manifest,
+    what the source was built from (:mod:`.identity`; empty for files without LVM), and the local
+    files whose size, times and inode must not change while exporting (empty for sources that are
+    not local files, e.g. RBD)."""
 
     id: str
-    emap: ExtentMap
+    blocks: BlockSource
     fields: dict[str, Any]  # kind, vg, lv, segment_types...
     identity: dict[str, Any] = field(default_factory=dict)  # VG/LV uuids, metadata seqno and checksum
     recheck: Callable[[], dict[str, Any]] | None = None  # re-reads ``identity`` from the container
+    files: list[str] = field(default_factory=list)  # fingerprinted local files, sorted
 
 
 def fingerprint(paths: list[str]) -> list[dict[str, Any]]:
@@ -89,7 +96,7 @@ def fingerprint(paths: list[str]) -> list[dict[str, Any]]:
 
 def identity(src: Source) -> dict[str, Any]:
     """What a manifest entry must record for its output to be reused: the source's identity and size."""
-    return {**src.identity, "lv_size": src.emap.size}
+    return {**src.identity, "lv_size": src.blocks.size}
 
 
 def _changes(src: Source, before: list[dict[str, Any]]) -> str | None:
@@ -103,7 +110,7 @@ def _changes(src: Source, before: list[dict[str, Any]]) -> str | None:
         now = src.recheck() if src.recheck is not None else src.identity
         diff = [f"{k} {v} -> {now.get(k)}" for k, v in src.identity.items() if now.get(k) != v]
         if diff:
-            return f"the VG metadata of {', '.join(sorted(src.emap.paths()))} changed ({', '.join(diff)})"
+            return f"the VG metadata of {', '.join(src.files) or src.blocks.name} changed ({', '.join(diff)})"
     except IOFailure as e:
         return str(e)
     return None
@@ -121,18 +128,9 @@ def check_unchanged(src: Source, before: list[dict[str, Any]], cause: BaseExcept
                         "exporting") from cause
 
 
-def data_bytes(emap: ExtentMap) -> int:
-    """Bytes of the LV that are not holes in their source (what a sparse copy allocates at most)."""
-    src = Sources()
-    try:
-        return sum(b - a for e in emap.extents() if e.kind is Kind.DATA for a, b in src.data_ranges(e))
-    finally:
-        src.close()
-
-
-def preflight(emap: ExtentMap, opts: ExportOptions, outdir: Path) -> int:
+def preflight(source: BlockSource, opts: ExportOptions, outdir: Path) -> int:
     """Estimated output bytes; IOFailure with numbers when the destination cannot hold them."""
-    data = data_bytes(emap)
+    data = blocks.data_bytes(source)
     need = data if opts.fmt.name == "raw" else int(data * (1 + FORMAT_OVERHEAD_RATIO)) + FORMAT_OVERHEAD_FIXED
     if opts.fmt.compress:
         need = int(data * (1 + FORMAT_OVERHEAD_RATIO)) + FORMAT_OVERHEAD_FIXED  # compression may not help
@@ -149,106 +147,116 @@ def reusable(entry: dict[str, Any] | None, out: Path, src: Source, opts: ExportO
     if entry is None or not out.exists() or not entry.get("digest"):
         return False
     # Entries written before identities were recorded have none: exported again.
-    if (entry.get("format") != opts.fmt.name or entry.get("size") != src.emap.size
+    if (entry.get("format") != opts.fmt.name or entry.get("size") != src.blocks.size
             or entry.get("identity") != identity(src)
-            or entry.get("source") != fingerprint(sorted(src.emap.paths()))):
+            or entry.get("source") != fingerprint(src.files)):
         return False
     try:
-        found = content_digest(out, opts.fmt.name, entry["digest"], opts.workers)
+        found = content_digest(out, opts.fmt.name, entry["digest"], opts.workers, src.blocks.size)
     except Exception as e:  # noqa: BLE001 - any failure just means: export again
         log.info("existing %s does not verify (%s); exporting again", out, e)
         return False
     return found == entry["digest"]
 
 
-def content_digest(path: Path, fmt: str, recorded: str, workers: int = DEFAULT_WORKERS) -> str:
+def content_digest(path: Path, fmt: str, recorded: str, workers: int = DEFAULT_WORKERS, size: int | None = None) -> str:
     """The block digest of an image's guest-visible content (any format; fixed VHD needs fmt="vpc"),
-    with the algorithm of the ``recorded`` digest it is to be compared with."""
+    with the algorithm of the ``recorded`` digest it is to be compared with; ``size``: of the disk it
+    was made from (a converted image may be up to a sector longer, see :func:`.imagedigest.image_digest`)."""
     from .imagedigest import image_digest
 
-    return image_digest(str(path), fmt, workers=workers, algorithm=algorithm_of(recorded)).digest
+    return image_digest(str(path), fmt, workers=workers, algorithm=algorithm_of(recorded),
+                        size=None if fmt == "raw" else size).digest
 
 
 @contextlib.contextmanager
-def _qemu_source(emap: ExtentMap, work: WorkDir) -> Iterator[str]:
-    """What qemu-img reads: the raw offset/size driver for one contiguous range, else our NBD server
-    (its socket in the private work directory, unless that path is too long for a unix socket)."""
-    from . import qemu_img  # here and below: raw exports never load the conversion code
-    from .nbd import MAX_SOCK_PATH, serve
+def _qemu_source(source: BlockSource, work: WorkDir, served: Served) -> Iterator[NbdServer]:
+    """What qemu-img reads: our NBD server over the block source (its socket in the private work
+    directory, unless that path is too long for a unix socket)."""
+    from .nbd import MAX_SOCK_PATH, serve  # here and below: raw exports never load the conversion code
 
-    single = emap.single_range()
-    if single is not None and emap.size % 512 == 0:
-        yield qemu_img.raw_range_spec(single[0], single[1], emap.size)
-        return
-    with serve(emap, work.socket_path(NBD_SOCKET, MAX_SOCK_PATH)) as srv:
-        yield srv.uri
+    with serve(source, work.socket_path(NBD_SOCKET, MAX_SOCK_PATH), served=served) as srv:
+        yield srv
 
 
 def _convert(src: Source, work: WorkDir, opts: ExportOptions, progress: Progress | None,
              on_read: Progress | None = None) -> CopyResult | None:
-    """qemu-img convert into ``work/IMAGE``; with verification, the source digest is computed meanwhile
-    (``on_read`` counts what that digest reads: qemu-img reports no byte counts)."""
+    """qemu-img convert into ``work/IMAGE``, reading the source through our NBD server.
+
+    With verification (or ``--sha256``) the server digests the blocks it serves (:mod:`.served`), so
+    the source is read once; the output is then digested through qemu-nbd and must match. ``on_read``
+    counts what the server reads from the source (qemu-img reports no byte counts)."""
     from . import qemu_img
+    from .imagedigest import image_digest
+    from .served import Served
 
-    emap = src.emap
+    source = src.blocks
     tmp = work.file(IMAGE)
-    digest_result: list[CopyResult] = []
-    digest_error: list[BaseException] = []
-
-    def hash_source() -> None:
-        try:
-            digest_result.append(copy_blocks(emap, None, sha256=opts.sha256, workers=max(1, opts.workers // 2),
-                                             name=src.id, algorithm=opts.algorithm, on_read=on_read))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            digest_error.append(e)
-
-    hasher = threading.Thread(target=hash_source, name=f"digest-{src.id}", daemon=True)
-    if opts.verify or opts.sha256:
-        hasher.start()
+    check = opts.verify or opts.sha256
+    served = Served(source, opts.algorithm if check else None, on_read)
     done = [0]
 
     def on_percent(pct: float) -> None:
         if progress is not None:
-            now = int(emap.size * pct / 100)
+            now = int(source.size * pct / 100)
             if now > done[0]:
                 progress(now - done[0])
                 done[0] = now
 
-    with _qemu_source(emap, work) as spec:
-        qemu_img.convert(spec, str(tmp), opts.fmt.name, opts.fmt.options, compress=opts.fmt.compress,
-                         progress_cb=on_percent)
-        if opts.verify:
-            ok = qemu_img.compare(spec, str(tmp), fmt_a="raw", fmt_b=opts.fmt.name)
-            if not ok:
-                raise VerifyError(f"{src.id}: {tmp} differs from the source after conversion")
-    if progress is not None and done[0] < emap.size:
-        progress(emap.size - done[0])
-    if hasher.ident is not None:  # started
-        hasher.join()
-    if digest_error:
-        raise digest_error[0]
-    return digest_result[0] if digest_result else None
+    with _qemu_source(source, work, served) as srv:
+        try:
+            qemu_img.convert(srv.uri, str(tmp), opts.fmt.name, opts.fmt.options, compress=opts.fmt.compress,
+                             progress_cb=on_percent)
+        except Euca2kvmError as e:
+            if srv.read_failures:  # why the server answered EIO: the source's own error says more
+                raise srv.read_failures[0] from e
+            raise
+        digest = served.hexdigest() if check else None
+    if progress is not None and done[0] < source.size:
+        progress(source.size - done[0])
+    if not check:
+        return None
+    _after_convert(tmp)
+    out = image_digest(str(tmp), opts.fmt.name, sha256=opts.sha256, workers=opts.workers, algorithm=opts.algorithm,
+                       size=source.size)
+    if out.digest != digest or out.size != source.size:
+        raise VerifyError(f"{src.id}: {tmp} differs from the source after conversion (digest {out.digest}, "
+                          f"the source's {digest})")
+    return CopyResult(digest, out.sha256, source.size, served.bytes_read, 0)
+
+
+def _after_convert(path: Path) -> None:
+    """Called with the converted image before it is verified; tests replace it to damage the image."""
 
 
 def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Progress | None = None,
                   on_read: Progress | None = None) -> tuple[dict[str, Any], bool]:
     """Export ``src`` into ``outdir``; returns (manifest entry, reused_existing_output).
 
-    ``progress`` gets bytes of the LV covered, ``on_read`` bytes actually read from the sources."""
-    emap = src.emap
-    if Kind.ERROR in emap.kinds():
-        raise FormatError(f"{src.id}: the LV has an 'error' segment: reading it fails under device-mapper "
+    ``progress`` gets bytes of the disk covered, ``on_read`` bytes actually read from the source.
+    ``src.blocks`` is closed when this returns."""
+    try:
+        return _export(src, outdir, opts, progress, on_read)
+    finally:
+        src.blocks.close()
+
+
+def _export(src: Source, outdir: Path, opts: ExportOptions, progress: Progress | None,
+            on_read: Progress | None) -> tuple[dict[str, Any], bool]:
+    source = src.blocks
+    if Kind.ERROR in source.kinds():
+        raise FormatError(f"{src.id}: the source has an 'error' segment: reading it fails under device-mapper "
                           "too; refusing to export invented bytes")
-    check_size(opts.fmt, emap.size, src.id)
+    check_size(opts.fmt, source.size, src.id)
     out = manifest.output_path(outdir, src.id, opts.fmt.ext)
     previous = next((v for v in manifest.load(outdir)["volumes"] if v.get("output") == str(out.resolve())), None)
     if not opts.overwrite and reusable(previous, out, src, opts):
         assert previous is not None
         if progress is not None:
-            progress(emap.size)
+            progress(source.size)
         return previous, True
-    source_state = fingerprint(sorted(emap.paths()))
-    estimate = preflight(emap, opts, outdir)
+    source_state = fingerprint(src.files)
+    estimate = preflight(source, opts, outdir)
     started = time.monotonic()
     # Everything is written in a private directory of this run (two runs never share a temporary)
     # and published with its manifest entry under the directory lock (see OutDir.publish). Another
@@ -256,25 +264,20 @@ def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Prog
     # so does a directory or other non-regular file at the output name, with exit 5, left untouched.
     with OutDir(outdir) as od, od.work(out.name) as work:
         od.check_replaceable(out.name)  # again when publishing: this only saves a doomed copy
-        if opts.fmt.name == "raw":
-            with new_image(work, emap.size, fsync=opts.fsync) as fd:
-                try:
-                    res: CopyResult | None = copy_blocks(emap, fd, sha256=opts.sha256, workers=opts.workers,
+        try:
+            if opts.fmt.name == "raw":
+                with new_image(work, source.size, fsync=opts.fsync) as fd:
+                    res: CopyResult | None = copy_blocks(source, fd, sha256=opts.sha256, workers=opts.workers,
                                                          progress=progress, name=src.id, digest=opts.verify,
                                                          algorithm=opts.algorithm, on_read=on_read)
-                except Euca2kvmError as e:
-                    check_unchanged(src, source_state, e)
-                    raise
-                check_unchanged(src, source_state)
-        else:
-            try:
+            else:
                 res = _convert(src, work, opts, progress, on_read)
-            except Euca2kvmError as e:
-                check_unchanged(src, source_state, e)
-                raise
-            check_unchanged(src, source_state)
-            if opts.fsync:
-                work.fsync(IMAGE)
+        except Euca2kvmError as e:
+            check_unchanged(src, source_state, e)
+            raise
+        check_unchanged(src, source_state)
+        if opts.fsync and opts.fmt.name != "raw":
+            work.fsync(IMAGE)
         entry = _entry(src, outdir.resolve() / out.name, opts, res, source_state, estimate,
                        time.monotonic() - started, work.stat(IMAGE).st_blocks * 512)
         od.publish(work, IMAGE, out.name, commit=lambda: manifest.record(outdir, entry), fsync=opts.fsync)
@@ -284,18 +287,19 @@ def export_source(src: Source, outdir: Path, opts: ExportOptions, progress: Prog
 def _entry(src: Source, out: Path, opts: ExportOptions, res: CopyResult | None, source_state: list[dict[str, Any]],
            estimate: int, elapsed: float, allocated: int) -> dict[str, Any]:
     """The manifest entry of a finished export of ``src`` to ``out`` (OUTDIR resolved, final name as is)."""
-    emap = src.emap
     entry: dict[str, Any] = {
-        "id": src.id, **src.fields, "size": emap.size,
+        "id": src.id, **src.fields, "size": src.blocks.size,
         "digest": res.digest if res else None, "output": str(out), "format": opts.fmt.name,
         "format_options": opts.fmt.options, "compressed": opts.fmt.compress,
-        "files": sorted(emap.paths()), "source": source_state, "identity": identity(src),
+        "files": src.files, "source": source_state, "identity": identity(src),
         "verified": opts.verify, "estimated_bytes": estimate,
         "allocated_bytes": allocated,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(elapsed, 3),
     }
-    if res is not None and opts.fmt.name == "raw":
-        entry["bytes_read"], entry["bytes_written"] = res.bytes_read, res.bytes_written
+    if res is not None:
+        entry["bytes_read"] = res.bytes_read
+        if opts.fmt.name == "raw":
+            entry["bytes_written"] = res.bytes_written
     if res is not None and res.sha256:
         entry["sha256"] = res.sha256
     return entry

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Export an extent map to a sparse raw image, atomically.
+"""Export a block source to a sparse raw image, atomically.
 
 The image is written in a private work directory inside the output directory (created with
 O_EXCL, never through a symlink) and renamed to the final name only after every byte was read,
@@ -15,8 +15,8 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..blocks import BlockSource
 from ..errors import IOFailure
-from ..lvm.extents import ExtentMap
 from ..outdir import OutDir, WorkDir
 from .copy import DEFAULT_WORKERS, CopyResult, ProgressFn, copy_blocks
 
@@ -67,10 +67,10 @@ def atomic_output(final: Path, size: int, fsync: bool = False,
         od.publish(work, IMAGE, final.name, commit=commit, fsync=fsync)
 
 
-def export_raw(emap: ExtentMap, final: Path, *, sha256: bool = False, workers: int = DEFAULT_WORKERS,
-               progress: ProgressFn | None = None, fsync: bool = False, name: str = "LV") -> CopyResult:
-    with atomic_output(final, emap.size, fsync=fsync) as fd:
-        return copy_blocks(emap, fd, sha256=sha256, workers=workers, progress=progress, name=name)
+def export_raw(source: BlockSource, final: Path, *, sha256: bool = False, workers: int = DEFAULT_WORKERS,
+               progress: ProgressFn | None = None, fsync: bool = False) -> CopyResult:
+    with atomic_output(final, source.size, fsync=fsync) as fd:
+        return copy_blocks(source, fd, sha256=sha256, workers=workers, progress=progress)
 
 
 def is_enospc(e: BaseException) -> bool:

@@ -30,7 +30,7 @@ from array import array
 from collections.abc import Iterator
 
 from ..errors import FormatError, UnsupportedError
-from .extents import Extent, ExtentMap, ExtentMerger, translate
+from .extents import Extent, ExtentMap, ExtentMerger, Kind, translate
 from .thin import ByteSource
 
 SNAP_MAGIC = 0x70416E53
@@ -154,6 +154,9 @@ class CowSnapshotMapper:
 
     def paths(self) -> set[str]:
         return self.origin_map.paths() | self.cow_map.paths()
+
+    def kinds(self) -> frozenset[Kind]:
+        return self.origin_map.kinds() | self.cow_map.kinds()
 
     def describe(self) -> dict[str, object]:
         return {"type": "snapshot", "start": self.start, "length": self.length, "chunk_size": self.chunk,

@@ -3,8 +3,11 @@
 
 Every LVM segment type reduces to a :class:`Mapper` that answers, for a byte range of the
 logical volume, which runs of which source file hold the bytes (``DATA``), which read as zeros
-(``ZERO``) and which fail to read (``ERROR``, the dm ``error`` target). Movers only ever see
-:class:`Extent` objects; they never learn what a stripe or a thin pool is.
+(``ZERO``) and which fail to read (``ERROR``, the dm ``error`` target). Each mapper also states
+up front which of those kinds it can yield anywhere (:meth:`Mapper.kinds`), so an ``error``
+extent inside a striped, thin, COW or raid mapper is refused before anything is copied.
+Movers never see extents: :class:`euca2kvm.lvm.source.LvmSource` turns a map into a
+:class:`euca2kvm.blocks.BlockSource` (adding ``HOLE`` where a source file has holes).
 
 Mappers answer arithmetically for any range, so a 2 TiB LV striped in 64 KiB chunks costs no
 memory until a mover asks for a range, and parallel workers can ask for disjoint ranges.
@@ -13,17 +16,16 @@ memory until a mover asks for a range, and parallel workers can ask for disjoint
 from __future__ import annotations
 
 import bisect
-import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..blocks import Kind
 
-class Kind(enum.Enum):
-    DATA = "data"  # bytes live in ``path`` at ``offset``
-    ZERO = "zero"  # reads as zeros, nothing stored
-    ERROR = "error"  # reads fail (dm "error" target): never exported as zeros
+__all__ = ["Extent", "ExtentMap", "ExtentMerger", "FillMapper", "Kind", "LinearMapper", "Mapper",
+           "ShiftedMapper", "StripedMapper", "translate"]
 
+DATA_ONLY = frozenset({Kind.DATA})
 
 @dataclass(frozen=True, slots=True)
 class Extent:
@@ -76,6 +78,11 @@ class Mapper(Protocol):
         """Source files this mapper reads from."""
         ...
 
+    def kinds(self) -> frozenset[Kind]:
+        """Every kind :meth:`extents` may yield anywhere (DATA, ZERO, ERROR; a superset is allowed),
+        from the mapper's structure: an ERROR here refuses the LV before anything is copied."""
+        ...
+
     def describe(self) -> dict[str, object]:
         """JSON-able summary for ``inspect``."""
         ...
@@ -93,6 +100,9 @@ class LinearMapper:
 
     def paths(self) -> set[str]:
         return {self.path}
+
+    def kinds(self) -> frozenset[Kind]:
+        return DATA_ONLY
 
     def describe(self) -> dict[str, object]:
         return {"type": "linear", "start": self.start, "length": self.length, "path": self.path,
@@ -112,6 +122,9 @@ class FillMapper:
 
     def paths(self) -> set[str]:
         return set()
+
+    def kinds(self) -> frozenset[Kind]:
+        return frozenset({self.kind})
 
     def describe(self) -> dict[str, object]:
         return {"type": self.kind.value, "start": self.start, "length": self.length}
@@ -147,6 +160,9 @@ class StripedMapper:
     def paths(self) -> set[str]:
         return {p for p, _ in self.areas}
 
+    def kinds(self) -> frozenset[Kind]:
+        return DATA_ONLY
+
     def describe(self) -> dict[str, object]:
         return {"type": "striped", "start": self.start, "length": self.length,
                 "stripe_size": self.chunk,
@@ -170,6 +186,9 @@ class ShiftedMapper:
 
     def paths(self) -> set[str]:
         return self.inner.paths()
+
+    def kinds(self) -> frozenset[Kind]:
+        return self.inner.kinds()
 
     def describe(self) -> dict[str, object]:
         return {"type": "sub-lv", "start": self.start, "length": self.length, "base": self.base,
@@ -215,20 +234,9 @@ class ExtentMap:
             out |= m.paths()
         return out
 
-    def kinds(self) -> set[Kind]:
-        """Which kinds of extent occur (cheap: asks each mapper's description, not every chunk)."""
-        out: set[Kind] = set()
-        for m in self.mappers:
-            t = m.describe().get("type")
-            if t == Kind.ZERO.value:
-                out.add(Kind.ZERO)
-            elif t == Kind.ERROR.value:
-                out.add(Kind.ERROR)
-            elif isinstance(m, ShiftedMapper):
-                out |= m.inner.kinds()
-            else:
-                out.add(Kind.DATA)
-        return out
+    def kinds(self) -> frozenset[Kind]:
+        """Which kinds of extent may occur: what the mappers state (cheap, no chunk is visited)."""
+        return frozenset().union(*(m.kinds() for m in self.mappers))
 
     def single_range(self) -> tuple[str, int] | None:
         """(path, offset) when the whole LV is one contiguous byte range of one file."""

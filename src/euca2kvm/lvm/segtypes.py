@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ..errors import FormatError, UnsupportedError
 from ..units import SECTOR
 from .cow import CowSnapshotMapper
-from .extents import Extent, ExtentMap, ExtentMerger, Mapper, translate
+from .extents import Extent, ExtentMap, ExtentMerger, Kind, Mapper, translate
 from .mirrors import pick_leg, raid_pairs
 from .model import LV, VG, Segment
 from .reader import ExtentReader
@@ -72,6 +72,9 @@ class StripedLVMapper:
 
     def paths(self) -> set[str]:
         return set().union(*(m.paths() for m in self.images))
+
+    def kinds(self) -> frozenset[Kind]:
+        return frozenset().union(*(m.kinds() for m in self.images))
 
     def describe(self) -> dict[str, object]:
         return {"type": "raid0", "start": self.start, "length": self.length, "stripe_size": self.chunk,

@@ -315,6 +315,9 @@ class ThinMapper:
     def paths(self) -> set[str]:
         return self.data_map.paths()
 
+    def kinds(self) -> frozenset[Kind]:
+        return self.data_map.kinds() | {Kind.ZERO}  # unprovisioned blocks read as zeros
+
     def describe(self) -> dict[str, object]:
         return {"type": "thin", "start": self.start, "length": self.length, "device_id": self.device_id,
                 "chunk_size": self.chunk, "transaction_id": self.meta.sb.trans_id,

@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What the NBD server hands to qemu-img: the source's bytes, counted, and for a verified export
+the block digest (:mod:`.digest`) of exactly those bytes, so the source is read once.
+
+qemu-img asks out of order and in pieces (``convert`` keeps 8 requests of up to 2 MiB in flight,
+block status first so holes and zeros are never asked for). With an algorithm, each 4 MiB digest
+block is read whole (its DATA ranges; ZERO and HOLE ranges are zeros without reading) on its
+first touch, hashed, kept in a small LRU cache and the pieces are served from it. Digests are
+folded in block order as soon as every block before them is known; a block qemu never asks for
+(all zeros or holes in the source's ranges) gets its digest from the ranges, and the rest of a
+block qemu skipped is read at the end by :meth:`Served.hexdigest`. A block evicted before qemu
+asked for all of it is read again: :attr:`Served.bytes_read` counts every read, so tests and
+benchmarks can hold it to the data bytes.
+
+Without an algorithm (``--no-verify``) each request reads just its DATA ranges.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from ..blocks import BlockSource
+from .copy import block_data
+from .digest import DIGEST_BLOCK, ZEROS, Algorithm, BlockDigest, block_count
+
+# Whole blocks kept after their first touch. qemu-img convert's 8 requests of up to 2 MiB in
+# flight span 16 MiB of consecutive bytes, at most 5 blocks; one more absorbs a request that
+# straggles. 6 x 4 MiB = 24 MiB stays inside the 64 MiB per-job budget.
+CACHE_BLOCKS = 6
+
+ReadFn = Callable[[int], None]
+
+
+class Served:
+    """Reads ``source`` for an NBD server; with ``algorithm`` also digests it (see the module)."""
+
+    def __init__(self, source: BlockSource, algorithm: Algorithm | None = None, on_read: ReadFn | None = None,
+                 cache_blocks: int = CACHE_BLOCKS) -> None:
+        self.source = source
+        self.algorithm = algorithm
+        self.on_read = on_read
+        self.bytes_read = 0  # bytes read from the source, re-reads included
+        self.rereads = 0  # blocks read a second time (evicted too early)
+        self._cache_blocks = max(1, cache_blocks)
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[int, bytearray] = OrderedDict()
+        self._loading: dict[int, threading.Event] = {}
+        self._done: set[int] = set()  # blocks whose digest was taken (folded or pending)
+        self._pending: dict[int, bytes] = {}  # digests of blocks beyond the fold point
+        self._next = 0  # first block not folded yet
+        self._bd = BlockDigest(algorithm) if algorithm is not None else None
+        self._blocks = block_count(source.size)
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_read += n
+            if self.on_read is not None and n:
+                self.on_read(n)
+
+    def pieces(self, offset: int, length: int) -> list[memoryview]:
+        """The bytes ``[offset, offset + length)`` as buffers to send (raises IOFailure)."""
+        if self.algorithm is None:
+            buf = bytearray(length)
+            view = memoryview(buf)
+            got = 0
+            for boff, n in block_data(self.source, offset, offset + length, self.source.name):
+                self.source.read_into(offset + boff, view[boff : boff + n])
+                got += n
+            self._count(got)
+            return [view]
+        out: list[memoryview] = []
+        end = offset + length
+        for i in range(offset // DIGEST_BLOCK, (end - 1) // DIGEST_BLOCK + 1):
+            lo = i * DIGEST_BLOCK
+            blk = self._block(i)
+            out.append(memoryview(blk)[max(offset, lo) - lo : min(end, lo + len(blk)) - lo])
+        return out
+
+    def _block(self, i: int) -> bytearray:
+        while True:
+            with self._lock:
+                buf = self._cache.get(i)
+                if buf is not None:
+                    self._cache.move_to_end(i)
+                    return buf
+                ev = self._loading.get(i)
+                mine = ev is None
+                if ev is None:
+                    ev = self._loading[i] = threading.Event()
+            if mine:
+                break
+            ev.wait()  # another connection reads it; if that failed, try again here
+        try:
+            buf, digest = self._load(i)
+            with self._lock:
+                if i in self._done:
+                    self.rereads += 1
+                else:
+                    self._take(i, digest)
+                self._cache[i] = buf
+                while len(self._cache) > self._cache_blocks:
+                    self._cache.popitem(last=False)
+        finally:
+            with self._lock:
+                self._loading.pop(i).set()
+        return buf
+
+    def _load(self, i: int) -> tuple[bytearray, bytes]:
+        assert self.algorithm is not None
+        lo = i * DIGEST_BLOCK
+        hi = min(self.source.size, lo + DIGEST_BLOCK)
+        buf = bytearray(hi - lo)
+        view = memoryview(buf)
+        got = 0
+        for boff, n in block_data(self.source, lo, hi, self.source.name):
+            self.source.read_into(lo + boff, view[boff : boff + n])
+            got += n
+        self._count(got)
+        zero = ZEROS.startswith(view)
+        return buf, self.algorithm.zero(hi - lo) if zero else self.algorithm.block(view)
+
+    def _take(self, i: int, digest: bytes) -> None:
+        """Record block ``i``'s digest and fold what is complete (holds the lock)."""
+        assert self._bd is not None and self.algorithm is not None
+        self._done.add(i)
+        self._pending[i] = digest
+        while self._next < self._blocks:
+            d = self._pending.pop(self._next, None)
+            if d is None:
+                lo = self._next * DIGEST_BLOCK
+                hi = min(self.source.size, lo + DIGEST_BLOCK)
+                if self._next in self._done or block_data(self.source, lo, hi, self.source.name):
+                    return  # data qemu has not asked for yet
+                self._done.add(self._next)
+                d = self.algorithm.zero(hi - lo)
+            self._bd.add(d)
+            self._next += 1
+
+    def hexdigest(self) -> str:
+        """The block digest of the whole source, once qemu is done (reads what it never asked for)."""
+        assert self._bd is not None
+        while True:
+            with self._lock:
+                if self._next >= self._blocks:
+                    return self._bd.hexdigest()
+                i = self._next
+                if i in self._done:  # cannot happen: a taken digest is folded or pending
+                    raise AssertionError(f"block {i} digested but not folded")
+            self._block(i)

@@ -1,0 +1,214 @@
+# SPDX-License-Identifier: Apache-2.0
+"""An LVM logical volume (or a plain file) as a :class:`~euca2kvm.blocks.BlockSource`.
+
+:class:`LvmSource` is an :class:`~.extents.ExtentMap` over files opened through a
+:data:`~euca2kvm.blocks.FileOpener` (default :class:`LocalFile`: local, read-only, ``O_CLOEXEC``,
+``preadv``). Its ranges are the map's extents with the holes of the source files (SEEK_DATA /
+SEEK_HOLE) reported as ``HOLE``; its kinds are what the mappers state (plus ``HOLE`` where files
+are read), so an ``error`` segment anywhere is known before a byte is copied.
+
+A source file that shrank since the scan is an :class:`IOFailure` naming the file and the offset:
+SEEK_DATA past the end of a file looks like a hole, so the file's size is checked before holes
+are asked for, and a short read is never zeros.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+from collections.abc import Iterator
+
+from ..blocks import ByteFile, FileOpener, Kind, Range
+from ..errors import IOFailure
+from .extents import ExtentMap, LinearMapper
+
+# posix_fadvise hint for every source file: sequential access doubles the kernel's readahead
+# window, which keeps a cold disk streaming under 4 MiB block reads (random NBD reads are
+# served from whole blocks too, so the hint fits them as well).
+FADVISE = os.POSIX_FADV_SEQUENTIAL
+
+
+class LocalFile:
+    """A local source file or block device, read-only (a :class:`~euca2kvm.blocks.ByteFile`)."""
+
+    def __init__(self, path: str, follow: bool = True) -> None:
+        """``follow=False`` refuses a symbolic link at ``path`` (O_NOFOLLOW)."""
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+        except OSError as e:
+            raise IOFailure(f"cannot open {path} read-only: {e.strerror}") from e
+        self.path = path
+        st = os.fstat(self.fd)
+        self.regular = stat.S_ISREG(st.st_mode)
+        self.can_seek_data = True
+        self._span = (0, 0)  # the last (data, hole) offsets SEEK_DATA found: striped maps ask per chunk
+        with contextlib.suppress(OSError):  # a hint only
+            os.posix_fadvise(self.fd, 0, 0, FADVISE)
+
+    def size(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_END)  # st_size is 0 for block devices
+
+    def pread_into(self, offset: int, view: memoryview) -> int:
+        try:
+            return os.preadv(self.fd, [view], offset)
+        except OSError as e:
+            raise IOFailure(f"read of {len(view)} bytes at offset {offset} of {self.path} failed: "
+                            f"{e.strerror}") from e
+
+    def data_ranges(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        span = self._span
+        if span[0] <= lo and hi <= span[1]:
+            return [(lo, hi)]  # inside the last data run found: no system call per stripe chunk
+        if self.regular and (size := self.size()) < hi:
+            # SEEK_DATA past EOF looks like a hole: a shrunk source must fail, not read as zeros. The
+            # scan checked every extent against the file's size, so the file shrank since.
+            raise IOFailure(f"{self.path} is {size} bytes but the LV needs bytes up to {hi} at "
+                            f"offset {lo}: the file shrank while exporting")
+        if not self.can_seek_data:
+            return [(lo, hi)]
+        out: list[tuple[int, int]] = []
+        pos = lo
+        try:
+            while pos < hi:
+                try:
+                    data = os.lseek(self.fd, pos, os.SEEK_DATA)
+                except OSError as e:
+                    if e.errno == errno.ENXIO:  # only a hole remains up to EOF
+                        break
+                    raise
+                if data >= hi:
+                    break
+                hole_at = os.lseek(self.fd, data, os.SEEK_HOLE)
+                self._span = (data, hole_at)
+                out.append((data, min(hole_at, hi)))
+                pos = hole_at
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                self.can_seek_data = False  # block devices and some filesystems: all data
+                return [(lo, hi)]
+            raise IOFailure(f"cannot map holes of {self.path}: {e.strerror}") from e
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class LvmSource:
+    """The bytes of ``emap`` read from its files: a :class:`~euca2kvm.blocks.BlockSource`.
+
+    Files are opened on first use through ``opener`` and shared by threads (positional reads).
+    """
+
+    def __init__(self, emap: ExtentMap, name: str = "LV", opener: FileOpener | None = None) -> None:
+        self.emap = emap
+        self.name = name
+        self.size = emap.size
+        self._opener: FileOpener = opener or LocalFile
+        self._files: dict[str, ByteFile] = {}
+        self._lock = threading.Lock()
+
+    def file(self, path: str) -> ByteFile:
+        f = self._files.get(path)
+        if f is None:
+            with self._lock:
+                f = self._files.get(path)
+                if f is None:
+                    f = self._files[path] = self._opener(path)
+        return f
+
+    def paths(self) -> set[str]:
+        return self.emap.paths()
+
+    def kinds(self) -> frozenset[Kind]:
+        k = self.emap.kinds()
+        return k | {Kind.HOLE} if Kind.DATA in k else k  # any DATA file may have holes
+
+    def ranges(self, lo: int, hi: int) -> Iterator[Range]:
+        pending: Range | None = None
+        for r in self._pieces(lo, hi):
+            if pending is not None and pending.kind is r.kind:
+                pending = Range(pending.start, pending.length + r.length, r.kind)
+                continue
+            if pending is not None:
+                yield pending
+            pending = r
+        if pending is not None:
+            yield pending
+
+    def _pieces(self, lo: int, hi: int) -> Iterator[Range]:
+        for e in self.emap.extents(lo, hi):
+            if e.kind is not Kind.DATA:
+                yield Range(e.start, e.length, e.kind)
+                continue
+            assert e.path is not None
+            pos = e.offset
+            for a, b in self.file(e.path).data_ranges(e.offset, e.offset + e.length):
+                if a > pos:
+                    yield Range(e.start + pos - e.offset, a - pos, Kind.HOLE)
+                yield Range(e.start + a - e.offset, b - a, Kind.DATA)
+                pos = b
+            if pos < e.offset + e.length:
+                yield Range(e.start + pos - e.offset, e.offset + e.length - pos, Kind.HOLE)
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        end = offset + len(view)
+        for e in self.emap.extents(offset, end):
+            dst = view[e.start - offset : e.end - offset]
+            if e.kind is Kind.ERROR:
+                raise IOFailure(f"{self.name}: bytes {e.start}..{e.end} map to an 'error' segment; "
+                                "the device-mapper would fail these reads, refusing to invent data")
+            if e.kind is not Kind.DATA:
+                dst[:] = bytes(len(dst))  # ZERO
+                continue
+            assert e.path is not None
+            got = self.file(e.path).pread_into(e.offset, dst)
+            if got != e.length:
+                raise IOFailure(f"short read of {e.path} at offset {e.offset + got} ({got} of {e.length} "
+                                "bytes): the file shrank while exporting")
+
+    def file_runs(self, lo: int, hi: int) -> list[tuple[int, int, int, int]] | None:
+        """(source byte, descriptor, file offset, length) of the non-hole DATA of ``[lo, hi)``, for
+        movers that share blocks (reflink); None when a file is not local or a range is not DATA."""
+        runs: list[tuple[int, int, int, int]] = []
+        for e in self.emap.extents(lo, hi):
+            if e.kind is not Kind.DATA:
+                if e.kind is Kind.ERROR:
+                    return None
+                continue
+            assert e.path is not None
+            f = self.file(e.path)
+            if not isinstance(f, LocalFile):
+                return None
+            for a, b in f.data_ranges(e.offset, e.offset + e.length):
+                runs.append((e.start + a - e.offset, f.fd, a, b - a))
+        return runs
+
+    def close(self) -> None:
+        with self._lock:
+            files, self._files = list(self._files.values()), {}
+        for f in files:
+            f.close()
+
+    def __enter__(self) -> LvmSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def file_source(path: str, size: int | None = None, name: str | None = None,
+                opener: FileOpener | None = None) -> LvmSource:
+    """A whole file (a snapshot file, a raw image, a block device) as a block source."""
+    if size is None:
+        f = (opener or LocalFile)(path)
+        try:
+            size = f.size()
+        finally:
+            f.close()
+    emap = ExtentMap(size, [LinearMapper(0, size, path, 0)] if size else [])
+    return LvmSource(emap, name or path, opener)
