@@ -283,6 +283,7 @@ class _StorageData:
     storage_volumes: list[StorageVolume]
     volumes_dir: str | None
     das_devices: list[str]
+    ceph: dict[str, Any]  # Inventory's ceph_* fields
 
 
 def _read_storage(t: _Tables) -> _StorageData:
@@ -309,7 +310,20 @@ def _read_storage(t: _Tables) -> _StorageData:
                    if (d := _s(r["system_storage_volumes_dir"])) is not None})
     das = sorted({d for r in t.rows("das_info", ["das_device"]) if (d := _s(r["das_device"])) is not None})
     return _StorageData(sc_volumes, sc_snapshots, sorted(storage_volumes, key=lambda s: s.name),
-                        dirs[0] if dirs else None, das)
+                        dirs[0] if dirs else None, das, _ceph(t))
+
+
+def _ceph(t: _Tables) -> dict[str, Any]:
+    """The ceph-rbd backend's settings (CephRbdInfo: storage.cephvolumepools/cephsnapshotpools are
+    comma-separated pool lists, storage.cephuser the cephx user); empty when the table is absent."""
+    rows = t.rows("ceph_rbd_info", ["ceph_volume_pools", "ceph_snapshot_pools", "ceph_user", "ceph_config_file",
+                                    "ceph_keyring_file"])
+    if not rows:
+        return {}
+    r = rows[0]
+    pools = [p.strip() for k in ("ceph_volume_pools", "ceph_snapshot_pools") for p in (_s(r[k]) or "").split(",")]
+    return {"ceph_pools": list(dict.fromkeys(p for p in pools if p)), "ceph_user": _s(r["ceph_user"]),
+            "ceph_conf": _s(r["ceph_config_file"]), "ceph_keyring": _s(r["ceph_keyring_file"])}
 
 
 def _merge(
@@ -405,4 +419,5 @@ def read_inventory_db(url: str) -> Inventory:
         snapshots=snapshots,
         storage_volumes=storage.storage_volumes,
         das_devices=storage.das_devices,
+        **storage.ceph,
     )

@@ -162,6 +162,11 @@ class Inventory:
     snapshots: list[Snapshot] = field(default_factory=list)
     storage_volumes: list[StorageVolume] = field(default_factory=list)
     das_devices: list[str] = field(default_factory=list)
+    # ceph-rbd backend (eucalyptus_storage.ceph_rbd_info): volume then snapshot pools, user, files
+    ceph_pools: list[str] = field(default_factory=list)
+    ceph_user: str | None = None
+    ceph_conf: str | None = None
+    ceph_keyring: str | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -323,6 +328,10 @@ class _Decoder:
             snapshots=self.list_(d, "snapshots", "$", self.snapshot),
             storage_volumes=self.list_(d, "storage_volumes", "$", self.storage_volume),
             das_devices=self.list_(d, "das_devices", "$", das),
+            ceph_pools=self.list_(d, "ceph_pools", "$", das),
+            ceph_user=self.str_(d, "ceph_user", "$"),
+            ceph_conf=self.str_(d, "ceph_conf", "$"),
+            ceph_keyring=self.str_(d, "ceph_keyring", "$"),
         )
 
     def vm_type(self, value: Any, w: str) -> VmType | None:
