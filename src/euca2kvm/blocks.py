@@ -128,3 +128,21 @@ class FileOpener(Protocol):
     def __call__(self, path: str) -> ByteFile:
         """Open ``path`` read-only (never following a symlink where the caller asks for that)."""
         ...
+
+
+# Openers of files that are not on this machine, by name prefix (``ssh://``): the module that reads
+# them registers itself, so a reader that only has a file's name (an extent map's path, read while
+# scanning thin metadata or a snapshot's exception store) opens it the same way as the movers.
+_OPENERS: dict[str, FileOpener] = {}
+
+
+def register_opener(prefix: str, opener: FileOpener) -> None:
+    _OPENERS[prefix] = opener
+
+
+def opener_for(path: str) -> FileOpener | None:
+    """The registered opener of a non-local file name, or None for a local path."""
+    for prefix, opener in _OPENERS.items():
+        if path.startswith(prefix):
+            return opener
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 
+from ..blocks import ByteFile, opener_for
 from ..errors import FormatError, IOFailure
 from .extents import ExtentMap, Kind
 
@@ -58,6 +59,7 @@ class ExtentReader:
         self.keep_open = keep_open
         self.size = emap.size
         self._files = FdCache()
+        self._remote: dict[str, ByteFile] = {}
 
     def pread(self, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes at ``offset`` (short only at the end of the LV)."""
@@ -78,7 +80,8 @@ class ExtentReader:
                 raise IOFailure(f"{self.name}: bytes {e.start}..{e.end} map to an 'error' segment")
             assert e.path is not None
             try:
-                got = os.preadv(self._files.fd(e.path), [dst], e.offset)
+                got = self._read_remote(e.path, dst, e.offset) if opener_for(e.path) else os.preadv(
+                    self._files.fd(e.path), [dst], e.offset)
             finally:
                 if not self.keep_open:
                     self.close()
@@ -87,8 +90,28 @@ class ExtentReader:
                                   e.path, e.offset + got)
         return bytes(out)
 
+    def _read_remote(self, path: str, dst: memoryview, offset: int) -> int:
+        """Bytes of a file on another host (``ssh://``), through its registered opener."""
+        with self._files._lock:
+            f = self._remote.get(path)
+            if f is None:
+                opener = opener_for(path)
+                assert opener is not None
+                f = self._remote[path] = opener(path)
+        got = 0
+        while got < len(dst):
+            n = f.pread_into(offset + got, dst[got:])
+            if n == 0:
+                break
+            got += n
+        return got
+
     def close(self) -> None:
         self._files.close()
+        with self._files._lock:
+            for f in self._remote.values():
+                f.close()
+            self._remote.clear()
 
     def __enter__(self) -> ExtentReader:
         return self

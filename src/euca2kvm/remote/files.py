@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from ..blocks import register_opener
 from ..errors import FormatError, IOFailure, UsageError
-from .ssh import Connection, Target, connect, parse_url, q
+from .ssh import SCHEME, Connection, Target, connect, parse_url, q
 
 # Data ranges the one-liner reports at most; a file fragmented beyond that counts as all data
 # (correct, only slower) rather than making the tool hold millions of ranges.
@@ -159,14 +160,31 @@ class RemoteFile:
             raise FormatError("not a regular file or block device", self.path)
         if isinstance(probed, Exception):
             raise probed
-        p = probe(conn, path) if probed is None else probed
-        if p is NO_PYTHON and stat.S_ISBLK(mode):
-            raise UsageError(f"{self.path}: reading a block device needs a Python on the host (for its size)")
         self._mode = mode
-        self.size_probed = int(attrs.size or 0) if p is NO_PYTHON else p.size
-        self._ranges = p.ranges
-        self._starts = [a for a, _ in self._ranges] if self._ranges is not None else []
+        self._sftp_size = int(attrs.size or 0)
+        self._probe: Probe | None = None
+        if probed is not None:
+            self._set_probe(probed)
         self._file: asyncssh.SFTPClientFile = conn.call(conn.sftp().open(path, "rb"), f"cannot open {path}")
+
+    def _set_probe(self, p: Probe) -> None:
+        if p is NO_PYTHON and stat.S_ISBLK(self._mode):
+            raise UsageError(f"{self.path}: reading a block device needs a Python on the host (for its size)")
+        self._probe = p
+        self._starts = [a for a, _ in p.ranges] if p.ranges is not None else []
+
+    def probed(self) -> Probe:
+        """The host's answer about this file, asked on first need (a reader of a few metadata blocks
+        never asks)."""
+        if self._probe is None:
+            self._set_probe(probe(self.conn, self.remote_path))
+        assert self._probe is not None
+        return self._probe
+
+    @property
+    def size_probed(self) -> int:
+        p = self.probed()
+        return self._sftp_size if p is NO_PYTHON else p.size
 
     def size(self) -> int:
         if stat.S_ISBLK(self._mode):
@@ -203,11 +221,12 @@ class RemoteFile:
         return bytes(buf[:got])
 
     def data_ranges(self, lo: int, hi: int) -> list[tuple[int, int]]:
-        if self._ranges is None:
+        ranges = self.probed().ranges
+        if ranges is None:
             return [(lo, hi)] if lo < hi else []
         out: list[tuple[int, int]] = []
         i = max(0, bisect_right(self._starts, lo) - 1)
-        for a, b in self._ranges[i:]:
+        for a, b in ranges[i:]:
             if a >= hi:
                 break
             s, e = max(a, lo), min(b, hi)
@@ -236,3 +255,6 @@ class RemoteOpener:
 def open_url(url: str) -> RemoteFile:
     t: Target = parse_url(url)
     return RemoteFile(connect(t), t.path)
+
+
+register_opener(SCHEME, RemoteOpener())
