@@ -1,0 +1,223 @@
+# SPDX-License-Identifier: Apache-2.0
+"""ssh:// sources against a real sshd on 127.0.0.1: scan, inspect and export equal the local results,
+unknown or changed host keys are refused before logging in, holes never cross the network, a source
+in use on the remote host is refused, and the remote files are never written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sshd
+from _env import need_root, need_tools
+from euca2kvm.blocks import Kind, data_bytes
+from euca2kvm.errors import EXIT_IN_USE, EXIT_USAGE
+from euca2kvm.lvm.source import LvmSource
+from euca2kvm.remote import files as rfiles
+from euca2kvm.remote import sources, ssh
+
+Fixtures = tuple[Path, dict[str, Any]]
+MiB = 1 << 20
+
+
+def cli(server: sshd.Sshd | None, *args: str, check: int | None = 0, known: Path | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    opts = [] if server is None else ["--ssh-known-hosts", str(known or server.known_hosts),
+                                      "--ssh-identity", str(server.identity)]
+    p = subprocess.run([sys.executable, "-m", "euca2kvm", *args, *opts], capture_output=True, text=True,
+                       timeout=timeout)
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    return p
+
+
+@pytest.fixture()
+def options(sshd_server: sshd.Sshd) -> ssh.Options:
+    """In-process use of the remote modules, with the test server's key and known_hosts."""
+    old = ssh.OPTIONS
+    ssh.OPTIONS = ssh.Options(known_hosts=str(sshd_server.known_hosts), identity=str(sshd_server.identity))
+    yield ssh.OPTIONS
+    ssh.OPTIONS = old
+    ssh.close_all()
+
+
+def _summary(volumes: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(v["id"], v["kind"], v["vg"], v["lv"], v["size"], v["segment_types"], v["tags"], v["problem"],
+             [os.path.basename(f) for f in v["files"]], v["in_use"]) for v in volumes]
+
+
+@pytest.mark.parametrize("scenario", ["euca", "multiseg", "striped", "thin"])
+def test_scan_over_ssh_equals_local(lvm_fixtures: Fixtures, sshd_server: sshd.Sshd, scenario: str) -> None:
+    root, _ = lvm_fixtures
+    local = json.loads(cli(None, "scan", "-s", str(root / scenario), "--json").stdout)
+    remote = json.loads(cli(sshd_server, "scan", "-s", sshd_server.url(str(root / scenario)), "--json").stdout)
+    assert local["volumes"] and _summary(remote["volumes"]) == _summary(local["volumes"])
+    for v in remote["volumes"]:
+        assert all(f.startswith(sshd_server.url("/")) for f in v["files"])
+
+
+@pytest.mark.parametrize("scenario, ident", [("euca", "vol-4708bf47"), ("euca", "snap-5e6f7a8b"),
+                                             ("multiseg", "vg-mseg/lvA"), ("striped", "vg-str/lv-stripe")])
+def test_export_over_ssh_equals_local(lvm_fixtures: Fixtures, sshd_server: sshd.Sshd, tmp_path: Path,
+                                      scenario: str, ident: str) -> None:
+    root, _ = lvm_fixtures
+    lo, ro = tmp_path / "local", tmp_path / "remote"
+    ro.mkdir()
+    (ro / "unrelated").write_bytes(os.urandom(4096))  # a destination with something in it already
+    cli(None, "export", ident, "-s", str(root / scenario), "-o", str(lo))
+    cli(sshd_server, "export", ident, "-s", sshd_server.url(str(root / scenario)), "-o", str(ro))
+    ml = json.loads((lo / "manifest.json").read_text())["volumes"]
+    mr = json.loads((ro / "manifest.json").read_text())["volumes"]
+    assert [v["digest"] for v in mr] == [v["digest"] for v in ml] and ml[0]["digest"]
+    out = ml[0]["output"]
+    assert subprocess.run(["cmp", str(lo / out), str(ro / out)], timeout=120).returncode == 0
+    cli(None, "verify", str(ro / "manifest.json"))
+
+
+def test_inspect_over_ssh_equals_local(lvm_fixtures: Fixtures, sshd_server: sshd.Sshd) -> None:
+    root, _ = lvm_fixtures
+    local = json.loads(cli(None, "inspect", "vg-mseg/lvA", "-s", str(root / "multiseg"), "--json").stdout)
+    remote = json.loads(cli(sshd_server, "inspect", "vg-mseg/lvA", "-s", sshd_server.url(str(root / "multiseg")),
+                            "--json").stdout)
+    prefix = sshd_server.url("")
+    assert json.loads(json.dumps(remote).replace(prefix, "")) == local
+
+
+def _accepted(server: sshd.Sshd) -> int:
+    return server.log.read_text(errors="replace").count("Accepted publickey")
+
+
+def test_unknown_host_key_refused(lvm_fixtures: Fixtures, sshd_server: sshd.Sshd, tmp_path: Path) -> None:
+    root, _ = lvm_fixtures
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True, timeout=30)
+    wrong = tmp_path / "wrong_known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{sshd_server.port} " + " ".join(Path(f"{other}.pub").read_text().split()[:2])
+                     + "\n")
+    before = _accepted(sshd_server)
+    for known in (empty, wrong):
+        p = cli(sshd_server, "scan", "-s", sshd_server.url(str(root / "euca")), known=known, check=EXIT_USAGE)
+        assert "SHA256:" in p.stderr  # the fingerprint, to check with the host's administrator
+    assert _accepted(sshd_server) == before  # never logged in
+
+
+def test_holes_not_transferred(lvm_fixtures: Fixtures, options: ssh.Options, sshd_server: sshd.Sshd) -> None:
+    root, truth = lvm_fixtures
+    snap = root / "euca" / "snap-5e6f7a8b"  # 1 GiB sparse raw snapshot with three small patches
+    local_data = 0
+    with open(snap, "rb") as f:
+        off, size = 0, os.fstat(f.fileno()).st_size
+        while off < size:
+            try:
+                a = os.lseek(f.fileno(), off, os.SEEK_DATA)
+            except OSError:
+                break
+            b = os.lseek(f.fileno(), a, os.SEEK_HOLE)
+            local_data, off = local_data + b - a, b
+    d = sources.discover_all([sshd_server.url(str(root / "euca"))], check_in_use=False)
+    vol = d.find("snap-5e6f7a8b")
+    opened: list[rfiles.RemoteFile] = []
+
+    def opener(path: str) -> rfiles.RemoteFile:
+        f = rfiles.open_url(path)
+        opened.append(f)
+        return f
+
+    src = LvmSource(vol.extent_map(), vol.id, opener)
+    h = hashlib.sha256()
+    buf = bytearray(4 * MiB)
+    for r in src.ranges(0, src.size):
+        for o in range(r.start, r.end, len(buf)):
+            n = min(len(buf), r.end - o)
+            if r.kind is Kind.DATA:
+                src.read_into(o, memoryview(buf)[:n])
+                h.update(memoryview(buf)[:n])
+            else:
+                h.update(bytes(n))
+    src.close()
+    assert h.hexdigest() == truth["raw"][0]["sha256"]
+    assert 0 < data_bytes(src) <= local_data < size // 100
+    assert sum(f.bytes_read for f in opened) <= local_data  # nothing but the data crossed the network
+
+
+def test_remote_file_reads_exact_bytes(tmp_path: Path, options: ssh.Options, sshd_server: sshd.Sshd) -> None:
+    p = tmp_path / "f"
+    data = os.urandom(3 * MiB + 123)
+    with open(p, "wb") as f:
+        f.write(data)
+        f.truncate(64 * MiB)
+    rf = rfiles.open_url(sshd_server.url(str(p)))
+    assert rf.size() == 64 * MiB
+    assert rf.data_ranges(0, 64 * MiB)[0][0] == 0 and sum(b - a for a, b in rf.data_ranges(0, 64 * MiB)) < 8 * MiB
+    for off, n in [(0, 1), (4095, 4097), (MiB - 1, 2 * MiB + 124), (len(data) - 10, 10)]:
+        assert rf.read(off, n) == data[off:off + n]
+    buf = bytearray(100)
+    assert rf.pread_into(64 * MiB - 10, memoryview(buf)) == 10  # short only at the end
+    rf.close()
+
+
+def test_symlinks_not_followed(lvm_fixtures: Fixtures, sshd_server: sshd.Sshd, tmp_path: Path) -> None:
+    root, _ = lvm_fixtures
+    src = tmp_path / "vols"
+    src.mkdir()
+    os.symlink(root / "euca" / "vol-4708bf47", src / "vol-4708bf47")
+    scan = json.loads(cli(sshd_server, "scan", "-s", sshd_server.url(str(src)), "--json").stdout)
+    assert scan["volumes"] == []
+    cli(sshd_server, "scan", "-s", sshd_server.url(str(src / "vol-4708bf47")), check=EXIT_USAGE)
+
+
+def _state(d: Path) -> dict[str, tuple[int, int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ctime_ns) for p in sorted(d.iterdir())}
+
+
+def test_in_use_on_remote_host_refused(lvm_fixtures: Fixtures, sshd_server: sshd.Sshd, tmp_path: Path) -> None:
+    need_root()
+    need_tools("losetup")
+    root, _ = lvm_fixtures
+    src = tmp_path / "vols"
+    src.mkdir()
+    subprocess.run(["cp", "--sparse=always", str(root / "dots" / "vol-d0750001"), str(src)], check=True, timeout=60)
+    before = _state(src)
+    loop = subprocess.run(["losetup", "-f", "--show", "-r", str(src / "vol-d0750001")], capture_output=True,
+                          text=True, check=True, timeout=30).stdout.strip()
+    out = tmp_path / "out"
+    try:
+        p = cli(sshd_server, "export", "vol-d0750001", "-s", sshd_server.url(str(src)), "-o", str(out),
+                check=EXIT_IN_USE)
+        assert loop in p.stderr
+        assert not (out / "vol-d0750001.raw").exists()
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True, timeout=30)
+    holder = subprocess.Popen(["sleep", "60"], stdin=open(src / "vol-d0750001", "rb"))  # noqa: SIM115
+    try:
+        p = cli(sshd_server, "export", "vol-d0750001", "-s", sshd_server.url(str(src)), "-o", str(out),
+                check=EXIT_IN_USE)
+        assert f"pid {holder.pid} (sleep)" in p.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    cli(sshd_server, "export", "vol-d0750001", "-s", sshd_server.url(str(src)), "-o", str(out))
+    assert _state(src) == before  # nothing written, created or touched on the remote side
+
+
+def test_remote_tree_unchanged_by_scan_inspect_export(lvm_fixtures: Fixtures, sshd_server: sshd.Sshd,
+                                                      tmp_path: Path) -> None:
+    root, _ = lvm_fixtures
+    src = tmp_path / "vols"
+    subprocess.run(["cp", "-r", "--sparse=always", str(root / "striped"), str(src)], check=True, timeout=120)
+    before = _state(src)
+    url = sshd_server.url(str(src))
+    cli(sshd_server, "scan", "-s", url)
+    cli(sshd_server, "inspect", "vg-str/lv-stripe", "-s", url)
+    cli(sshd_server, "export", "vg-str/lv-stripe", "-s", url, "-o", str(tmp_path / "out"))
+    assert _state(src) == before
