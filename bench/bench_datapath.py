@@ -50,6 +50,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
 MiB = 1 << 20
 GiB = 1 << 30
 # Every fixture and output size is a multiple of lvm2's default extent (4 MiB): the Eucalyptus recipe
@@ -116,10 +117,12 @@ _libc.readahead.restype = ctypes.c_ssize_t
 
 
 def read_file(path: Path, chunk: int, *, hint: str = "", ahead: int = 0, direct: bool = False,
-              threads: int = 1, work: Callable[[memoryview], object] | None = None) -> float:
+              behind: bool = False, threads: int = 1, work: Callable[[memoryview], object] | None = None
+              ) -> float:
     """Read the whole file in ``chunk`` requests; seconds. ``hint``: "seq" (POSIX_FADV_SEQUENTIAL once),
     "willneed"/"readahead" (that call for the bytes ``ahead`` beyond the reader, before each read);
-    ``threads`` readers take chunks round-robin; ``work`` runs on every chunk read (e.g. the hash)."""
+    ``behind``: POSIX_FADV_DONTNEED for each chunk once used; ``threads`` readers take chunks
+    round-robin; ``work`` runs on every chunk read (e.g. the hash)."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     size = os.fstat(fd).st_size
     t0 = time.perf_counter()
@@ -146,6 +149,8 @@ def read_file(path: Path, chunk: int, *, hint: str = "", ahead: int = 0, direct:
                     raise SystemExit(f"short read {got} at {off}")
                 if work is not None:
                     work(view[:n])
+                if behind:
+                    os.posix_fadvise(fd, off, n, os.POSIX_FADV_DONTNEED)
         finally:
             view.release()
             buf.close()
@@ -159,7 +164,7 @@ def read_file(path: Path, chunk: int, *, hint: str = "", ahead: int = 0, direct:
     return time.perf_counter() - t0
 
 
-def case_coldread(work: Path, size: int, runs: int, cold: str) -> None:
+def case_coldread(work: Path, size: int, runs: int, cold: str, only: list[str]) -> None:
     f = work / f"coldread-{size >> 20}M.bin"
     if not f.exists():
         fill(f, 0, size, 99, truncate=True)
@@ -176,13 +181,17 @@ def case_coldread(work: Path, size: int, runs: int, cold: str) -> None:
         "4M + FADV_SEQUENTIAL": {**four, "hint": "seq"},
         "4M + WILLNEED 32M ahead": {**four, "hint": "willneed", "ahead": 32 * MiB},
         "4M + readahead() 32M ahead": {**four, "hint": "readahead", "ahead": 32 * MiB},
+        "4M + DONTNEED behind": {**four, "behind": True},
+        "4M + SEQUENTIAL + DONTNEED behind": {**four, "hint": "seq", "behind": True},
         "O_DIRECT 4M": {**four, "direct": True},
         "O_DIRECT 16M": {"chunk": 16 * MiB, "direct": True},
+        "O_DIRECT 4M x 4 threads": {**four, "direct": True, "threads": 4},
         "4M x 2 threads": {**four, "threads": 2},
-        "4M x 4 threads": {**four, "threads": 4},
     }
+    if only:
+        variants = {k: v for k, v in variants.items() if k in only}
     # With the digest in the loop (what an export does): does a hint keep the disk busy while we hash?
-    hashed = ("preadv 4M", "preadv 16M", "4M + FADV_SEQUENTIAL", "4M + WILLNEED 32M ahead", "4M x 2 threads")
+    hashed = [k for k in ("preadv 4M", "4M + FADV_SEQUENTIAL", "4M + SEQUENTIAL + DONTNEED behind") if k in variants]
     cmds = {**{k: (v, None) for k, v in variants.items()}, **{k + " +hash": (variants[k], hasher) for k in hashed}}
     times: dict[str, list[float]] = {k: [] for k in cmds}
     loads: list[str] = []
@@ -246,7 +255,7 @@ def fixtures(work: Path, size: int, volumes: int) -> dict[str, Any]:
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (root / "fixtures.json").exists():
-            return json.loads((root / "fixtures.json").read_text())  # type: ignore[no-any-return]
+            return json.loads((root / "fixtures.json").read_text())
         fx: dict[str, Any] = {}
 
         def vol(case: str, vid: str, lv_size: int, data: list[tuple[int, int]], seed: int) -> dict[str, Any]:
@@ -481,6 +490,7 @@ def main() -> int:
     ap.add_argument("--euca2kvm", default=shlex.join([sys.executable, "-m", "euca2kvm"]),
                     help="the euca2kvm command line (default: this Python's module)")
     ap.add_argument("--json", metavar="FILE", help="also write every number as JSON")
+    ap.add_argument("--variants", default="", help="coldread: only these variants (comma-separated names)")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -491,7 +501,7 @@ def main() -> int:
         finally:
             shutil.rmtree(work / f"out-{os.getpid()}", ignore_errors=True)
     if "coldread" in args.cases.split(","):
-        case_coldread(work, size, args.runs, args.cold)
+        case_coldread(work, size, args.runs, args.cold, [v for v in args.variants.split(",") if v])
     if args.json:
         Path(args.json).write_text(json.dumps({"size": size, "args": vars(args), **RESULTS}, indent=1))
     return 0
