@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""readahead.advise: a hint that never changes what is read, starts no I/O by itself, is refused
-quietly by descriptors that take no advice (a pipe) and loudly for a bad descriptor; READ_CHUNK fits the
-digest block and O_DIRECT alignment."""
+"""readahead: advise is a hint that never changes what is read and starts no I/O by itself; release
+drops every page read behind the reader; both are refused quietly by descriptors that take no advice
+(a pipe) and loudly for a bad descriptor; READ_CHUNK fits the digest block and O_DIRECT alignment."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from _env import need_tools
 from euca2kvm.export.digest import DIGEST_BLOCK
-from euca2kvm.readahead import READ_CHUNK, advise
+from euca2kvm.readahead import READ_CHUNK, advise, release
 
 MiB = 1 << 20
 
@@ -63,17 +63,41 @@ def test_advice_starts_no_read_by_itself(tmp_path: Path) -> None:
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
-        def cached() -> int:
-            out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(src)],
-                                 capture_output=True, text=True, check=True, timeout=30).stdout
-            return int(out.split()[0])
-
-        if cached() != 0:
+        if _cached(src) != 0:
             pytest.skip("the page cache kept the file's pages (nothing to compare against)")
         assert advise(fd) is True
-        assert cached() == 0
+        assert _cached(src) == 0
         os.pread(fd, 4096, 0)  # a read does go through the cache (the check can see pages)
-        assert cached() > 0
+        assert _cached(src) > 0
+    finally:
+        os.close(fd)
+
+
+def _cached(path: Path) -> int:
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return int(out.split()[0])
+
+
+def test_release_behind_the_reader_leaves_no_page_cached_and_the_bytes_unchanged(tmp_path: Path) -> None:
+    need_tools("fincore")
+    src = tmp_path / "src"
+    data = _file(src, 3 * READ_CHUNK + 777)
+    os.sync()  # clean pages: DONTNEED drops only those
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        advise(fd)
+        view = memoryview(bytearray(READ_CHUNK))
+        h = hashlib.sha256()
+        off = 0
+        while n := os.preadv(fd, [view], off):
+            h.update(view[:n])
+            release(fd, off, n)
+            off += n
+        # every block read was dropped, and readahead found nothing beyond the end of the file
+        assert _cached(src) == 0
+        assert h.digest() == hashlib.sha256(data).digest()
+        assert os.pread(fd, len(data) + 1, 0) == data  # a later reader gets the same bytes from the disk
     finally:
         os.close(fd)
 
@@ -84,6 +108,7 @@ def test_pipe_and_socket_take_no_advice_and_still_read() -> None:
     try:
         assert advise(r) is False  # ESPIPE
         assert advise(a.fileno()) in (True, False)  # the kernel may accept it and ignore it: never an error
+        release(r, 0, 4096)  # refused quietly too
         os.write(w, b"still readable")
         assert os.read(r, 64) == b"still readable"
     finally:
@@ -96,9 +121,10 @@ def test_pipe_and_socket_take_no_advice_and_still_read() -> None:
 def test_bad_descriptor_and_negative_range_are_errors(tmp_path: Path) -> None:
     fd = os.open(tmp_path, os.O_RDONLY)
     os.close(fd)
-    with pytest.raises(OSError) as e:
-        advise(fd)
-    assert e.value.errno == errno.EBADF
+    for call in (lambda: advise(fd), lambda: release(fd, 0, 4096)):
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == errno.EBADF
     src = tmp_path / "f"
     _file(src, 4096)
     fd = os.open(src, os.O_RDONLY)
@@ -107,6 +133,8 @@ def test_bad_descriptor_and_negative_range_are_errors(tmp_path: Path) -> None:
             advise(fd, -1, 0)
         with pytest.raises(ValueError):
             advise(fd, 0, -4096)
+        with pytest.raises(ValueError):
+            release(fd, 0, 0)
     finally:
         os.close(fd)
 

@@ -1,28 +1,35 @@
 # SPDX-License-Identifier: Apache-2.0
 """How a source read once, front to back, keeps a cold disk streaming: the read size and the hints.
 
-Measured with ``bench/bench_datapath.py --cases coldread`` (a 1 GiB file whose pages are evicted
-before each read, ``posix_fadvise(DONTNEED)`` checked with ``fincore``; medians of 5, the load
-average of the shared 2-core machine quoted with each run, see the study's table in issue 12's
-note). What the kernel does with a buffered sequential reader is already the best plan here:
+Measured with ``bench/bench_datapath.py --cases coldread --size 1G --runs 5 --cold evict`` (a 1 GiB
+file, its pages dropped before each read by ``posix_fadvise(DONTNEED)``, checked with ``fincore``;
+2 cores shared with other work, load average 5-12: single samples vary up to 3x, so only what held
+in every run counts). Medians relative to plain buffered 4 MiB ``preadv`` in the same run:
 
-- ``preadv`` of 4 MiB, buffered, one reader: the kernel's own asynchronous readahead
-  (``read_ahead_kb``, 8 MiB on this virtio disk) keeps requests in flight while the reader hashes.
-- ``POSIX_FADV_SEQUENTIAL`` doubles that window for the file: as fast or faster in every run, and
-  never slower beyond the noise.
-- 16 MiB requests: slower than 4 MiB (1.25-1.35x): each request waits for more pages before it
-  returns, and the hash of a 16 MiB block no longer overlaps the next read.
-- ``POSIX_FADV_WILLNEED`` or ``readahead(2)`` issued ahead of the reader: 1.3-2.9x slower. Both
-  start the I/O synchronously in the caller and replace the kernel's asynchronous readahead marks
-  with their own fixed chunks.
-- ``O_DIRECT`` (page-aligned buffers): 2.1-3.6x slower. Nothing reads ahead, so one request is in
-  flight at a time and the disk idles while the reader hashes.
-- 2 or 4 reader threads on one file: 1.6-3.3x slower: interleaved offsets defeat the sequential
-  detection, so readahead shrinks.
+  variant                               runs 1-4 (load 5.5-9 / 7 / 10-12 / 9-12)
+  preadv 1M / 16M                       0.78 3.42 0.59 -    /  1.34 1.25 0.82 0.88
+  4M + POSIX_FADV_SEQUENTIAL            1.37 0.77 0.63 0.66
+  4M + DONTNEED behind the reader       -    -    -    0.48  (with SEQUENTIAL: 0.30, 0.55)
+  4M + WILLNEED / readahead(2) 32M on   1.31 2.70 1.03 -    /  1.86 2.91 0.78 -
+  O_DIRECT 4M / 16M (aligned)           2.37 3.58 1.02 -    /  2.10 3.64 1.01 -
+  O_DIRECT 4M x 4 threads               -    -    0.86 1.05
+  4M x 2 threads                        1.88 1.64 0.79 -
 
-So: one reader per file (more workers may hash, not read), 4 MiB buffered reads, and
-:func:`advise` once on each source file. This module imports nothing of euca2kvm: any layer may
-use it.
+- Buffered reads win: the kernel's asynchronous readahead (``read_ahead_kb`` 8 MiB on this virtio
+  disk, doubled for the file by ``POSIX_FADV_SEQUENTIAL``) keeps requests in flight while the
+  reader hashes. ``O_DIRECT`` has none (one request in flight: never faster, up to 3.6x slower);
+  ``WILLNEED``/``readahead(2)`` start I/O synchronously in the caller, in fixed chunks, instead of
+  the kernel's marks; parallel readers of one file defeat its sequential detection.
+- Dropping each block from the cache once used (:func:`release`) was the fastest variant in every
+  run it was in, with the least spread: the reader keeps reusing a few MiB of pages instead of
+  taking fresh ones (here a fresh guest page costs the host a fault: the VM's balloon reports free
+  pages), and on a storage controller an export of hundreds of GiB no longer evicts the
+  controller's own working set. The cost: a page-cached source is not cached after the export.
+- 1 MiB and 16 MiB requests were not reliably better or worse than 4 MiB.
+
+So: one reader per file (more workers may hash, not read), buffered :data:`READ_CHUNK` reads,
+:func:`advise` once on each source file, :func:`release` behind the reader where a source is read
+once. This module imports nothing of euca2kvm: any layer may use it.
 """
 
 from __future__ import annotations
@@ -32,9 +39,9 @@ import os
 
 MiB = 1 << 20
 
-# 4 MiB per preadv: fastest of 1/4/16 MiB on a cold file here (16 MiB was 1.25-1.35x slower, 1 MiB
-# within the noise of 4 MiB at 4x the system calls), and the block digest's block (DIGEST_BLOCK),
-# so each read is one digest block and one buffer of the copy's per-worker pool.
+# 4 MiB per preadv: 1 MiB and 16 MiB were no better on a cold file here (0.59-3.4x and 0.82-1.34x
+# of 4 MiB in four runs), 1 MiB costs 4x the system calls, and 4 MiB is the block digest's block
+# (DIGEST_BLOCK): each read is one digest block and one buffer of the copy's per-worker pool.
 READ_CHUNK = 4 * MiB
 
 # errno values that mean "this descriptor takes no advice" (a pipe, a socket; a file system that
@@ -58,3 +65,22 @@ def advise(fd: int, offset: int = 0, length: int = 0) -> bool:
             return False
         raise
     return True
+
+
+def release(fd: int, offset: int, length: int) -> None:
+    """Drop bytes ``[offset, offset + length)`` of ``fd``, already read and used, from the page cache
+    (``POSIX_FADV_DONTNEED``): call it behind the reader of a source read once. Clean pages only
+    (a source is never written), so nothing is lost; a later reader of the same bytes reads the disk.
+
+    Measured (see the module docstring) this is the largest gain on a cold source here, and it keeps
+    an export of hundreds of GiB from pushing the storage controller's own working set out of the
+    cache. Whether pages were cached before cannot be told afterwards (the kernel's readahead has
+    brought the next blocks in before they are read, an ``RWF_NOWAIT`` probe sees them as cached),
+    so a caller that wants a page-cached source to stay cached must not call it."""
+    if offset < 0 or length <= 0:
+        raise ValueError(f"release: offset {offset} must not be negative and length {length} must be positive")
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except OSError as e:
+        if e.errno not in _NO_ADVICE:
+            raise
