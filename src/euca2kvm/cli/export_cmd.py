@@ -29,6 +29,7 @@ from .common import (
     resolve_volumes,
 )
 from .events import Reporter, VolumeProgress
+from .s3_cmd import add_s3_args, run_s3_exports
 
 MAX_JOBS = 16  # volumes in parallel; each also runs --workers I/O threads
 
@@ -42,12 +43,14 @@ def build_parser(sub: Any) -> None:
     p.add_argument("ids", nargs="*", metavar="ID", help="volume id, VG/LV, or path of a container or snapshot file")
     p.add_argument("--all", action="store_true", help="export every volume found in the sources")
     add_sources(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory (created when missing)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                   help="output directory (created when missing), or s3://bucket/prefix (see --s3-*)")
     p.add_argument("--format", "-f", default="raw", choices=FORMATS, help="image format (default raw)")
     p.add_argument("--compress", action="store_true", help="compressed qcow2 (or streamOptimized vmdk)")
     p.add_argument("--vmdk-subformat", choices=VMDK_SUBFORMATS, help="vmdk subformat (default monolithicSparse)")
     p.add_argument("--force", action="store_true", help="export even when a source is in use")
     add_digest_args(p)
+    add_s3_args(p)
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip verification: no block digest is computed (raw) and converted images are not "
                         "compared with their source; the manifest records verified=false")
@@ -131,7 +134,6 @@ def do_export(args: argparse.Namespace) -> int:
                          fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args))
     # IDs first: an unknown ID or a file that is no volume leaves no output directory behind
     d, named = resolve_volumes(list(dict.fromkeys(args.ids)), args.source, quiet=args.json)
-    outdir = output_dir(args.output)
     if args.all:
         vols = [v for v in d.volumes]
         for v in vols:
@@ -143,6 +145,9 @@ def do_export(args: argparse.Namespace) -> int:
     else:
         # unknown ids failed above, before anything was written
         vols = list({id(v): v for v in named}.values())  # one volume named twice (id and path) is one export
+    if args.output.startswith("s3://"):  # object storage: cli/s3_cmd.py
+        return run_s3_exports(vols, opts, args)
+    outdir = output_dir(args.output)
     check_outputs(vols, outdir, fmt.ext)
     if not args.verify and not args.json:
         console_err.print("note: --no-verify: no digest is computed and outputs are not compared with sources")

@@ -8,6 +8,7 @@ the most severe of all (see ``SEVERITY``).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from ..export.manifestmerge import RemoteImage, image_dir
 from ..export.pipeline import content_digest
 from .common import console, console_err, esc, print_json
 from .console import visible
+from .s3_cmd import add_s3_args
 
 # Exit statuses from most to least severe: an entry or image refused as hostile or invalid (3)
 # says more than a digest that differs or was never recorded (6), which says more than an image
@@ -62,10 +64,12 @@ def build_parser(sub: Any) -> None:
                     "vmdk extents). The exit status is the most severe found: 3 (refused, or an image or manifest "
                     "that is invalid) before 6 (mismatch, unverifiable, remote) before 5 (missing or unreadable) "
                     "before 7 (qemu-img or qemu-nbd failed); 0 when every image verified.")
-    p.add_argument("manifest", metavar="MANIFEST", help="OUTDIR/manifest.json (or OUTDIR), or a merged manifest")
+    p.add_argument("manifest", metavar="MANIFEST", help="OUTDIR/manifest.json (or OUTDIR), a merged manifest, or "
+                   "s3://bucket/prefix/manifest.json (every object is read back, streamed)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
                    help=f"hashing threads (1-{MAX_WORKERS}, default {DEFAULT_WORKERS})")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_s3_args(p, upload=False)
     p.set_defaults(func=do_verify)
 
 
@@ -115,6 +119,10 @@ def check_entry(outdir: Path, entry: dict[str, Any], workers: int,
 def do_verify(args: argparse.Namespace) -> int:
     if not 1 <= args.workers <= MAX_WORKERS:
         raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
+    if args.manifest.startswith("s3://"):
+        from .s3_cmd import verify_s3
+
+        return report(args, *verify_s3(args))
     path = Path(args.manifest)
     outdir = path if path.is_dir() else path.parent
     name = manifest.MANIFEST if path.is_dir() else path.name
@@ -124,12 +132,19 @@ def do_verify(args: argparse.Namespace) -> int:
     if not (outdir / name).exists():
         raise IOFailure(f"no {name} in {outdir}")
     data = manifest.load(outdir, name)
-    results = []
     seen: dict[str, frozenset[str] | None] = {}
-    id_w, out_w = (min(MAX_COLUMN, max((len(visible(str(e[k]))) for e in data["volumes"]), default=0))
+    return report(args, data["volumes"], lambda entry: check_entry(outdir, entry, args.workers, seen))
+
+
+def report(args: argparse.Namespace, entries: list[dict[str, Any]],
+           check: Callable[[dict[str, Any]], tuple[str, str, int]]) -> int:
+    """Check and print each entry as it comes (``check`` gives status, detail, exit status); the
+    exit status of them all."""
+    results = []
+    id_w, out_w = (min(MAX_COLUMN, max((len(visible(str(e[k]))) for e in entries), default=0))
                    for k in ("id", "output"))
-    for entry in data["volumes"]:
-        status, detail, code = check_entry(outdir, entry, args.workers, seen)
+    for entry in entries:
+        status, detail, code = check(entry)
         results.append({"id": entry["id"], "output": entry["output"], "status": status, "detail": detail,
                         "exit_code": code})
         if not args.json:
