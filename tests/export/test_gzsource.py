@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import random
 import subprocess
 import tracemalloc
@@ -18,7 +19,7 @@ from _env import need_tools
 from euca2kvm.errors import FormatError
 from euca2kvm.export import manifest
 from euca2kvm.export.formats import output_format
-from euca2kvm.export.gzsource import decompress, export_gz, gz_id, is_gzip, split_sources
+from euca2kvm.export.gzsource import GzResult, decompress, export_gz, gz_id, is_gzip, split_sources
 from euca2kvm.export.pipeline import ExportOptions
 from refdigest import blkdigest
 
@@ -42,6 +43,15 @@ def multipart_gz(path: Path, data: bytes, part: int = PART) -> int:
         for i in range(0, len(data), part):
             f.write(gzip.compress(data[i : i + part], compresslevel=1, mtime=0))
     return (len(data) + part - 1) // part
+
+
+def inflate(path: Path, into: Path) -> GzResult:
+    """decompress() into a new file ``into``."""
+    fd = os.open(into, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        return decompress(str(path), fd)
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -118,7 +128,7 @@ def test_bounded_memory_on_a_highly_compressible_stream(tmp_path: Path) -> None:
         f.write(comp.flush())
     tracemalloc.start()
     try:
-        res = decompress(str(p), None)
+        res = inflate(p, tmp_path / "z.raw")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -142,14 +152,14 @@ def test_damaged_objects_are_refused(
     bad = tmp_path / "snap-bad00000.gz"
     bad.write_bytes(damage(path.read_bytes()))  # type: ignore[operator]
     with pytest.raises(FormatError, match=match):
-        decompress(str(bad), None)
+        inflate(bad, tmp_path / "bad.raw")
 
 
 def test_zero_padding_after_the_last_member_is_ignored(snap: tuple[Path, bytes, int], tmp_path: Path) -> None:
     path, data, _ = snap
     padded = tmp_path / "snap-0000000b.gz"
     padded.write_bytes(path.read_bytes() + bytes(1000))
-    assert decompress(str(padded), None).digest == blkdigest(data)
+    assert inflate(padded, tmp_path / "p.raw").digest == blkdigest(data)
 
 
 def test_plan_lists_gzip_objects_and_writes_nothing(snap: tuple[Path, bytes, int], tmp_path: Path) -> None:

@@ -7,12 +7,12 @@ gzip members*. Such a file (``snap-XXXX.gz``, or any file that starts with the g
 named explicitly) is streamed through zlib with a bounded output window: memory stays at a few
 MiB whatever the disk size.
 
-* ``raw``: decompressed straight into the output, sparsely (runs of zeros stay holes), with the
-  block digest (and optional sha256) computed while writing, under a hidden temporary name
-  renamed when complete.
+* ``raw``: decompressed straight into the output, sparsely (runs of zeros stay holes), under a
+  hidden temporary name renamed when complete; the block digest (and optional sha256) is then
+  computed from what was written, by the same fold every export uses.
 * other formats: decompressed the same way into a temporary raw file in a private work
   directory inside the output directory (see :mod:`.outdir`), which then goes through the
-  ordinary pipeline (``qemu-img convert`` and ``qemu-img compare``) and is deleted.
+  ordinary pipeline (``qemu-img convert``, digest and verification) and is deleted.
   That needs room for the raw image as well as the output.
 
 The uncompressed size is only known at the end (gzip records it modulo 4 GiB per member), so no
@@ -22,7 +22,6 @@ space preflight is possible; running out of space is reported as an I/O error.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 import zlib
@@ -33,12 +32,12 @@ from typing import Any
 
 from ..errors import FormatError, IOFailure, VerifyError
 from ..ids import GZIP_MAGIC, SNAP_GZ_RE, is_gzip
-from ..lvm.source import file_source
+from ..lvm.source import fd_source, file_source
 from ..outdir import OutDir
 from ..units import MiB, TiB
 from . import manifest
-from .copy import write_sparse
-from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
+from .copy import copy_blocks, write_sparse
+from .digest import DEFAULT, Algorithm
 from .pipeline import ExportOptions, Source, content_digest, export_source, fingerprint
 from .raw import IMAGE, atomic_output, new_image
 
@@ -48,7 +47,6 @@ READ_CHUNK = 1 * MiB
 OUT_WINDOW = 4 * MiB
 # EBS volumes top out at 16 TiB; a stream inflating beyond that is not a snapshot.
 MAX_OUTPUT = 16 * TiB
-_ZEROS = bytes(DIGEST_BLOCK)
 
 Progress = Callable[[int], None]
 
@@ -92,59 +90,31 @@ def split_sources(paths: list[str]) -> tuple[list[str], list[str]]:
 
 
 class _Sink:
-    """Collects decompressed bytes into digest blocks; hashes each and writes its non-zero grains."""
+    """Writes decompressed bytes in order into the output, sparsely (zero grains stay holes)."""
 
-    def __init__(self, fd: int | None, sha256: bool, algorithm: Algorithm = DEFAULT) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.block = bytearray(DIGEST_BLOCK)
-        self.fill = 0
-        self.pos = 0  # output offset of the block start
-        self.bd = BlockDigest(algorithm)
-        self.plain = hashlib.sha256() if sha256 else None
+        self.pos = 0
         self.written = 0
 
     def feed(self, data: bytes) -> None:
-        view = memoryview(data)
-        while len(view):
-            take = min(len(view), DIGEST_BLOCK - self.fill)
-            self.block[self.fill : self.fill + take] = view[:take]
-            self.fill += take
-            view = view[take:]
-            if self.fill == DIGEST_BLOCK:
-                self._flush()
-
-    def _flush(self) -> None:
-        n = self.fill
-        if n == 0:
-            return
-        data = memoryview(self.block)[:n]
-        if (self.block if n == DIGEST_BLOCK else self.block[:n]) == _ZEROS[:n]:
-            self.bd.add_zero(n)
-        else:
-            self.bd.add(self.bd.algorithm.block(data))
-            if self.fd is not None:
-                self.written += write_sparse(self.fd, data, self.pos)
-        if self.plain is not None:
-            self.plain.update(data)
-        self.pos += n
-        self.fill = 0
-
-    def finish(self) -> int:
-        self._flush()
-        return self.pos
+        if data:
+            self.written += write_sparse(self.fd, memoryview(data), self.pos)
+            self.pos += len(data)
 
 
 def decompress(
     path: str,
-    out_fd: int | None,
+    out_fd: int,
     *,
     sha256: bool = False,
     progress: Progress | None = None,
     max_size: int = MAX_OUTPUT,
     algorithm: Algorithm = DEFAULT,
 ) -> GzResult:
-    """Stream every gzip member of ``path`` into ``out_fd`` (sparse; None = digest only)."""
-    sink = _Sink(out_fd, sha256, algorithm)
+    """Stream every gzip member of ``path`` into the empty file ``out_fd`` (sparse), size it, and digest
+    what was written with the one block-digest fold (:func:`.copy.copy_blocks`)."""
+    sink = _Sink(out_fd)
     members = 0
     consumed = 0
     dec: Any = None
@@ -184,7 +154,7 @@ def decompress(
                     sink.feed(out)
                     if progress is not None and out:
                         progress(len(out))
-                    if sink.pos + sink.fill > max_size:
+                    if sink.pos > max_size:
                         raise FormatError(f"decompresses beyond {max_size} bytes; not a snapshot", path)
                     if dec.eof or not dec.unconsumed_tail:
                         break  # at the end of a member the tail is the next member (also in unused_data)
@@ -199,15 +169,15 @@ def decompress(
         raise FormatError(f"gzip member {members} is truncated (the object is incomplete)", path)
     if members == 0:
         raise FormatError("empty file, not a gzip object", path)
-    size = sink.finish()
-    return GzResult(
-        size,
-        sink.bd.hexdigest(),
-        sink.plain.hexdigest() if sink.plain else None,
-        members,
-        consumed,
-        sink.written,
-    )
+    size = sink.pos
+    try:
+        os.ftruncate(out_fd, size)
+    except OSError as e:
+        raise IOFailure(f"cannot size the output of {path} to {size} bytes: {e.strerror}") from e
+    with fd_source(out_fd, size, path) as written:
+        res = copy_blocks(written, None, sha256=sha256, algorithm=algorithm)
+    assert res.digest is not None
+    return GzResult(size, res.digest, res.sha256, members, consumed, sink.written)
 
 
 def _reusable(outdir: Path, out: Path, path: str, opts: ExportOptions) -> dict[str, Any] | None:
@@ -249,10 +219,6 @@ def export_gz(
         entry: dict[str, Any] = {}  # filled in before the image is published, recorded with it
         with atomic_output(out, 0, fsync=opts.fsync, commit=lambda: manifest.record(outdir, entry)) as fd:
             res = decompress(path, fd, sha256=opts.sha256, progress=progress, algorithm=opts.algorithm)
-            try:
-                os.ftruncate(fd, res.size)
-            except OSError as e:
-                raise IOFailure(f"cannot size {out} to {res.size} bytes: {e.strerror}") from e
             entry.update({
                 **base,
                 "size": res.size,
@@ -274,7 +240,6 @@ def export_gz(
     with OutDir(outdir) as od, od.work(f"{out.name}.raw") as work:
         with new_image(work, 0) as fd:
             res = decompress(path, fd, sha256=opts.sha256, progress=progress, algorithm=opts.algorithm)
-            os.ftruncate(fd, res.size)
         tmp = str(work.file(IMAGE))
         entry, _ = export_source(Source(ident, file_source(tmp, res.size), base, files=[tmp]), outdir, opts)
     if entry.get("digest") and entry["digest"] != res.digest:

@@ -34,13 +34,13 @@ FADVISE = os.POSIX_FADV_SEQUENTIAL
 class LocalFile:
     """A local source file or block device, read-only (a :class:`~euca2kvm.blocks.ByteFile`)."""
 
-    def __init__(self, path: str, follow: bool = True) -> None:
-        """``follow=False`` refuses a symbolic link at ``path`` (O_NOFOLLOW)."""
+    def __init__(self, path: str, follow: bool = True, name: str | None = None) -> None:
+        """``follow=False`` refuses a symbolic link at ``path`` (O_NOFOLLOW); ``name``: for messages."""
+        self.path = name or path
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
         except OSError as e:
-            raise IOFailure(f"cannot open {path} read-only: {e.strerror}") from e
-        self.path = path
+            raise IOFailure(f"cannot open {self.path} read-only: {e.strerror}") from e
         st = os.fstat(self.fd)
         self.regular = stat.S_ISREG(st.st_mode)
         self.can_seek_data = True
@@ -212,3 +212,11 @@ def file_source(path: str, size: int | None = None, name: str | None = None,
             f.close()
     emap = ExtentMap(size, [LinearMapper(0, size, path, 0)] if size else [])
     return LvmSource(emap, name or path, opener)
+
+
+def fd_source(fd: int, size: int, name: str) -> LvmSource:
+    """The first ``size`` bytes of the file open as ``fd`` as a block source (read through a new
+    read-only descriptor), e.g. to digest an output just written."""
+    path = f"/proc/self/fd/{fd}"
+    return LvmSource(ExtentMap(size, [LinearMapper(0, size, path, 0)] if size else []), name,
+                     lambda p: LocalFile(p, name=name))
