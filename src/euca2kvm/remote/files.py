@@ -25,13 +25,11 @@ import asyncssh
 
 from ..blocks import register_opener
 from ..errors import FormatError, IOFailure, UsageError
-from .ssh import SCHEME, Connection, Target, connect, parse_url, q
+from .ssh import SCHEME, Connection, Target, connect, parse_url, python_command
 
 # Data ranges the one-liner reports at most; a file fragmented beyond that counts as all data
 # (correct, only slower) rather than making the tool hold millions of ranges.
 MAX_RANGES = 1_000_000
-# The host's interpreters tried in order (CentOS 7: python = 2.7, python3 = 3.6 when installed).
-PYTHONS = ("python3", "python2", "python", "/usr/libexec/platform-python")
 # O_NOATIME on Linux (all architectures CentOS 7 runs on); os.O_NOATIME is missing in Python 2.
 O_NOATIME = 0o1000000
 
@@ -68,10 +66,7 @@ for p in sys.argv[2:]:
 
 
 def _probe_command(paths: list[str]) -> str:
-    args = " ".join(q(p) for p in paths)
-    tries = "; ".join(f"command -v {p} >/dev/null 2>&1 && exec {p} -c {q(_PROBE)} {MAX_RANGES} {args}"
-                      for p in PYTHONS)
-    return f"{tries}; echo NOPYTHON"
+    return python_command(_PROBE, [str(MAX_RANGES), *paths], "echo NOPYTHON")
 
 
 @dataclass(frozen=True)

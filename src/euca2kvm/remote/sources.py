@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import asyncssh
 
-from ..errors import Euca2kvmError, UsageError
+from ..errors import Euca2kvmError, IOFailure, UsageError
 from ..eucalyptus.discovery import MAX_DIR_ENTRIES, Discovery, Volume, discover, from_devices
 from ..lvm.device import Device
 from .files import RemoteFile, RemoteOpener, probe_many
@@ -29,11 +29,15 @@ def _list(conn: Connection, t: Target) -> tuple[list[str], set[str]]:
     sftp = conn.sftp()
     name = t.url()
     try:
-        real = conn.call(sftp.realpath(t.path), f"cannot resolve {t.path}")
-        attrs = conn.call(sftp.stat(real), f"cannot stat {t.path}")
-    except Euca2kvmError as err:
+        real = t.path
+        mode = conn.call(sftp.lstat(real), f"cannot stat {t.path}").permissions or 0
+        if stat.S_ISLNK(mode):  # a link to the volumes directory is followed, a link to a file is not
+            real = conn.call(sftp.realpath(t.path), f"cannot resolve {t.path}")
+            mode = conn.call(sftp.stat(real), f"cannot stat {t.path}").permissions or 0
+            if not stat.S_ISDIR(mode):
+                raise UsageError(f"source {name} is a symbolic link; name the file itself")
+    except IOFailure as err:
         raise UsageError(f"source {name}: {err}") from err
-    mode = attrs.permissions or 0
     if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
         return [real], {real}
     if not stat.S_ISDIR(mode):

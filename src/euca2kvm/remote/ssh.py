@@ -295,3 +295,15 @@ def close_all() -> None:
 def q(s: str) -> str:
     """A path quoted for the remote POSIX shell."""
     return shlex.quote(s)
+
+
+# The host's interpreters tried in order (CentOS 7: python = 2.7, python3 = 3.6 when installed).
+PYTHONS = ("python3", "python2", "python", "/usr/libexec/platform-python")
+
+
+def python_command(snippet: str, args: list[str], fallback: str) -> str:
+    """A remote command running ``snippet`` (Python 2.7 and 3 alike) with ``args`` under the first
+    interpreter the host has, else the shell command ``fallback``; nothing is copied to the host."""
+    argv = " ".join(q(a) for a in args)
+    tries = "; ".join(f"command -v {p} >/dev/null 2>&1 && exec {p} -c {q(snippet)} {argv}" for p in PYTHONS)
+    return f"{tries}; {fallback}"
