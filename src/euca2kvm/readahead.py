@@ -6,14 +6,15 @@ file, its pages dropped before each read by ``posix_fadvise(DONTNEED)``, checked
 2 cores shared with other work, load average 5-12: single samples vary up to 3x, so only what held
 in every run counts). Medians relative to plain buffered 4 MiB ``preadv`` in the same run:
 
-  variant                               runs 1-4 (load 5.5-9 / 7 / 10-12 / 9-12)
-  preadv 1M / 16M                       0.78 3.42 0.59 -    /  1.34 1.25 0.82 0.88
-  4M + POSIX_FADV_SEQUENTIAL            1.37 0.77 0.63 0.66
-  4M + DONTNEED behind the reader       -    -    -    0.48  (with SEQUENTIAL: 0.30, 0.55)
-  4M + WILLNEED / readahead(2) 32M on   1.31 2.70 1.03 -    /  1.86 2.91 0.78 -
-  O_DIRECT 4M / 16M (aligned)           2.37 3.58 1.02 -    /  2.10 3.64 1.01 -
-  O_DIRECT 4M x 4 threads               -    -    0.86 1.05
-  4M x 2 threads                        1.88 1.64 0.79 -
+  variant                               runs 1-5 (load 5.5-9 / 7 / 10-12 / 9-12 / 11-12)
+  preadv 1M / 16M                       0.78 3.42 0.59 -    -    /  1.34 1.25 0.82 0.88 -
+  4M + POSIX_FADV_SEQUENTIAL            1.37 0.77 0.63 0.66 0.85
+  4M + SEQUENTIAL + DONTNEED behind     -    -    0.30 0.55 0.80  (without SEQUENTIAL: 0.48 in run 4)
+  4M + WILLNEED / readahead(2) 32M on   1.31 2.70 1.03 -    -    /  1.86 2.91 0.78 -    -
+  O_DIRECT 4M / 16M (aligned)           2.37 3.58 1.02 -    2.76 /  2.10 3.64 1.01 -    -
+  O_DIRECT 4M x 4 threads               -    -    0.86 1.05 -
+  4M x 2 threads                        1.88 1.64 0.79 -    -
+  with a BLAKE3 of each block (run 5, seconds): plain 6.1, SEQUENTIAL 5.9, SEQUENTIAL + DONTNEED 3.0
 
 - Buffered reads win: the kernel's asynchronous readahead (``read_ahead_kb`` 8 MiB on this virtio
   disk, doubled for the file by ``POSIX_FADV_SEQUENTIAL``) keeps requests in flight while the
@@ -21,15 +22,16 @@ in every run counts). Medians relative to plain buffered 4 MiB ``preadv`` in the
   ``WILLNEED``/``readahead(2)`` start I/O synchronously in the caller, in fixed chunks, instead of
   the kernel's marks; parallel readers of one file defeat its sequential detection.
 - Dropping each block from the cache once used (:func:`release`) was the fastest variant in every
-  run it was in, with the least spread: the reader keeps reusing a few MiB of pages instead of
-  taking fresh ones (here a fresh guest page costs the host a fault: the VM's balloon reports free
-  pages), and on a storage controller an export of hundreds of GiB no longer evicts the
-  controller's own working set. The cost: a page-cached source is not cached after the export.
+  run it was in (by little in run 5, by 2x there with the hash in the loop): the reader keeps
+  reusing a few MiB of pages instead of taking fresh ones (likely why it matters so much here: the
+  VM's balloon reports free pages to the host, so a fresh page costs a host fault), and on a
+  storage controller an export of hundreds of GiB no longer evicts the controller's own working
+  set. The cost: a page-cached source is not cached after the export.
 - 1 MiB and 16 MiB requests were not reliably better or worse than 4 MiB.
 
 So: one reader per file (more workers may hash, not read), buffered :data:`READ_CHUNK` reads,
 :func:`advise` once on each source file, :func:`release` behind the reader where a source is read
-once. This module imports nothing of euca2kvm: any layer may use it.
+once. It imports nothing of euca2kvm but its units: any layer may use it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from __future__ import annotations
 import errno
 import os
 
-MiB = 1 << 20
+from .units import MiB
 
 # 4 MiB per preadv: 1 MiB and 16 MiB were no better on a cold file here (0.59-3.4x and 0.82-1.34x
 # of 4 MiB in four runs), 1 MiB costs 4x the system calls, and 4 MiB is the block digest's block
