@@ -306,3 +306,36 @@ def test_bad_targets_fail_cleanly(server: Server, volumes: dict[str, Any], tmp_p
     cli(*base, "-o", "s3://exports/p", "--s3-endpoint", server.url, "--format", "qcow2", check=EXIT_USAGE)
     cli("verify", "s3://exports/nothing-here/manifest.json", "--s3-endpoint", server.url, check=EXIT_IO)
     assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_leaves_a_resumable_upload_and_overwrite_starts_again(server: Server, volumes: dict[str, Any]) -> None:
+    c = server.client()
+    prefix = "sigint"
+    key = f"{prefix}/vol-dd000001.raw.gz"
+    server.delay = SLOW_PART
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "euca2kvm", "export", "vol-dd000001", "--source",
+                              str(volumes["dir"]), "-o", f"s3://{BUCKET}/{prefix}", "--s3-endpoint", server.url,
+                              "--s3-part-size", str(PART_MIB)], env=env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            ups = c.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", [])
+            if ups and c.list_parts(Bucket=BUCKET, Key=key, UploadId=ups[0]["UploadId"]).get("Parts"):
+                break
+            time.sleep(0.02)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        server.delay = 0
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert c.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads")  # left to resume
+    with pytest.raises(c.exceptions.ClientError):
+        c.head_object(Bucket=BUCKET, Key=key)
+    with pytest.raises(c.exceptions.ClientError):
+        c.head_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")  # nothing recorded
+    before = server.part_puts
+    export(server, volumes, "dense", prefix, "--overwrite")
+    assert server.part_puts - before == DENSE // (PART_MIB * MiB)  # every part sent again
+    assert not c.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads")
+    assert disk_sha256(server, key)[0] == volumes["dense"][1]
