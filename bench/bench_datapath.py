@@ -52,7 +52,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 MiB = 1 << 20
-GiB = 1 << 30
 # Every fixture and output size is a multiple of lvm2's default extent (4 MiB): the Eucalyptus recipe
 # (``lvcreate -l 100%FREE`` on size + 4 MiB) then gives an LV of exactly the size asked for.
 EXTENT = 4 * MiB
@@ -66,8 +65,8 @@ CMD_TIMEOUT_S = 1800
 RESULTS: dict[str, Any] = {}
 
 
-def run(argv: list[str] | str, shell: bool = False) -> str:
-    cp = subprocess.run(argv, shell=shell, capture_output=True, text=True, timeout=CMD_TIMEOUT_S,
+def run(argv: list[str]) -> str:
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=CMD_TIMEOUT_S,
                         stdin=subprocess.DEVNULL, check=False)
     if cp.returncode != 0:
         raise SystemExit(f"failed ({cp.returncode}): {argv}: {cp.stderr.strip()[-2000:]}")
@@ -75,7 +74,7 @@ def run(argv: list[str] | str, shell: bool = False) -> str:
 
 
 def load() -> str:
-    """The load average, quoted with every number (8 engineers share 2 cores)."""
+    """The load average, quoted with every number (on a shared machine it explains the spread)."""
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
