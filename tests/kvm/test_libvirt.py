@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shlex
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -16,8 +17,16 @@ from pathlib import Path
 import pytest
 
 from _env import missing
-from euca2kvm.errors import UsageError
-from euca2kvm.kvm.libvirt import Disk, Domain, domain_xml, sanitize_name, virt_install_command, write_domain
+from euca2kvm.errors import IOFailure, UsageError
+from euca2kvm.kvm.libvirt import (
+    Disk,
+    Domain,
+    domain_xml,
+    sanitize_name,
+    virt_install_command,
+    write_domain,
+    write_domain_files,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 REGENERATE = os.environ.get("EUCA2KVM_REGENERATE", "") == "1"
@@ -254,3 +263,26 @@ def test_eucalyptus_options_refuse_bad_input(kwargs: dict[str, object]) -> None:
 def test_disk_options_refuse_bad_input(kwargs: dict[str, object]) -> None:
     with pytest.raises(UsageError):
         Disk("/a", **kwargs)  # type: ignore[arg-type]
+
+
+def test_domain_files_replace_garbage_and_never_follow_a_symlink(tmp_path: Path) -> None:
+    """The one writer of a guest's files (libvirt and export-instance): seed, XML and script replaced
+    atomically, the script executable; a symlink at one name refuses all of them, its victim untouched."""
+    dom = CASES["minimal"]
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"do not touch")
+    xml = tmp_path / "g.xml"
+    garbage = b"\xff" * 9000
+    xml.write_bytes(garbage)  # replaced, never appended to
+    script = tmp_path / "g.virt-install.sh"
+    script.symlink_to(victim)
+    with pytest.raises(IOFailure):
+        write_domain_files(dom, xml, seed=("g.seed.iso", b"seed bytes"))
+    assert victim.read_bytes() == b"do not touch" and xml.read_bytes() == garbage
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.virt-install.sh", "g.xml", "victim"]
+    script.unlink()
+    assert write_domain_files(dom, xml, seed=("g.seed.iso", b"seed bytes")) == (xml, script)
+    assert xml.read_text() == domain_xml(dom) and (tmp_path / "g.seed.iso").read_bytes() == b"seed bytes"
+    assert os.access(script, os.X_OK) and script.read_text().splitlines()[-1] == "exec " + shlex.join(
+        virt_install_command(dom))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.seed.iso", "g.virt-install.sh", "g.xml", "victim"]

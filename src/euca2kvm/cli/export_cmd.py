@@ -158,12 +158,13 @@ def after_export(entry: dict[str, Any], outdir: Path, args: argparse.Namespace |
     """--libvirt and --boot-test for one exported image; results go into its manifest entry."""
     if args is None or not (args.libvirt or args.boot_test):
         return
-    from .kvm_cmds import domain_for, keep_beside, result_json, run_boot_test, write_with_install_script
+    from ..kvm.libvirt import write_domain_files
+    from .kvm_cmds import domain_for, keep_beside, result_json, run_boot_test
 
     image = Path(entry["output"])
     if args.libvirt:
         dom = domain_for([image], image.stem, args.memory, args.vcpus, [entry["format"]])  # the injective name
-        xml, script = write_with_install_script(dom, image.with_name(f"{dom.name}.xml"))
+        xml, script = write_domain_files(dom, image.with_name(f"{dom.name}.xml"))
         entry["libvirt"] = {"domain": str(xml), "virt_install": str(script)}
     if args.boot_test:
         with OutDir(outdir) as od, od.work(f"{image.name}.boot") as work:  # private, removed afterwards

@@ -16,7 +16,7 @@ from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.identity import source_identity
 from ..export.pipeline import ExportOptions, Source, export_source
-from ..outdir import OutDir, write_atomic
+from ..outdir import OutDir
 from .batch import Job, run_batch
 from .common import add_digest_args, console_err, digest_algorithm, esc, output_dir
 from .events import Reporter, VolumeProgress
@@ -103,20 +103,12 @@ def _domain(
     plan: InstancePlan, outdir: Path, fmt: str, args: argparse.Namespace, seed: bytes | None
 ) -> tuple[Path, Path]:
     """Write the seed (if any), the domain XML and the virt-install script; returns the domain's and script's paths."""
-    from ..kvm.libvirt import virt_install_command, write_domain
+    from ..kvm.libvirt import write_domain_files
 
-    xml_name, script_name, seed_name = file_names(plan, seed is not None)
+    xml_name, _, seed_name = file_names(plan, seed is not None)
     dom = build_domain(plan, outdir, fmt, args, seed_name)
-    if seed is not None and seed_name is not None:
-        write_atomic(outdir / seed_name, seed, mode=0o644)
-    xml = write_domain(dom, outdir / xml_name)
-    script = outdir / script_name
-    text = (
-        "#!/bin/sh\n# Defines the exported guest in libvirt (equivalent to virsh define "
-        f"{shlex.quote(str(xml))}).\nexec {shlex.join(virt_install_command(dom))}\n"
-    )
-    write_atomic(script, text, mode=0o755)  # O_EXCL temporary, renamed: never through a symlink
-    return xml, script
+    named_seed = None if seed is None or seed_name is None else (seed_name, seed)
+    return write_domain_files(dom, outdir / xml_name, seed=named_seed)
 
 
 def _source(plan: InstancePlan, d: PlannedDisk, domain: dict[str, Any]) -> Source:

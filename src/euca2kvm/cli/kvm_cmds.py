@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import Euca2kvmError, UsageError, VerifyError
 from ..export import qemu_img
 from ..kvm.boottest import DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, BootResult, boot_test
-from ..kvm.libvirt import Disk, Domain, virt_install_command, write_domain
+from ..kvm.libvirt import Disk, Domain, write_domain_files
 from ..outdir import write_atomic
 from ..safefs import private_tmp, read_bounded
 from .common import DEFAULT_DOMAIN_MEMORY_MIB, DEFAULT_VCPUS, console, esc, print_json
@@ -78,14 +78,6 @@ def domain_for(images: list[Path], name: str, memory_mib: int, vcpus: int, forma
     return Domain(name, memory_mib, vcpus, disks, kernel=kernel, initrd=initrd, cmdline=cmdline)
 
 
-def write_with_install_script(domain: Domain, xml_path: Path) -> tuple[Path, Path]:
-    write_domain(domain, xml_path)
-    script = xml_path.with_name(xml_path.name.removesuffix(".xml") + ".virt-install.sh")
-    write_atomic(script, "#!/bin/sh\n# Equivalent of the domain XML beside this file\nexec "
-                 + shlex.join(virt_install_command(domain)) + "\n", mode=0o755)
-    return xml_path, script
-
-
 def do_libvirt(args: argparse.Namespace) -> int:
     images = [Path(i).resolve() for i in args.images]
     for i in images:
@@ -94,7 +86,7 @@ def do_libvirt(args: argparse.Namespace) -> int:
     name = args.name or images[0].name.split(".")[0]
     domain = domain_for(images, name, args.memory, args.vcpus)
     xml_path = Path(args.output) if args.output else images[0].with_name(f"{domain.name}.xml")
-    xml_path, script = write_with_install_script(domain, xml_path)
+    xml_path, script = write_domain_files(domain, xml_path)
     console.print(f"wrote {esc(str(xml_path))}")
     console.print(f"virt-install line: {esc(str(script))}")
     console.print(f"  define with: virsh define {shlex.quote(str(xml_path))}")

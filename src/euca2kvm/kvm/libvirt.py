@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from euca2kvm.errors import UsageError
-from euca2kvm.outdir import write_atomic
+from euca2kvm.outdir import OutDir, write_atomic
 
 # Image formats QEMU opens for a guest disk (what euca2kvm export writes).
 FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi")
@@ -262,6 +263,33 @@ def write_domain(domain: Domain, path: Path) -> Path:
     path = Path(path)
     write_atomic(path, domain_xml(domain), mode=0o644)
     return path
+
+
+def install_script_path(xml_path: Path) -> Path:
+    """``NAME.virt-install.sh`` beside ``NAME.xml``."""
+    return xml_path.with_name(xml_path.name.removesuffix(".xml") + ".virt-install.sh")
+
+
+def write_domain_files(domain: Domain, xml_path: Path, *, seed: tuple[str, bytes] | None = None) -> tuple[Path, Path]:
+    """The one writer of a guest's files: the seed (``(name, bytes)``, if any, first: the domain
+    names it), the domain XML at ``xml_path`` and its ``virt-install`` script beside it.
+
+    Each file is replaced atomically in its directory (:class:`~euca2kvm.outdir.OutDir`: a
+    temporary of mode 0600 renamed over the name); a symlink or a non-regular file at any of the
+    names refuses all of them (IOFailure) before one is written. Returns the XML's and the script's paths.
+    """
+    xml_path = Path(xml_path)
+    script = install_script_path(xml_path)
+    text = ("#!/bin/sh\n# Defines this guest in libvirt, the equivalent of virsh define "
+            f"{shlex.quote(str(xml_path))}\nexec {shlex.join(virt_install_command(domain))}\n")
+    files = ([(seed[0], seed[1], 0o644)] if seed is not None else []) + [
+        (xml_path.name, domain_xml(domain).encode(), 0o644), (script.name, text.encode(), 0o755)]
+    with OutDir(xml_path.parent) as od:
+        for name, _, _ in files:
+            od.check_replaceable(name)  # a symlink or directory at any name refuses them all, before any write
+        for name, data, mode in files:
+            od.write_file(name, data, mode=mode)
+    return xml_path, script
 
 
 def _opt(value: str) -> str:
