@@ -27,6 +27,7 @@ from ..blocks import Kind, Range
 from ..errors import IOFailure, ToolError
 from ..units import KiB, MiB
 from . import nbdproto as proto  # protocol constants shared with the server
+from .digest import ZEROS
 from .nbdproto import MAX_SOCK_PATH
 
 # Seconds to connect and finish the handshake (qemu-nbd needs milliseconds once listening).
@@ -50,7 +51,6 @@ DEFAULT_MAX_BLOCK = 32 * MiB
 TFLAG_HAS_FLAGS = 1
 REPLY_FLAG_ERROR_BIT = 1 << 15
 _CHUNK = struct.Struct(">HHQI")  # after the 4-byte magic: flags, type, handle, length
-_ZEROS = bytes(1 * MiB)
 
 
 class NbdClient:
@@ -297,8 +297,8 @@ class NbdClient:
                 a = coff - offset
                 if a < 0 or a + hlen > length:
                     raise self._violation(f"hole at {coff}+{hlen} outside the read {offset}+{length}")
-                for z in range(a, a + hlen, len(_ZEROS)):
-                    view[z : min(z + len(_ZEROS), a + hlen)] = _ZEROS[: min(len(_ZEROS), a + hlen - z)]
+                for z in range(a, a + hlen, len(ZEROS)):
+                    view[z : min(z + len(ZEROS), a + hlen)] = ZEROS[: min(len(ZEROS), a + hlen - z)]
                 covered.append((a, hlen))
             else:
                 raise self._violation(f"unexpected chunk type {rtype} in a read reply")
