@@ -27,7 +27,7 @@ from ..export import manifest
 from ..export.formats import OutputFormat, output_format
 from ..export.gzsource import gz_id, split_sources
 from ..units import human
-from .common import console, console_err, discover_sources, esc, print_json
+from .common import add_ssh_args, console, console_err, discover_sources, esc, print_json
 from .inventory_cmd import add_inventory_sources, inventory_from_args
 
 DOMAIN_FORMATS = ("raw", "qcow2")  # what the libvirt domain writer attaches
@@ -90,6 +90,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
         help="volumes directory, container file, DAS device or snap-*.gz object (repeatable; default: "
         "the volumes directory and DAS devices recorded in the inventory)",
     )
+    add_ssh_args(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
     p.add_argument("--format", "-f", default="raw", choices=DOMAIN_FORMATS, help="image format (default raw)")
     p.add_argument(
