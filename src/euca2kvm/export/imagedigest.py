@@ -40,19 +40,16 @@ import os
 import queue
 import shutil
 import stat
-import subprocess
 import tempfile
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
 
+from .. import procs
 from ..blocks import Kind, Range
 from ..errors import FormatError, IOFailure, ToolError, UnsupportedError, UsageError, VerifyError
 from ..lvm.source import LocalFile, file_source
-from ..procs import die_with_parent
 from ..safefs import RUNTIME_PREFIX, runtime_dir
 from ..units import SECTOR, GiB
 from . import qemu_img
@@ -75,7 +72,7 @@ CHECK_TIMEOUT = 600.0
 CHECK_CORRUPT = 2  # qemu-img check: corruptions found (see qemu_img.CHECK_STATUSES)
 # Poll period while waiting for the socket.
 START_POLL = 0.01
-# Seconds between SIGTERM and SIGKILL, and after SIGKILL, when stopping qemu-nbd.
+# Seconds between SIGTERM and SIGKILL when stopping qemu-nbd (procs.Service).
 STOP_TIMEOUT = 10.0
 # Block status span per request: the reply length field is 32 bits, and qemu answers a large
 # span in one reply (at most 128 Ki extents), so a TiB disk costs about a thousand requests.
@@ -194,65 +191,37 @@ def qemu_nbd(path: str, fmt: str, connections: int) -> Iterator[tuple[str, NbdCl
     sock = os.path.join(tmpdir, "nbd.sock")
     argv = [qemu_nbd_binary(), "--read-only", f"--shared={connections}", f"--format={fmt}",
             f"--socket={sock}", f"--cache={QEMU_NBD_CACHE}", f"--aio={QEMU_NBD_AIO}", path]
-    proc: subprocess.Popen[bytes] | None = None
-    first: NbdClient | None = None
     try:
-        with open(os.path.join(tmpdir, "stderr"), "w+b") as err:
-            try:
-                proc = subprocess.Popen(die_with_parent(argv), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=err, close_fds=True)
-            except OSError as e:
-                raise ToolError(f"cannot run {argv[0]}: {e.strerror} (set ${ENV_QEMU_NBD} or install "
-                                "qemu-utils)") from e
-            first = _wait_ready(proc, sock, err)
+        with procs.Service(argv, stop_grace=STOP_TIMEOUT, what="qemu-nbd",
+                           hint=f"set ${ENV_QEMU_NBD} or install qemu-utils") as nbd:
+            first = _wait_ready(nbd, sock)
             try:
                 yield sock, first
             except (ToolError, IOFailure) as e:
-                tail = _tail(err)
+                tail = nbd.tail(STDERR_TAIL)
                 if tail:  # qemu-nbd says why it dropped a connection ("reading from file failed...")
                     raise type(e)(f"{e}; {tail}") from e
                 raise
+            finally:
+                first.close()  # before qemu-nbd is stopped
     finally:
-        if first is not None:
-            first.close()
-        if proc is not None:
-            _stop(proc)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _tail(err: IO[bytes]) -> str:
-    err.seek(0, os.SEEK_END)
-    size = err.tell()
-    err.seek(max(0, size - STDERR_TAIL))
-    data: bytes = err.read(STDERR_TAIL)
-    return data.decode("utf-8", "replace").strip()
+def _wait_ready(nbd: procs.Service, sock: str) -> NbdClient:
+    """The first connection, once qemu-nbd listens (ToolError if it exits or START_TIMEOUT passes)."""
 
-
-def _wait_ready(proc: subprocess.Popen[bytes], sock: str, err: IO[bytes]) -> NbdClient:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        rc = proc.poll()
-        if rc is not None:
-            raise ToolError(f"qemu-nbd exited with status {rc}: {_tail(err) or '(no message)'}")
-        if os.path.exists(sock):
-            try:
-                return NbdClient(sock)
-            except ToolError as e:
-                if not isinstance(e.__cause__, (ConnectionRefusedError, FileNotFoundError)):
-                    raise
-        if time.monotonic() > deadline:
-            raise ToolError(f"qemu-nbd did not listen within {START_TIMEOUT:g} s: {_tail(err)}")
-        time.sleep(START_POLL)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+    def connect() -> NbdClient | None:
+        if not os.path.exists(sock):
+            return None
         try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+            return NbdClient(sock)
+        except ToolError as e:
+            if not isinstance(e.__cause__, (ConnectionRefusedError, FileNotFoundError)):
+                raise
+            return None
+
+    return nbd.wait_ready(connect, START_TIMEOUT, what="listen", poll=START_POLL)
 
 
 class NbdSource:
