@@ -9,6 +9,7 @@ import zlib
 from typing import Any
 
 from ..errors import EXIT_FORMAT, EXIT_IO, EXIT_OK, EXIT_VERIFY, Euca2kvmError, FormatError, Interrupted
+from ..ids import GZIP_MAGIC
 from ..units import MiB
 from .digest import DIGEST_BLOCK, BlockDigest, algorithm_of
 from .s3 import EXT, S3Url, call, is_missing
@@ -17,7 +18,6 @@ from .s3 import EXT, S3Url, call, is_missing
 READ_CHUNK = 1 * MiB
 # Largest inflated output zlib may hand back per call: bounds memory against gzip bombs.
 OUT_WINDOW = 4 * MiB
-GZIP_MAGIC = b"\x1f\x8b"
 _ZEROS = bytes(DIGEST_BLOCK)
 
 
