@@ -31,8 +31,7 @@ from ..errors import (
     UsageError,
 )
 from ..export import manifest
-from ..export.formats import OutputFormat
-from ..export.pipeline import FORMAT_OVERHEAD_FIXED, FORMAT_OVERHEAD_RATIO
+from ..export.formats import OutputFormat, output_bytes
 from ..units import GiB
 from .cloudinuse import HostState, instance_evidence, volume_evidence
 from .discovery import Discovery, Volume
@@ -183,9 +182,7 @@ def target_dev(index: int) -> str:
 
 def estimate_output(data: int, fmt: OutputFormat) -> int:
     """Bytes an image of ``data`` allocated source bytes takes (same rule as the export preflight)."""
-    if fmt.name == "raw":
-        return data
-    return int(data * (1 + FORMAT_OVERHEAD_RATIO)) + FORMAT_OVERHEAD_FIXED
+    return output_bytes(fmt, data)
 
 
 def free_bytes(path: Path) -> int:

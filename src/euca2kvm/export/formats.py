@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import FormatError, UsageError
+from ..units import MiB
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,11 @@ class OutputFormat:
     options: dict[str, object] = field(default_factory=dict)
     compress: bool = False  # qemu-img -c
 
+
+# qemu-img metadata (L1/L2 tables, refcounts, VHDX log) beyond the data: 1% + 16 MiB covers
+# qcow2, vmdk, vhdx and vdi with 64 KiB clusters for any disk size with room to spare.
+FORMAT_OVERHEAD_RATIO = 0.01
+FORMAT_OVERHEAD_FIXED = 16 * MiB
 
 FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi")
 VMDK_SUBFORMATS = ("monolithicSparse", "streamOptimized")
@@ -78,3 +84,11 @@ def check_size(fmt: OutputFormat, size: int, name: str) -> None:
     if size > limit:
         raise FormatError(f"{name} is a disk of {size} bytes but a {fmt.name} image holds at most {limit} "
                           "bytes; choose another --format")
+
+
+def output_bytes(fmt: OutputFormat, data: int) -> int:
+    """Bytes an image of ``data`` allocated source bytes takes at most: what the export's space
+    preflight and the planner's estimate both use (compression may not help, so it counts none)."""
+    if fmt.name == "raw" and not fmt.compress:
+        return data
+    return int(data * (1 + FORMAT_OVERHEAD_RATIO)) + FORMAT_OVERHEAD_FIXED

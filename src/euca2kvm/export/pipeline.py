@@ -32,11 +32,11 @@ from .. import blocks
 from ..blocks import BlockSource, Kind
 from ..errors import Euca2kvmError, FormatError, IOFailure, VerifyError
 from ..outdir import OutDir, WorkDir
-from ..units import MiB, human
+from ..units import human
 from . import manifest
 from .copy import DEFAULT_WORKERS, CopyResult, copy_blocks
 from .digest import DEFAULT, Algorithm, algorithm_of
-from .formats import OutputFormat, check_size
+from .formats import OutputFormat, check_size, output_bytes
 from .raw import IMAGE, new_image
 
 if TYPE_CHECKING:
@@ -45,10 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# qemu-img metadata (L1/L2 tables, refcounts, VHDX log) beyond the data: 1% + 16 MiB covers
-# qcow2, vmdk, vhdx and vdi with 64 KiB clusters for any disk size with room to spare.
-FORMAT_OVERHEAD_RATIO = 0.01
-FORMAT_OVERHEAD_FIXED = 16 * MiB
 
 Progress = Callable[[int], None]
 NBD_SOCKET = "nbd.sock"  # the NBD server's socket, in the export's private work directory
@@ -130,10 +126,7 @@ def check_unchanged(src: Source, before: list[dict[str, Any]], cause: BaseExcept
 
 def preflight(source: BlockSource, opts: ExportOptions, outdir: Path) -> int:
     """Estimated output bytes; IOFailure with numbers when the destination cannot hold them."""
-    data = blocks.data_bytes(source)
-    need = data if opts.fmt.name == "raw" else int(data * (1 + FORMAT_OVERHEAD_RATIO)) + FORMAT_OVERHEAD_FIXED
-    if opts.fmt.compress:
-        need = int(data * (1 + FORMAT_OVERHEAD_RATIO)) + FORMAT_OVERHEAD_FIXED  # compression may not help
+    need = output_bytes(opts.fmt, blocks.data_bytes(source))
     st = os.statvfs(outdir)
     free = st.f_bavail * st.f_frsize
     if need > free:
