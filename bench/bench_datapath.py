@@ -21,10 +21,11 @@ Every command's time includes a ``sync`` (writeback is counted for all alike). C
 timed command ``--cold drop`` writes 3 to /proc/sys/vm/drop_caches (root; the issue's method),
 ``--cold evict`` drops only the fixture files' pages (``posix_fadvise(DONTNEED)``, checked with
 ``fincore``: the rest of the machine keeps its cache), ``none`` measures warm. Commands run
-interleaved in a shuffled order, ``--runs`` rounds after one warm-up round. Peak RSS is
-GNU time's ``%M`` (``wait4``'s ``ru_maxrss``: the largest process of the command's tree). Fixtures are made by the
-real lvm2 on loop devices (root), the Eucalyptus recipe of tests/lvmfix.py, and cached under
-``--workdir`` in a directory named by their sizes. Not a test: numbers depend on the machine.
+interleaved in a shuffled order, ``--runs`` rounds after ``--warmup`` untimed ones. Peak RSS is
+GNU time's ``%M`` (``wait4``'s ``ru_maxrss``: the largest process of the command's tree); CPU is
+the tree's user + system seconds. Fixtures are made by the real lvm2 on loop devices (root), the
+Eucalyptus recipe of tests/lvmfix.py, and cached under ``--workdir`` in a directory named by their
+sizes. Not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -280,8 +281,10 @@ def fixtures(work: Path, size: int, volumes: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- timing
 
-def timed(cmd: list[str] | str, cleanup: Path | None, cold: str, srcs: list[Path]) -> tuple[float, int]:
-    """Wall seconds including a final ``sync``, and peak RSS (KiB) of the command's largest process.
+def timed(cmd: list[str] | str, cleanup: Path | None, cold: str, srcs: list[Path]) -> tuple[float, int, float]:
+    """Wall seconds including a final ``sync``, peak RSS (KiB) of the command's largest process, and
+    the CPU seconds (user + system) of its whole tree: on a loaded machine wall time grows with the
+    load, CPU time much less, so it tells the command's own cost apart from waiting for a core.
 
     Before the clock starts the previous output is removed, dirty pages are written back and the
     cache is made cold, so no run pays for another's writeback."""
@@ -307,7 +310,7 @@ def timed(cmd: list[str] | str, cleanup: Path | None, cold: str, srcs: list[Path
     # Python would report our own size: GNU time, a small process, forks the command and reports its peak.
     rss = int(rssf.read_text().split()[-1]) if gtime else ru.ru_maxrss
     rssf.unlink(missing_ok=True)
-    return dt, rss
+    return dt, rss, ru.ru_utime + ru.ru_stime
 
 
 Cmds = dict[str, tuple[list[str] | str, Path]]
@@ -317,6 +320,7 @@ def measure(case: str, title: str, cmds: Cmds, args: argparse.Namespace, cold: s
             srcs: list[Path]) -> dict[str, float]:
     times: dict[str, list[float]] = {k: [] for k in cmds}
     rss: dict[str, int] = dict.fromkeys(cmds, 0)
+    cpu: dict[str, list[float]] = {k: [] for k in cmds}
     for _ in range(args.warmup):
         for cmd, out in cmds.values():
             timed(cmd, out, "none", srcs)
@@ -327,16 +331,18 @@ def measure(case: str, title: str, cmds: Cmds, args: argparse.Namespace, cold: s
     for _ in range(args.runs):
         # Shuffled each round: a command's time depends on what ran just before it.
         for k in order.sample(list(cmds), len(cmds)):
-            dt, r = timed(cmds[k][0], cmds[k][1], cold, srcs)
+            dt, r, c = timed(cmds[k][0], cmds[k][1], cold, srcs)
             times[k].append(dt)
+            cpu[k].append(c)
             rss[k] = max(rss[k], r)
         loads.append(load())
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n== {case}: {title}; cold={cold}; median of {args.runs}; load {'; '.join(loads)}")
     for k in cmds:
-        print(f"  {k:32s} {med[k]:8.3f} s (min {min(times[k]):7.3f})  peak RSS {rss[k] / 1024:6.1f} MiB  "
+        print(f"  {k:32s} {med[k]:8.3f} s (min {min(times[k]):7.3f}, CPU {statistics.median(cpu[k]):6.2f} s)  "
+              f"peak RSS {rss[k] / 1024:6.1f} MiB  "
               f"samples {' '.join(f'{t:.2f}' for t in times[k])}")
-    RESULTS[case] = {"title": title, "cold": cold, "load": loads, "median_s": med, "samples": times,
+    RESULTS[case] = {"title": title, "cold": cold, "load": loads, "median_s": med, "samples": times, "cpu_s": cpu,
                      "peak_rss_kib": rss, "ratios": {}}
     return med
 

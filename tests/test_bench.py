@@ -38,6 +38,7 @@ def test_every_case_reports_its_numbers(tmp_path: Path) -> None:
     for case, n in expected.items():
         assert all(t > 0 for t in r[case]["median_s"].values()), case
         assert len(r[case]["ratios"]) == n, case
+        assert all(len(v) == 1 and v[0] >= 0 for v in r[case]["cpu_s"].values()), case
         # every command's peak RSS was measured (a command's own, not the benchmark's ~70 MiB)
         assert all(0 < kib < 60 * 1024 for k, kib in r[case]["peak_rss_kib"].items() if not k.startswith("euca")), case
     data = r["reads"]["data_bytes"]
