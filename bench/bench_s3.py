@@ -41,7 +41,8 @@ def free_port() -> int:
 
 def env() -> dict[str, str]:
     return dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+                AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+                AWS_EC2_METADATA_DISABLED="true")  # no instance metadata service is asked
 
 
 def client(url: str) -> Any:
