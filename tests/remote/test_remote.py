@@ -111,9 +111,13 @@ def test_unknown_host_key_refused(lvm_fixtures: Fixtures, sshd_server: sshd.Sshd
     assert _accepted(sshd_server) == before  # never logged in
 
 
-def test_holes_not_transferred(lvm_fixtures: Fixtures, options: ssh.Options, sshd_server: sshd.Sshd) -> None:
+@pytest.mark.parametrize("ident", ["snap-5e6f7a8b", "vol-4708bf47"])  # a raw snapshot file, an LVM container
+def test_holes_not_transferred(lvm_fixtures: Fixtures, options: ssh.Options, sshd_server: sshd.Sshd,
+                               ident: str) -> None:
     root, truth = lvm_fixtures
-    snap = root / "euca" / "snap-5e6f7a8b"  # 1 GiB sparse raw snapshot with three small patches
+    snap = root / "euca" / ident  # 1 GiB sparse files with a few small patches of data
+    want = (truth["raw"][0]["sha256"] if ident.startswith("snap-") else
+            next(lv for lv in truth["lvs"] if lv["dir"] == "euca")["sha256"])
     local_data = 0
     with open(snap, "rb") as f:
         off, size = 0, os.fstat(f.fileno()).st_size
@@ -125,7 +129,7 @@ def test_holes_not_transferred(lvm_fixtures: Fixtures, options: ssh.Options, ssh
             b = os.lseek(f.fileno(), a, os.SEEK_HOLE)
             local_data, off = local_data + b - a, b
     d = sources.discover_all([sshd_server.url(str(root / "euca"))], check_in_use=False)
-    vol = d.find("snap-5e6f7a8b")
+    vol = d.find(ident)
     opened: list[rfiles.RemoteFile] = []
 
     def opener(path: str) -> rfiles.RemoteFile:
@@ -145,7 +149,7 @@ def test_holes_not_transferred(lvm_fixtures: Fixtures, options: ssh.Options, ssh
             else:
                 h.update(bytes(n))
     src.close()
-    assert h.hexdigest() == truth["raw"][0]["sha256"]
+    assert h.hexdigest() == want
     assert 0 < data_bytes(src) <= local_data < size // 100
     assert sum(f.bytes_read for f in opened) <= local_data  # nothing but the data crossed the network
 
