@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The whole-cloud playbook with real ansible-core: two target hosts (local connection, each its own
-state directory) export four instances from one storage controller; the merged manifest verifies,
+state directory) export four instances from one storage controller (a real sshd on 127.0.0.1, read
+through ssh:// sources); the merged manifest verifies,
 every instance is exported exactly once, the storage controller's throttle held, and a re-run
 copies nothing."""
 
@@ -9,13 +10,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import sshd
 from _env import missing, need_root, need_tools
 
 MiB = 1 << 20
@@ -57,16 +61,28 @@ def instance(iid: str, vid: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     need_root()
     need_tools("lvm", "losetup")
     if not (Path(sys.executable).parent / "ansible-playbook").exists():
         missing("ansible-core not installed in the test environment")
-    return make_site(tmp_path_factory.mktemp("cloud"))
+    root = tmp_path_factory.mktemp("cloud")
+    server = sshd.start(root / "sshd")
+    try:
+        yield make_site(root, server)
+    finally:
+        server.stop()
 
 
-def make_site(root: Path) -> dict[str, Path]:
-    """One storage controller's volumes, the cloud's inventory, and the targets' Ansible inventory in ``root``."""
+def make_site(root: Path, server: sshd.Sshd) -> dict[str, Path]:
+    """One storage controller's volumes (served by ``server``), the cloud's inventory, and the targets'
+    Ansible inventory in ``root``. The targets reach the controller with the server's test key and
+    known_hosts, put in a home directory of their own (the playbook's euca2kvm_environment)."""
+    home = root / "target-home"
+    (home / ".ssh").mkdir(parents=True)
+    shutil.copy(server.known_hosts, home / ".ssh" / "known_hosts")
+    shutil.copy(server.identity, home / ".ssh" / "id_ed25519")
+    os.chmod(home / ".ssh" / "id_ed25519", 0o600)
     vols = root / "sc1" / "volumes"  # the storage controller's volumes directory
     vols.mkdir(parents=True)
     vids = [i.replace("i-", "vol-") for i in INSTANCES]
@@ -84,7 +100,8 @@ def make_site(root: Path) -> dict[str, Path]:
               "euca2kvm_cmd": cmd, "euca2kvm_control_cmd": cmd,
               "euca2kvm_inventory_file": str(root / "inventory.json"),
               "euca2kvm_placement_file": str(root / "placement.yml"),
-              "euca2kvm_sources": {SC: str(vols)}, "euca2kvm_collect_dir": str(root / "collected"),
+              "euca2kvm_sources": {SC: server.url(str(vols))}, "euca2kvm_environment": {"HOME": str(home)},
+              "euca2kvm_collect_dir": str(root / "collected"),
               "euca2kvm_sc_throttle": 1, "euca2kvm_poll_seconds": 1}
     # Capacity given as host vars (both targets share this machine's disk): room for two guests each.
     hosts = {h: {"euca2kvm_state_dir": str(root / h), "euca2kvm_free_disk_bytes": 10 * GiB,
@@ -117,6 +134,7 @@ def test_playbook_places_exports_merges_and_resumes(site: dict[str, Path]) -> No
     root = site["root"]
     play(root)
     collected = root / "collected"
+    assert "Accepted publickey" in (root / "sshd" / "sshd.log").read_text()  # the volumes came over SSH
     plan = json.loads((collected / "placement.json").read_text())
     where = {i: plan["instances"][i]["host"] for i in INSTANCES}
     assert where[INSTANCES[0]] == "tgt1" and where[INSTANCES[3]] == "tgt2"  # both overrides held
