@@ -98,6 +98,28 @@ def data_bytes(source: BlockSource, lo: int = 0, hi: int | None = None) -> int:
     return sum(r.length for r in source.ranges(lo, end) if r.kind is Kind.DATA)
 
 
+class BlockReader:
+    """A block source as bounded positional reads (``size`` and ``pread``, what the guest inspector
+    reads through); a context manager that closes the source."""
+
+    def __init__(self, source: BlockSource) -> None:
+        self.source, self.size = source, source.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        buf = bytearray(max(0, min(length, self.size - offset)))
+        self.source.read_into(offset, memoryview(buf))
+        return bytes(buf)
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> BlockReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class ByteFile(Protocol):
     """One readable file that block sources are built on (a container file, a device, a snapshot
     file), local or on a remote host. A source's files are opened through a :data:`FileOpener`, so

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..blocks import data_bytes
+from ..blocks import BlockReader, data_bytes
 from ..errors import (
     EXIT_FORMAT,
     EXIT_IN_USE,
@@ -272,7 +272,9 @@ def _inspect_boot(plan: InstancePlan, kernel: str | None) -> None:
         plan.boot_verdict = "unknown: guest inspection is not available"
         return
     try:
-        with ExtentReader(boot.volume.extent_map(), boot.volume_id) as reader:
+        vol = boot.volume  # a backend's volume (RBD) has no extent map, only its block source
+        readers = BlockReader(vol.block_source()) if vol.blocks_factory else ExtentReader(vol.extent_map(), vol.id)
+        with readers as reader:
             rep = inspect_disk(reader, boot.volume_id)
     except Euca2kvmError as e:
         plan.boot_verdict = f"unknown: inspection failed: {e}"
