@@ -157,7 +157,7 @@ def _rand(seed: int, n: int) -> bytes:
 VOL = "vol-a0000001"
 SNAP = "snap-b0000001"
 FROM_SNAP = "vol-c0000001"  # clone of SNAP, resized 64 -> 96 MiB, written inside and beyond the overlap
-DEL_PARENT = "del1a2b3c4-vol-d0000001"
+DEL_PARENT = "del1a2b3c4d-vol-d0000001"
 DEL_SNAP = "snap-d0000002"
 DEL_CHILD = "vol-d0000003"
 SPARSE = "vol-e0000001"  # 2 GiB, 3 MiB of data

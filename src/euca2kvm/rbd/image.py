@@ -139,6 +139,8 @@ class Cluster:
         return self._pools[name]
 
     def close(self) -> None:
+        """Close every image still open, the pools, then the connection (librados' threads stop here,
+        not in the interpreter's teardown)."""
         for p in self._pools.values():
             p.close()
         self._pools.clear()
@@ -156,6 +158,7 @@ class Cluster:
 class Pool:
     def __init__(self, cluster: Cluster, name: str) -> None:
         self.cluster, self.name, self.lib = cluster, name, cluster.lib
+        self.handles: set[_Handle] = set()  # open images, closed with the pool
         self.io = ctypes.c_void_p()
         rc = self.lib.rados_ioctx_create(cluster._h, _b(name), ctypes.byref(self.io))
         if rc == -errno.ENOENT:
@@ -188,6 +191,8 @@ class Pool:
             img.close()
 
     def close(self) -> None:
+        for h in list(self.handles):
+            h.close()
         if self.io:
             self.lib.rados_ioctx_destroy(self.io)
             self.io = ctypes.c_void_p()
@@ -206,6 +211,7 @@ class _Handle:
             raise UsageError(f"{self.spec}: no such image")
         if rc < 0:
             raise IOFailure(f"{self.spec}: cannot open read-only: {strerror(rc)}")
+        pool.handles.add(self)
 
     def _check(self, rc: int, what: str) -> int:
         if rc < 0:
@@ -319,6 +325,7 @@ class _Handle:
         return starts, ends
 
     def close(self) -> None:
+        self.pool.handles.discard(self)
         if self.h:
             self.lib.rbd_close(self.h)
             self.h = ctypes.c_void_p()
