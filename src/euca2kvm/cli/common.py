@@ -57,13 +57,19 @@ def add_ssh_args(p: argparse.ArgumentParser) -> None:
                    help="private key to log in with (default: the SSH agent and ~/.ssh/id_*)")
 
 
-def add_ssh_volumes(d: Discovery, urls: list[str]) -> None:
-    """The volumes of ``ssh://`` sources, added to ``d``."""
-    from ..remote import sources as ssh_sources
+def configure_ssh() -> None:
+    """The --ssh-* options, for every SSH connection of the run (sources, the database tunnel)."""
     from ..remote import ssh
 
     ssh.OPTIONS = ssh.Options(known_hosts=_ssh_options.get("ssh_known_hosts", ssh.DEFAULT_KNOWN_HOSTS),
                               identity=_ssh_options.get("ssh_identity"))
+
+
+def add_ssh_volumes(d: Discovery, urls: list[str]) -> None:
+    """The volumes of ``ssh://`` sources, added to ``d``."""
+    from ..remote import sources as ssh_sources
+
+    configure_ssh()
     r = ssh_sources.discover_all(urls)
     d.volumes.extend(r.volumes)
     d.notes.extend(r.notes)

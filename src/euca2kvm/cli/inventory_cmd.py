@@ -8,6 +8,7 @@ inventory (``export-instance``, ``plan``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..eucalyptus.inventory import Inventory, load_inventory, save_inventory
-from .common import console, console_err, esc, print_json
+from .common import add_ssh_args, configure_ssh, console, console_err, esc, print_json
 
 
 def add_inventory_sources(p: argparse.ArgumentParser, with_file: bool) -> None:
@@ -31,6 +32,9 @@ def add_inventory_sources(p: argparse.ArgumentParser, with_file: bool) -> None:
         help="the CLC's PostgreSQL, e.g. postgresql://eucalyptus:PW@clc:8777/eucalyptus_shared "
         "(port 8777 by default; 4.0 and 4.1+ layouts)",
     )
+    g.add_argument("--db-ssh", metavar="[USER@]HOST[:PORT]",
+                   help="reach --db through an SSH tunnel to this host (the URL's host and port as that host "
+                        "sees them, e.g. localhost:8777 on the CLC); host key and login as --ssh-*")
     g.add_argument(
         "--api",
         metavar="URL",
@@ -69,6 +73,13 @@ def inventory_from_args(args: argparse.Namespace, required: bool = True) -> Inve
     if chosen[0] == "db":
         from ..eucalyptus.db import read_inventory_db
 
+        if getattr(args, "db_ssh", None):
+            from ..remote.tunnel import forward_db_url
+
+            configure_ssh()
+            url, reached = forward_db_url(args.db, args.db_ssh)
+            inv = read_inventory_db(url)
+            return dataclasses.replace(inv, source=f"{inv.source} ({reached})")
         return read_inventory_db(args.db)
     from ..eucalyptus.api import read_inventory_api
     from ..eucalyptus.credentials import resolve_credentials
@@ -97,6 +108,7 @@ def build_parser(sub: Any) -> None:
         "export-instance and plan accept after the cloud is gone. Read-only.",
     )
     add_inventory_sources(p, with_file=False)
+    add_ssh_args(p)
     p.add_argument("-o", "--output", metavar="FILE", help="write the inventory file here (atomically)")
     p.add_argument("--json", action="store_true", help="print the inventory JSON instead of the summary")
     p.set_defaults(func=do_inventory)
