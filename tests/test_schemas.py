@@ -111,7 +111,7 @@ def vols(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make(d / "other.img", "data_x", "y", 6)  # no volume id anywhere: kind lvm, id data_x/y
     unsupported(d, "vol-5c4e0004")
     (d / "snap-5c4e0003").write_bytes(random.Random(3).randbytes(MiB))
-    # Named on its own (a snap-*.gz inside a volumes directory makes plan report it twice, a known limit).
+    # Named on its own, beside the directory (a snap-*.gz inside one is tested in tests/cli/test_cli_defects.py).
     gz(d).write_bytes(gzip.compress(random.Random(5).randbytes(MiB)))
     (d / "vol-5c4e0001Xy12Zq").write_bytes(bytes(4096))
     (d / HOSTILE).write_bytes(b"junk")
@@ -178,17 +178,23 @@ def test_schemas_use_known_keywords_and_close_fixed_objects() -> None:
 
 
 def test_scan_json(vols: Path) -> None:
-    scan = validate("scan", json.loads(run("scan", str(vols), str(gz(vols)), "--json").stdout))
+    doc = validate("scan", json.loads(run("scan", str(vols), str(gz(vols)), "--json").stdout))
+    scan = doc["volumes"]
     by_id = {v["id"]: v for v in scan}
+    # the notes are in the JSON, raw: the hostile file's name exactly, the interrupted snapshot's temporary file
+    noted = {Path(n["path"]).name: n["what"] for n in doc["notes"]}
+    assert noted == {HOSTILE: "ignored", "vol-5c4e0001Xy12Zq": "ignored"}, doc["notes"]
     assert {by_id[i]["kind"] for i in by_id} == {"overlay", "lvm", "snapshot", "snapshot-gz"}
     assert by_id["vol-5c4e0004"]["problem"] and by_id["vol-5c4e0001"]["problem"] is None
     assert by_id["vol-5c4e0001"]["tags"] == ["vol-5c4e0001", HOSTILE_TAG]
     assert not any(HOSTILE in f for v in scan for f in v["files"])
     one = validate("scan", json.loads(run("scan", str(vols / "other.img"), "--json").stdout))
-    assert [(v["id"], v["kind"]) for v in one] == [("data_x/y", "lvm")]
-    refused("scan", [{**scan[0], "kind": "bogus"}])
-    refused("scan", [{**scan[0], "unknown": 1}])
-    refused("scan", [{k: v for k, v in scan[0].items() if k != "problem"}])
+    assert [(v["id"], v["kind"]) for v in one["volumes"]] == [("data_x/y", "lvm")] and one["notes"] == []
+    refused("scan", {**doc, "volumes": [{**scan[0], "kind": "bogus"}]})
+    refused("scan", {**doc, "volumes": [{**scan[0], "unknown": 1}]})
+    refused("scan", {**doc, "volumes": [{k: v for k, v in scan[0].items() if k != "problem"}]})
+    refused("scan", scan)  # the list of volumes alone is the old shape
+    refused("scan", {**doc, "notes": [{**doc["notes"][0], "what": "bogus"}]})
 
 
 def test_plan_json(vols: Path, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def test_help_lists_exit_codes() -> None:
 
 def test_scan_json_contract(lvm_fixtures: Fixtures) -> None:
     root, truth = lvm_fixtures
-    vols = json.loads(run("scan", str(root / "euca"), "--json").stdout)
+    vols = json.loads(run("scan", str(root / "euca"), "--json").stdout)["volumes"]
     by_id = {v["id"]: v for v in vols}
     v = by_id["vol-4708bf47"]
     for key in ("id", "kind", "vg", "lv", "size", "files", "in_use"):
@@ -129,7 +129,7 @@ def test_in_use_loop_device_refused_then_forced(lvm_fixtures: Fixtures, tmp_path
     loop = subprocess.run(["losetup", "-f", "--show", "-r", str(src / "vol-d0750001")], capture_output=True,
                           text=True, check=True, timeout=30).stdout.strip()
     try:
-        scan = json.loads(run("scan", str(src), "--json").stdout)
+        scan = json.loads(run("scan", str(src), "--json").stdout)["volumes"]
         assert any(loop in s for s in scan[0]["in_use"])
         out = tmp_path / "out"
         p = run("export", "vol-d0750001", "--source", str(src), "-o", str(out), check=EXIT_IN_USE)
@@ -182,7 +182,7 @@ def test_gzip_snapshot_object_scan_and_export(tmp_path: Path) -> None:
     vols.mkdir()
     # two gzip members, as a multipart upload of a large snapshot produces
     (vols / "snap-0123abcd.gz").write_bytes(gzip.compress(data[: 1 << 20]) + gzip.compress(data[1 << 20 :]))
-    scan = json.loads(run("scan", str(vols), "--json").stdout)
+    scan = json.loads(run("scan", str(vols), "--json").stdout)["volumes"]
     assert [(v["id"], v["kind"], v["size"]) for v in scan] == [("snap-0123abcd", "snapshot-gz", None)]
     out = tmp_path / "out"
     run("export", "snap-0123abcd", "--source", str(vols), "-o", str(out), "--sha256")

@@ -93,9 +93,9 @@ def test_explicit_non_lvm_file_is_exit_3_and_ignored_in_a_directory(tmp_path: Pa
     snap.write_bytes(bytes(MiB))
     p = cli("scan", str(plain), "--json")
     assert p.returncode == EXIT_FORMAT and str(plain) in p.stderr and p.stdout == "", (p.stdout, p.stderr)
-    listed = json.loads(cli("scan", str(d), "--json").stdout)
+    listed = json.loads(cli("scan", str(d), "--json").stdout)["volumes"]
     assert [(v["id"], v["kind"]) for v in listed] == [("snap-0de0c001", "snapshot")]
-    assert [(v["id"], v["kind"]) for v in json.loads(cli("scan", str(snap), "--json").stdout)] == [
+    assert [(v["id"], v["kind"]) for v in json.loads(cli("scan", str(snap), "--json").stdout)["volumes"]] == [
         ("snap-0de0c001", "snapshot")]
     out = tmp_path / "out"
     p = cli("export", str(plain), "-o", str(out))
@@ -108,11 +108,11 @@ def test_explicit_non_lvm_file_is_exit_3_and_ignored_in_a_directory(tmp_path: Pa
 def test_scan_source_option_equals_the_positional(vols: Path) -> None:
     by_pos = json.loads(cli("scan", str(vols), "--json").stdout)
     by_opt = json.loads(cli("scan", "-s", str(vols), "--json").stdout)
-    assert by_pos == by_opt and len(by_opt) == 3
+    assert by_pos == by_opt and len(by_opt["volumes"]) == 3
 
 
 def test_inspect_prints_no_reprs_and_the_types_scan_prints(vols: Path) -> None:
-    scan = {v["id"]: v for v in json.loads(cli("scan", str(vols), "--json").stdout)}
+    scan = {v["id"]: v for v in json.loads(cli("scan", str(vols), "--json").stdout)["volumes"]}
     for vid in ("vol-0de0a001", "vol-0de0a002"):
         p = cli("inspect", vid, "-s", str(vols))
         assert p.returncode == 0, p.stderr

@@ -90,7 +90,7 @@ def das(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_scan_lists_das_volumes_by_id(das: dict[str, Any]) -> None:
-    vols = {v["id"]: v for v in json.loads(run("scan", str(das["img"]), "--json").stdout)}
+    vols = {v["id"]: v for v in json.loads(run("scan", str(das["img"]), "--json").stdout)["volumes"]}
     assert sorted(vols) == sorted(VOLUMES)
     for vid, mb in VOLUMES.items():
         v = vols[vid]

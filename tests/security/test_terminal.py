@@ -180,7 +180,7 @@ def test_scan_json_keeps_names_exactly(volumes: Path) -> None:
     assert p.returncode == 0, p.stderr
     raw = p.stdout.decode()
     assert not UNSAFE.search(raw.replace("\n", "")) and not any(n in raw for n in NEEDLES)
-    vols = {(v["vg"], v["lv"]): v for v in json.loads(raw)}
+    vols = {(v["vg"], v["lv"]): v for v in json.loads(raw)["volumes"]}
     assert set(vols) == {(VG, LV), (VG_R, LV_R)}
     assert vols[(VG, LV)]["tags"] == [TAG]
 

@@ -149,7 +149,7 @@ def make_plan(
     gz, rest = split_sources(sources)
     d = discover_sources(rest, quiet=quiet) if rest else Discovery()
     host = host if host is not None else host_state()
-    plan = Plan(outdir, fmt, sources, notes=notes + d.notes)
+    plan = Plan(outdir, fmt, sources, notes=notes + [str(n) for n in d.notes])
     plan.host_blockers = [Blocker("in-use", e.what) for e in host.host_evidence()]
     ids = list(dict.fromkeys(getattr(args, "ids", []) or []))
     if inv is not None:
@@ -167,7 +167,10 @@ def make_plan(
     else:
         if ids:
             raise UsageError("instance ids need an inventory (--inventory, --db or --api)")
-        for v in d.volumes:
+        # A snap-*.gz in a directory is found both by discovery (a snapshot-gz volume) and by split_sources
+        # (a gzip object): it is planned once, as the gzip object, or it would collide with itself.
+        vols = [v for v in d.volumes if not (v.compressed and v.files and v.files[0] in gz)]
+        for v in vols:
             disk = PlannedDisk(
                 volume_id=v.id,
                 device=None,
@@ -183,7 +186,7 @@ def make_plan(
         try:  # what `export --all` refuses: two sources of one output name (the same id)
             from .export_cmd import volume_label
 
-            manifest.check_distinct([*((volume_label(v), p.output) for v, p in zip(d.volumes, plan.volumes,
+            manifest.check_distinct([*((volume_label(v), p.output) for v, p in zip(vols, plan.volumes,
                                                                                   strict=True)),
                                      *((f"{gz_id(g)} ({g})", o) for g, o in plan.gz)])
         except UsageError as e:

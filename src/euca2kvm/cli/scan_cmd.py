@@ -23,7 +23,9 @@ def build_parser(sub: Any) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help=f"sources, the same as --source (default {VOLUMES_DIR})")
     add_sources(p)
-    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object: {"volumes": [...], "notes": [...]} (the notes: files ignored or '
+                        'read only as part of another volume, with path, what and reason)')
     p.set_defaults(func=do_scan)
 
 
@@ -32,7 +34,7 @@ def do_scan(args: argparse.Namespace) -> int:
     d = discover_sources(named or [VOLUMES_DIR], quiet=args.json)
     d.check_named(named)
     if args.json:
-        print_json([v.to_json() for v in d.volumes])
+        print_json({"volumes": [v.to_json() for v in d.volumes], "notes": [n.to_json() for n in d.notes]})
         return 0
     t = Table(title=None, show_lines=False)
     for col in ("ID", "KIND", "VG/LV", "SIZE", "TYPES", "IN USE", "FILES"):
@@ -47,6 +49,6 @@ def do_scan(args: argparse.Namespace) -> int:
                   esc(state), esc(", ".join(os.path.basename(f) for f in v.files)))
     console.print(t)
     for n in d.notes:
-        console_err.print(f"note: {esc(n)}")
+        console_err.print(f"note: {esc(str(n))}")
     console_err.print(f"{len(d.volumes)} volume(s)")
     return 0

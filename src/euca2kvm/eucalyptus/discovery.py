@@ -106,10 +106,26 @@ class Volume:
         }
 
 
+@dataclass(frozen=True)
+class Note:
+    """A file found in a source that gives no volume (or not only one): ``path``, ``what`` happens to it
+    (``ignored``, ``read as a PV``...) and the ``reason``, raw (escaped by whoever prints it)."""
+
+    path: str
+    what: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.what}: {self.reason}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "what": self.what, "reason": self.reason}
+
+
 @dataclass
 class Discovery:
     volumes: list[Volume] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     unusable: dict[str, Euca2kvmError] = field(default_factory=dict)  # file -> why it gave no volume
 
@@ -160,7 +176,7 @@ class Discovery:
         raise UsageError(f"unknown volume {ident!r}{known}{hint}")
 
 
-def _expand(paths: Iterable[str], notes: list[str]) -> tuple[list[str], set[str]]:
+def _expand(paths: Iterable[str], notes: list[Note]) -> tuple[list[str], set[str]]:
     """Files to scan, and the subset named explicitly by the user."""
     files: list[str] = []
     explicit: set[str] = set()
@@ -251,9 +267,10 @@ def from_devices(devices: list[Device], explicit: set[str], out: Discovery, chec
                 vol.problem_error = e
             out.volumes.append(vol)
         if not visible:
-            out.notes.append(f"VG {g.name} in {', '.join(g.files())} has no visible LV")
+            out.notes.append(Note(g.files()[0] if g.files() else g.name, "no volume",
+                                  f"VG {g.name} in {', '.join(g.files())} has no visible LV"))
     for label in res.orphans:
-        out.notes.append(f"{label.device.path}: PV {label.uuid_dashed} without VG metadata (orphan PV)")
+        out.notes.append(Note(label.device.path, "ignored", f"PV {label.uuid_dashed} without VG metadata (orphan PV)"))
     for dev in res.plain:
         base = os.path.basename(dev.path)
         if (SNAP_GZ_RE.match(base) or dev.path in explicit) and _device_is_gzip(dev):
@@ -270,17 +287,17 @@ def from_devices(devices: list[Device], explicit: set[str], out: Discovery, chec
                 "container" + (" (a temporary file left by an interrupted snapshot)" if STRAY_RE.match(base) else ""),
                 dev.path)
         elif STRAY_RE.match(base):
-            out.notes.append(f"ignored {dev.path}: a temporary file left by an interrupted Eucalyptus "
-                             "snapshot (name is a volume id plus a suffix)")
+            out.notes.append(Note(dev.path, "ignored", "a temporary file left by an interrupted Eucalyptus "
+                                  "snapshot (name is a volume id plus a suffix)"))
         elif ID_RE.match(base):
-            out.notes.append(f"ignored {dev.path}: named like a volume but has no LVM label")
+            out.notes.append(Note(dev.path, "ignored", "named like a volume but has no LVM label"))
         else:
-            out.notes.append(f"ignored {dev.path}: not a Eucalyptus volume or snapshot")
+            out.notes.append(Note(dev.path, "ignored", "not a Eucalyptus volume or snapshot"))
     for f in sorted(used_by_vg):
         base = os.path.basename(f)
         if STRAY_RE.match(base) and not ID_RE.match(base):
-            out.notes.append(f"{f}: temporary file left by an interrupted snapshot; it is a PV of a "
-                             "volume's VG and is read as such")
+            out.notes.append(Note(f, "read as a PV", "temporary file left by an interrupted snapshot; it is a PV "
+                                  "of a volume's VG and is read as such"))
     if check_in_use:
         mark_in_use(out.volumes, host)
     out.volumes.sort(key=lambda v: (v.id, v.name))
