@@ -349,3 +349,34 @@ def test_ctrl_c_leaves_a_resumable_upload_and_overwrite_starts_again(server: Ser
     assert server.part_puts - before == DENSE // (PART_MIB * MiB)  # every part sent again
     assert not c.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads")
     assert disk_sha256(server, key)[0] == volumes["dense"][1]
+
+
+def test_source_written_during_upload_is_never_completed(server: Server, volumes: dict[str, Any]) -> None:
+    c = server.client()
+    prefix = "changing"
+    key = f"{prefix}/vol-dd000001.raw.gz"
+    container = volumes["dir"] / "vol-dd000001"
+    server.delay = SLOW_PART
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "euca2kvm", "export", "vol-dd000001", "--source",
+                              str(volumes["dir"]), "-o", f"s3://{BUCKET}/{prefix}", "--s3-endpoint", server.url,
+                              "--s3-part-size", str(PART_MIB)], env=env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            if c.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads"):
+                break
+            time.sleep(0.02)
+        with open(container, "r+b") as f:  # the same byte written again: only the file's times change
+            f.seek(DENSE // 2)
+            b = f.read(1)
+            f.seek(DENSE // 2)
+            f.write(b)
+        _, err = p.communicate(timeout=120)
+    finally:
+        server.delay = 0
+    assert p.returncode == EXIT_IO and "Traceback" not in err, err[-2000:]
+    with pytest.raises(c.exceptions.ClientError):
+        c.head_object(Bucket=BUCKET, Key=key)
+    with pytest.raises(c.exceptions.ClientError):
+        c.head_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")

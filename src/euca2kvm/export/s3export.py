@@ -51,12 +51,12 @@ def export_to_s3(src: Source, client: Any, target: S3Url, opts: ExportOptions, *
         try:
             res = upload(source, client, target, key, gz=encoding == "gzip", part_size=part_size,
                          workers=opts.workers, overwrite=opts.overwrite, sha256=opts.sha256,
-                         algorithm=opts.algorithm, progress=progress, on_read=on_read)
+                         algorithm=opts.algorithm, progress=progress, on_read=on_read,
+                         # a source that changed while it was read is never completed into an object
+                         before_complete=lambda: check_unchanged(src, state))
         except IOFailure as e:
             check_unchanged(src, state, e)
             raise
-        # Completed, but not recorded: a source that changed meanwhile gets no manifest entry.
-        check_unchanged(src, state)
     finally:
         source.close()
     entry: dict[str, Any] = {

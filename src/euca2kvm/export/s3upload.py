@@ -268,8 +268,11 @@ def list_parts(client: Any, target: S3Url, key: str, upload_id: str) -> dict[int
 
 def upload(source: BlockSource, client: Any, target: S3Url, key: str, *, gz: bool, part_size: int = PART_SIZE,
            workers: int = 4, overwrite: bool = False, sha256: bool = False, algorithm: Algorithm = DEFAULT,
-           progress: Progress | None = None, on_read: Progress | None = None) -> UploadResult:
-    """Stream ``source`` into the object ``key`` (see the module docstring)."""
+           progress: Progress | None = None, on_read: Progress | None = None,
+           before_complete: Callable[[], None] | None = None) -> UploadResult:
+    """Stream ``source`` into the object ``key`` (see the module docstring). ``before_complete`` runs
+    once every part is stored and may raise: the object is then never completed (the upload stays
+    in progress, to be resumed)."""
     if Kind.ERROR in source.kinds():
         raise FormatError(f"{source.name}: has 'error' ranges; reading them fails under device-mapper too, "
                           "refusing to export invented bytes")
@@ -332,6 +335,8 @@ def upload(source: BlockSource, client: Any, target: S3Url, key: str, *, gz: boo
         raise
     pool.shutdown(wait=True)
     up.wait()
+    if before_complete is not None:
+        before_complete()
     etag, checksum = up.complete(object_size)
     return UploadResult(bd.hexdigest(), plain.hexdigest() if plain else None, size, object_size, number,
                         up.uploaded, up.kept, total_read, up.bytes_uploaded, etag, checksum, upload_id)
