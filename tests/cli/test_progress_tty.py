@@ -128,7 +128,7 @@ def result_lines(screen: Any) -> dict[str, str]:
     rows = lines(screen)
     found: dict[str, str] = {}
     for i, row in enumerate(rows):
-        if row.startswith(tuple(f"{v} -> " for v in VOLS)):
+        if row.startswith(tuple(f"{v} -> " for v in VOLS)) or row in {f"{v} ->" for v in VOLS}:  # path folded
             j = i + 1
             while j < len(rows) and rows[j] and not rows[j].startswith(VOLS):
                 j += 1

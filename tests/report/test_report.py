@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from _env import need_tools
-from euca2kvm.errors import EXIT_FORMAT, EXIT_USAGE, EXIT_VERIFY
+from euca2kvm.errors import EXIT_FORMAT, EXIT_IO, EXIT_USAGE, EXIT_VERIFY
 from euca2kvm.report.render import CSP
 
 DEMO = Path(__file__).resolve().parent.parent.parent / "demo" / "volumes.tar.xz"
@@ -169,7 +169,7 @@ def test_html_report_renders_in_chromium(migration: dict[str, Any], tmp_path: Pa
     out = tmp_path / "report.html"
     out.write_bytes(os.urandom(4096))  # garbage where the report goes: replaced whole
     cli("report", str(migration["one"]), str(migration["two"] / "manifest.json"), "--plan", str(migration["plan"]),
-        "-o", str(out))
+        "-o", str(out), check=EXIT_VERIFY)  # a failed boot test: written, and the exit status says so
     text = out.read_text()
     assert text.startswith("<!DOCTYPE html>")
     # self-contained: nothing but data: URIs and in-page anchors referenced
@@ -251,7 +251,7 @@ def hostile_dir(root: Path) -> Path:
 def test_hostile_manifest_renders_escaped(tmp_path: Path) -> None:
     out = hostile_dir(tmp_path)
     page = tmp_path / "report.html"
-    p = cli("report", str(out), "-o", str(page))
+    p = cli("report", str(out), "-o", str(page), check=EXIT_FORMAT)  # outputs outside the directory: refused
     assert "\x1b" not in p.stderr
     text = page.read_text()
     assert text.count("<script") == 1  # the page's own sorting script; none from data
@@ -269,13 +269,13 @@ def test_hostile_manifest_renders_escaped(tmp_path: Path) -> None:
 def test_markdown_report(migration: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "report.md"
     cli("report", str(migration["one"]), str(migration["two"]), "--plan", str(migration["plan"]), "--format", "md",
-        "-o", str(out))
+        "-o", str(out), "--allow-failed")
     md = out.read_text()
     table = md.split("\n\n")[3].splitlines()
     assert table[0].startswith("| Instance") and len(table) == 2 + 5
     assert [row.split(" | ")[-1] for row in table[2:]].count("failed |") == 2
 
-    evil = cli("report", str(hostile_dir(tmp_path)), "--format", "md").stdout  # to standard output
+    evil = cli("report", str(hostile_dir(tmp_path)), "--format", "md", check=EXIT_FORMAT).stdout  # to standard output
     assert "\\<script\\>alert(1)" in evil  # shown, escaped for Markdown
     assert "\x1b" not in evil and "\x07" not in evil and "root:x:0:0" not in evil
     # outside the console's indented code block (literal text in Markdown), no "<" or ">" is left unescaped
@@ -307,3 +307,20 @@ def test_exit_codes_and_nothing_half_written(tmp_path: Path) -> None:
     cli("report", str(good), "--plan", str(plan), "-o", str(victim), check=EXIT_FORMAT)
     assert victim.read_bytes() == b"victim"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_exit_status_is_the_most_severe_failure_unless_allowed(migration: dict[str, Any], tmp_path: Path) -> None:
+    """report exits like verify: 0 when everything exported, verified and (where tested) booted; otherwise,
+    once the report is written, the most severe failure (a failed boot test 6 before an instance the plan
+    has that was never exported 5); --allow-failed writes the same report and exits 0."""
+    one, two, plan = str(migration["one"]), str(migration["two"]), str(migration["plan"])
+    out = tmp_path / "r.md"
+    cli("report", one, "-o", str(out), "--format", "md", check=0)
+    p = cli("report", one, "--plan", plan, "-o", str(out), "--format", "md", check=EXIT_IO)  # i-0de0c002 never exported
+    assert "i-0de0c002" in p.stderr and out.read_text().count("failed |") == 1
+    cli("report", one, two, "--plan", plan, "-o", str(out), "--format", "md", check=EXIT_VERIFY)
+    failing = out.read_text()
+    cli("report", one, two, "--plan", plan, "-o", str(out), "--format", "md", "--allow-failed", check=0)
+    strip = re.compile(r"generated [^|\n]*")  # the report's own timestamp, if it prints one
+    assert strip.sub("", out.read_text()) == strip.sub("", failing)
+    cli("report", two, "--format", "md", check=EXIT_VERIFY)  # to standard output: the same status

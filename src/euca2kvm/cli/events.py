@@ -173,11 +173,15 @@ class Reporter:
 
     def say(self, markup: str) -> None:
         """Print a line of results on stdout; with stdout on the terminal of the live display, through
-        its console, so that the line lands above the bars instead of being drawn over by them."""
-        if self._progress is not None and is_terminal(sys.stdout):
-            self._progress.console.print(markup)
-        else:
+        its console, so that the line lands above the bars instead of being drawn over by them. On a
+        terminal a line wider than the screen is folded between words (an id longer than the screen on
+        rows of its own), not cut by the terminal in the middle of one; piped, it stays one line."""
+        if not is_terminal(sys.stdout):
             console.print(markup)
+        elif self._progress is not None:
+            self._progress.console.print(markup, soft_wrap=False)  # fold between words, not where the screen ends
+        else:
+            console.real().print(markup, soft_wrap=False)
 
     def error(self, vid: str, e: Euca2kvmError) -> None:
         self._end(vid)

@@ -15,7 +15,7 @@ from ..kvm.boottest import DEFAULT_MEMORY_MIB, DEFAULT_TIMEOUT, BootResult, boot
 from ..kvm.libvirt import Disk, Domain, write_domain_files
 from ..outdir import write_atomic
 from ..safefs import private_tmp, read_bounded
-from .common import DEFAULT_DOMAIN_MEMORY_MIB, DEFAULT_VCPUS, console, esc, print_json
+from .common import DEFAULT_DOMAIN_MEMORY_MIB, DEFAULT_VCPUS, console, esc, output_dir, print_json
 
 DISK_TARGETS = [f"vd{chr(ord('a') + i)}" for i in range(26)]
 # A VGA screendump PNG is a few hundred KiB; one larger than this is not ours to copy.
@@ -50,7 +50,12 @@ def build_parser(sub: Any) -> None:
                    help=f"give up after S seconds (default {DEFAULT_TIMEOUT:g}; {SSH_TIMEOUT:g} with a domain)")
     b.add_argument("--expect", metavar="TEXT", help="text that proves the boot (default: a login prompt)")
     b.add_argument("--memory", type=int, default=DEFAULT_MEMORY_MIB, metavar="MIB", help="guest memory in MiB")
-    b.add_argument("--workdir", metavar="DIR", help="keep serial log, VGA text and screenshot here")
+    b.add_argument("--artifacts", metavar="DIR",
+                   help="write IMAGE.boot.png (screenshot) and IMAGE.boot.log (serial console) into DIR, created "
+                        "when missing (default: the current directory; nothing is written next to the image unless "
+                        "DIR is its directory)")
+    b.add_argument("--workdir", metavar="DIR", help="keep QEMU's whole work directory (serial log, VGA text, "
+                   "screenshot) here instead of a temporary one")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     ssh = b.add_argument_group("usable-boot proof (a libvirt domain XML: its disks behind throwaway overlays, "
                                "its seed read-only, user-mode network with only SSH forwarded to 127.0.0.1)")
@@ -98,14 +103,16 @@ def run_boot_test(image: Path, fmt: str, timeout: float, expect: str | None, mem
     return boot_test(image, fmt, timeout=timeout, expect=expect, workdir=workdir, memory_mib=memory)
 
 
-def keep_beside(image: Path, r: BootResult, strict: bool = False) -> Path | None:
-    """Keep the screenshot and serial log next to the image (``IMAGE.boot.png``/``.boot.log``) when
-    that directory is writable (else IOFailure with ``strict``); the boot's work directory is temporary.
-    Returns the screenshot's path. Neither file is written through a symlink at its name."""
+def keep_beside(image: Path, r: BootResult, strict: bool = False, where: Path | None = None) -> Path | None:
+    """Keep the screenshot and serial log as ``IMAGE.boot.png``/``.boot.log`` next to the image (``export
+    --boot-test``, where ``report`` finds them), or in the directory ``where``, when it is writable (else
+    IOFailure with ``strict``); the boot's work directory is temporary. Returns the screenshot's path.
+    Neither file is written through a symlink at its name."""
+    base = (where if where is not None else image.parent) / image.name
     try:
-        write_atomic(image.with_name(image.name + ".boot.log"), r.serial)
+        write_atomic(base.with_name(base.name + ".boot.log"), r.serial)
         if r.screenshot is not None and r.screenshot.exists():
-            return write_atomic(image.with_name(image.name + ".boot.png"), read_bounded(r.screenshot, MAX_SCREENSHOT))
+            return write_atomic(base.with_name(base.name + ".boot.png"), read_bounded(r.screenshot, MAX_SCREENSHOT))
     except Euca2kvmError:
         if strict:
             raise
@@ -135,9 +142,10 @@ def do_boot_test(args: argparse.Namespace) -> int:
         work.mkdir(parents=True, exist_ok=True)
         result = run_boot_test(image, fmt, args.timeout, args.expect, args.memory, work)
     else:
+        artifacts = output_dir(args.artifacts or ".")  # checked before QEMU runs: a file there is exit 2
         with private_tmp(BOOT_PREFIX) as tmp:  # a killed run's is removed by the next one
             result = run_boot_test(image, fmt, args.timeout, args.expect, args.memory, tmp)
-            result.screenshot = keep_beside(image, result)
+            result.screenshot = keep_beside(image, result, strict=True, where=artifacts)
     if args.json:
         print_json(result_json(result))
     else:

@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import EXIT_FORMAT, EXIT_IN_USE, EXIT_IO, EXIT_TOOL, EXIT_USAGE, EXIT_VERIFY, UsageError
 from ..outdir import write_atomic
 from .common import console_err, esc
 from .console import visible
+
+# Most severe first, as verify orders its results, with an instance in use before a tool failure.
+SEVERITY = (EXIT_FORMAT, EXIT_VERIFY, EXIT_IO, EXIT_IN_USE, EXIT_TOOL, EXIT_USAGE)
 
 
 def build_parser(sub: Any) -> None:
@@ -31,6 +34,10 @@ def build_parser(sub: Any) -> None:
     p.add_argument("--plan", action="append", type=Path, metavar="PLAN.json", default=[],
                    help="output of 'euca2kvm plan --json' for blockers, notes and VM types (repeatable; "
                         "default: none)")
+    p.add_argument("--allow-failed", action="store_true",
+                   help="exit 0 even when an instance or volume failed (default: the report is written and the exit "
+                        "status is the most severe failure: 3 refused image, 6 failed boot test, 5 missing image, "
+                        "4 in use, 2 name collision)")
     p.set_defaults(func=do_report)
 
 
@@ -50,4 +57,16 @@ def do_report(args: argparse.Namespace) -> int:
         c = report.counts()
         console_err.print(f"wrote {esc(str(out))}: {c['total']} instance(s)/volume(s), {c['exported']} exported, "
                           f"{c['verified']} verified, {c['booted']} booted, {c['failed']} failed", highlight=False)
-    return 0
+    return 0 if args.allow_failed else exit_code(report)
+
+
+def exit_code(report: Any) -> int:
+    """The most severe exit code of the failed entries (0: none failed), in the order of ``verify``."""
+    codes = {c for i in report.instances for c in i.exit_codes()}
+    if not codes:
+        return 0
+    failed = [i for i in report.instances if i.failed]
+    console_err.print(f"{len(failed)} of {len(report.instances)} instance(s)/volume(s) failed: "
+                      + esc(", ".join(i.id for i in failed[:20])) + (" ..." if len(failed) > 20 else "")
+                      + " (--allow-failed exits 0)", highlight=False)
+    return min(codes, key=lambda c: SEVERITY.index(c) if c in SEVERITY else len(SEVERITY))

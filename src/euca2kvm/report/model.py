@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Euca2kvmError, FormatError, UsageError
+from ..errors import EXIT_FORMAT, EXIT_IN_USE, EXIT_IO, EXIT_USAGE, EXIT_VERIFY, Euca2kvmError, FormatError, UsageError
 from ..export import manifest, manifestcheck, manifestmerge
 from ..kvm.boottest import STAGE_PATTERNS, Stage
 from ..safefs import read_bounded
@@ -35,6 +35,10 @@ CONSOLE_LINES = 25
 CONSOLE_LINE_CHARS = 200
 # A plan --json file is a few KiB per instance.
 MAX_PLAN_BYTES = 16 << 20
+# The exit code of a plan blocker by its kind (eucalyptus.instances.classify and plan_cmd), as the
+# export it blocks would exit; another kind counts as an I/O failure.
+BLOCKER_CODES = {"in-use": EXIT_IN_USE, "format": EXIT_FORMAT, "unsupported": EXIT_FORMAT, "missing-pv": EXIT_FORMAT,
+                 "missing-file": EXIT_IO, "no-space": EXIT_IO, "name-collision": EXIT_USAGE}
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Disk:
     seconds: float | None
     exported_at: str | None
     problems: list[str] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)  # the exit code of each problem (errors.py)
     boot: dict[str, Any] | None = None  # stage, ok, reason, accel, elapsed, milestones, recorded
     screenshot: str | None = None  # data: URI of a checked PNG
     console: list[str] = field(default_factory=list)
@@ -98,6 +103,19 @@ class Instance:
         b = self.boot
         return (not self.exported or any(d.problems for d in self.disks) or bool(self.blockers)
                 or bool(b and b.get("ok") is False))
+
+    def exit_codes(self) -> set[int]:
+        """The exit code of each reason this instance failed (empty when it did not): a refused image 3,
+        a failed boot test 6 (as ``export --boot-test``), a missing image or screenshot or an instance
+        never exported 5, a plan blocker the code of its kind."""
+        codes = {c for d in self.disks for c in d.codes}
+        b = self.boot
+        if b and b.get("ok") is False:
+            codes.add(EXIT_VERIFY)
+        if not self.exported:
+            codes.add(EXIT_IO)
+        codes |= {BLOCKER_CODES.get(b.split(":", 1)[0], EXIT_IO) for b in self.blockers}
+        return codes
 
     @property
     def status(self) -> str:
@@ -213,6 +231,7 @@ def _boot(entry: dict[str, Any], outdir: Path, disk: Disk) -> None:
             disk.console = _tail_lines(vga[-MAX_LOG_BYTES:])
         if bt.get("screenshot") and disk.screenshot is None:
             disk.problems.append("boot screenshot recorded but missing or not a PNG")
+            disk.codes.append(EXIT_IO)
     elif png is not None or log is not None:
         text = "\n".join(disk.console)
         stage = max((s for s, p in STAGE_PATTERNS.items() if p.search(text)), default=Stage.NONE)
@@ -224,21 +243,24 @@ def _boot(entry: dict[str, Any], outdir: Path, disk: Disk) -> None:
 def _disk(entry: dict[str, Any], outdir: Path | None) -> Disk:
     """One disk; ``outdir`` None: a merged entry on another host, shown as its manifest records it."""
     output = entry["output"]
-    present, problems = True, []
+    present, problems, codes = True, [], []
     try:
         if outdir is not None:
             manifestcheck.entry_path(outdir, output)
     except FileNotFoundError:
         present = False
         problems.append("image missing")
+        codes.append(EXIT_IO)
     except FormatError as e:
         present = False
         problems.append(f"image refused: {e}")
+        codes.append(EXIT_FORMAT)
     d = Disk(id=entry["id"], device=_str(entry.get("device")) or _str(entry.get("target_dev")),
              output=Path(output).name, format=_str(entry.get("format")) or "raw", size=_int(entry.get("size")),
              allocated=_int(entry.get("allocated_bytes")), digest=_str(entry.get("digest")),
              sha256=_str(entry.get("sha256")), verified=entry.get("verified") is True, present=present,
-             seconds=_num(entry.get("seconds")), exported_at=_str(entry.get("exported_at")), problems=problems)
+             seconds=_num(entry.get("seconds")), exported_at=_str(entry.get("exported_at")), problems=problems,
+             codes=codes)
     if outdir is not None:
         _boot(entry, outdir, d)
     return d
