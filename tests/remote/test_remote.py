@@ -18,7 +18,7 @@ import pytest
 import sshd
 from _env import need_root, need_tools
 from euca2kvm.blocks import Kind, data_bytes
-from euca2kvm.errors import EXIT_IN_USE, EXIT_USAGE
+from euca2kvm.errors import EXIT_IN_USE, EXIT_USAGE, ToolError
 from euca2kvm.eucalyptus.inuse import holders
 from euca2kvm.lvm.source import LvmSource
 from euca2kvm.remote import files as rfiles
@@ -248,3 +248,27 @@ def test_in_use_on_remote_host_refused(lvm_fixtures: Fixtures, sshd_server: sshd
     cli(sshd_server, "inspect", "vol-d0750001", "-s", url)
     cli(sshd_server, "export", "vol-d0750001", "-s", url, "-o", str(out))
     assert _state(src) == before  # scan, inspect, export: nothing written, created or touched remotely
+
+
+def test_plan_over_ssh_equals_local(lvm_fixtures: Fixtures, sshd_server: sshd.Sshd, tmp_path: Path) -> None:
+    root, _ = lvm_fixtures
+    out = str(tmp_path / "out")
+    local = json.loads(cli(None, "plan", "-s", str(root / "euca"), "-o", out, "--json").stdout)
+    remote = json.loads(cli(sshd_server, "plan", "-s", sshd_server.url(str(root / "euca")), "-o", out,
+                            "--json").stdout)
+    for p in (local, remote):
+        p.pop("free_bytes", None)
+    assert local["volumes"] and json.loads(json.dumps(remote).replace(sshd_server.url(""), "")) == local
+
+
+def test_remote_commands_bounded(options: ssh.Options, sshd_server: sshd.Sshd) -> None:
+    """A host that prints without end, hangs, or fails is refused with a typed error, never buffered
+    without bound or waited for forever."""
+    conn = ssh.connect(ssh.parse_url(sshd_server.url("/")))
+    with pytest.raises(ToolError):
+        conn.run("head -c 10000000 /dev/zero", limit=65536)
+    with pytest.raises(ToolError):
+        conn.run("sleep 30", timeout=1)
+    with pytest.raises(ToolError):
+        conn.run("head -c 1000000 /dev/zero >&2; exit 3")  # a stderr flood does not stall the call
+    assert conn.run("printf ok")[1] == b"ok"  # the connection is still usable

@@ -217,7 +217,14 @@ class Connection:
             proc = await self.conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL,
                                                   window=WINDOW_SIZE)
             out = bytearray()
+            err = bytearray()
             over = False
+
+            async def drain_stderr() -> None:  # read alongside stdout: a full stderr window stalls both
+                while chunk := await proc.stderr.read(1 << 16):
+                    err.extend(chunk[: max(0, MAX_STDERR - len(err))])
+
+            drain = asyncio.ensure_future(drain_stderr())
             while True:
                 chunk = await proc.stdout.read(1 << 20)
                 if not chunk:
@@ -227,9 +234,12 @@ class Connection:
                     over = True
                     proc.close()
                     break
-            err = await proc.stderr.read(MAX_STDERR) if not over else b""
+            if over:
+                drain.cancel()
+            else:
+                await drain
             await proc.wait_closed()
-            return proc.exit_status, bytes(out), err, over
+            return proc.exit_status, bytes(out), bytes(err), over
 
         try:
             status, out, err, over = self.loop.call(go(), timeout)
