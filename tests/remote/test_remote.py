@@ -18,7 +18,7 @@ import pytest
 import sshd
 from _env import need_root, need_tools
 from euca2kvm.blocks import Kind, data_bytes
-from euca2kvm.errors import EXIT_IN_USE, EXIT_USAGE, ToolError
+from euca2kvm.errors import EXIT_FORMAT, EXIT_IN_USE, EXIT_USAGE, ToolError
 from euca2kvm.eucalyptus.inuse import holders
 from euca2kvm.lvm.source import LvmSource
 from euca2kvm.remote import files as rfiles
@@ -272,3 +272,13 @@ def test_remote_commands_bounded(options: ssh.Options, sshd_server: sshd.Sshd) -
     with pytest.raises(ToolError):
         conn.run("head -c 1000000 /dev/zero >&2; exit 3")  # a stderr flood does not stall the call
     assert conn.run("printf ok")[1] == b"ok"  # the connection is still usable
+
+
+def test_remote_file_that_is_no_volume(sshd_server: sshd.Sshd, tmp_path: Path) -> None:
+    """As locally: an explicitly named file that is no container is exit 3 and nothing is written."""
+    f = tmp_path / "disk.img"
+    f.write_bytes(os.urandom(MiB))
+    cli(sshd_server, "scan", "-s", sshd_server.url(str(f)), check=EXIT_FORMAT)
+    cli(sshd_server, "export", sshd_server.url(str(f)), "-o", str(tmp_path / "out"), check=EXIT_FORMAT)
+    assert not (tmp_path / "out").exists()
+    cli(sshd_server, "scan", "-s", sshd_server.url(str(tmp_path / "missing")), check=EXIT_USAGE)

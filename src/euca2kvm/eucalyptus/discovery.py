@@ -68,6 +68,8 @@ class Volume:
             raise self.problem_error
         if self.compressed:
             raise UsageError(f"{self.id} is a gzip'd snapshot object: it can be exported, not mapped")
+        if self.blocks_factory is not None:
+            raise UsageError(f"{self.id} is a {self.kind} volume: it is read through its block source, not mapped")
         if self.group is not None:
             assert self.lv is not None
             return self.group.lv_map(self.lv)
@@ -131,6 +133,8 @@ class Discovery:
 
     def unusable_error(self, ident: str) -> Euca2kvmError | None:
         """Why the file ``ident`` names (a path, or the file name of a scanned file) is no volume."""
+        if ident in self.unusable:  # a file named as scanned (an ssh:// URL)
+            return self.unusable[ident]
         if os.path.exists(ident):
             return self.unusable.get(os.path.realpath(ident))
         named = [e for p, e in self.unusable.items() if os.path.basename(p) == ident]
