@@ -153,7 +153,7 @@ DIGEST_DRIVER = r"""
 import os, sys
 from euca2kvm.errors import IOFailure
 from euca2kvm.export.copy import copy_blocks
-from euca2kvm.lvm.extents import ExtentMap, LinearMapper
+from euca2kvm.lvm.source import file_source
 
 path, size = sys.argv[1], os.path.getsize(sys.argv[1])
 fired = []
@@ -164,7 +164,7 @@ def shrink(n):
         os.truncate(path, 5 << 20)
 
 try:
-    copy_blocks(ExtentMap(size, [LinearMapper(0, size, path, 0)]), None, workers=4, progress=shrink)
+    copy_blocks(file_source(path, size), None, workers=4, progress=shrink)
 except IOFailure as e:
     print(e)
     sys.exit(e.exit_code)
@@ -188,12 +188,13 @@ def test_nbd_server_reading_a_shrunk_source_fails_the_client_cleanly(tmp_path: P
     need_tools("qemu-img")
     from euca2kvm.export import qemu_img
     from euca2kvm.export.nbd import serve
+    from euca2kvm.lvm.source import LvmSource
 
     path = tmp_path / "src.bin"
     path.write_bytes(os.urandom(8 * MiB))
     halves = [LinearMapper(0, 4 * MiB, str(path), 4 * MiB), LinearMapper(4 * MiB, 4 * MiB, str(path), 0)]
     emap = ExtentMap(8 * MiB, halves)  # two ranges: read through the NBD server
-    with serve(emap) as srv:
+    with serve(LvmSource(emap)) as srv:
         os.truncate(path, 3 * MiB)
         with pytest.raises((ToolError, IOFailure)):  # qemu-img's "Input/output error" is exit 5
             qemu_img.convert(srv.uri, str(tmp_path / "out.raw"), "raw", {})
