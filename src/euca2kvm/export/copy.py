@@ -294,13 +294,15 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 def copy_blocks(source: BlockSource, out_fd: int | None, *, sha256: bool = False,
                 workers: int = DEFAULT_WORKERS, progress: ProgressFn | None = None,
                 name: str | None = None, digest: bool = True, algorithm: Algorithm = DEFAULT,
-                on_read: ProgressFn | None = None) -> CopyResult:
+                on_read: ProgressFn | None = None,
+                on_block: Callable[[int, bytes], None] | None = None) -> CopyResult:
     """Digest (and when ``out_fd`` is given, sparsely write) every byte of ``source``.
 
     This is the one block-digest fold: exports, resume checks and ``verify`` all digest through it.
     ``digest=False`` (``--no-verify``) copies without hashing; the result's digest is then None.
     ``progress`` gets the bytes of the disk each block covers (holes included), ``on_read`` the bytes
-    actually read for it (what a transfer rate should count), when there are any.
+    actually read for it (what a transfer rate should count), when there are any; ``on_block`` gets
+    each block's index and digest, in order (the warm export's sidecar, :mod:`.sidecar`).
     """
     workers = max(1, workers)
     size = source.size
@@ -315,6 +317,8 @@ def copy_blocks(source: BlockSource, out_fd: int | None, *, sha256: bool = False
     def consume(blk: _Block) -> None:
         nonlocal total_read, total_written
         bd.add(blk.digest)
+        if on_block is not None:
+            on_block(blk.index, blk.digest)
         total_read += blk.read
         total_written += blk.written
         if plain is not None:
