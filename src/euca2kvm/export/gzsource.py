@@ -26,7 +26,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ from ..lvm.source import fd_source, file_source
 from ..outdir import OutDir
 from ..units import MiB, TiB
 from . import manifest
-from .copy import copy_blocks, write_sparse
+from .copy import CopyResult, copy_blocks, write_sparse
 from .digest import DEFAULT, Algorithm
-from .pipeline import ExportOptions, Source, content_digest, export_source, fingerprint
+from .pipeline import ExportOptions, Source, content_digest, export_source, fingerprint, manifest_entry
 from .raw import IMAGE, atomic_output, new_image
 
 # Compressed bytes read per call: large enough for zlib throughput, small enough to be noise.
@@ -219,21 +219,10 @@ def export_gz(
         entry: dict[str, Any] = {}  # filled in before the image is published, recorded with it
         with atomic_output(out, 0, fsync=opts.fsync, commit=lambda: manifest.record(outdir, entry)) as fd:
             res = decompress(path, fd, sha256=opts.sha256, progress=progress, algorithm=opts.algorithm)
-            entry.update({
-                **base,
-                "size": res.size,
-                "digest": res.digest,
-                "output": str(outdir.resolve() / out.name),
-                "format": "raw",
-                "format_options": {},
-                "compressed": False,
-                "verified": True,
-                "estimated_bytes": res.size,
-                "allocated_bytes": os.fstat(fd).st_blocks * 512,
-                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "bytes_read": res.bytes_read,
-                "bytes_written": res.bytes_written,
-            })
+            written = Source(ident, fd_source(fd, res.size, path), base, files=[path])
+            copied = CopyResult(res.digest, res.sha256, res.size, res.bytes_read, res.bytes_written)
+            entry.update(manifest_entry(written, outdir.resolve() / out.name, replace(opts, verify=True), copied, state,
+                                        res.size, 0.0, os.fstat(fd).st_blocks * 512))
             _finish(entry, res, path, state, started)
         return entry, False
     # The decompressed temporary lives in a private work directory of this run, never in OUTDIR itself.

@@ -42,6 +42,7 @@ from .raw import IMAGE, new_image
 if TYPE_CHECKING:
     from .nbd import NbdServer
     from .served import Served
+    from .warm import WarmPass
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class ExportOptions:
     fsync: bool = False
     overwrite: bool = False
     algorithm: Algorithm = DEFAULT  # the block digest
+    warm: bool = False  # --warm: the source may be written while read (see .warm); per-block digests kept
 
 
 @dataclass
@@ -95,12 +97,17 @@ def identity(src: Source) -> dict[str, Any]:
     return {**src.identity, "lv_size": src.blocks.size}
 
 
-def _changes(src: Source, before: list[dict[str, Any]]) -> str | None:
-    """What changed in ``src`` since ``before`` was taken (and its metadata since the scan), or None."""
+# What a warm pass (a guest writing the volume) may change in a source file: its times, not its size or inode.
+CONTENT_STAMPS = frozenset({"mtime_ns", "ctime_ns"})
+
+
+def _changes(src: Source, before: list[dict[str, Any]], warm: bool = False) -> str | None:
+    """What changed in ``src`` since ``before`` was taken (and its metadata since the scan), or None;
+    ``warm``: writes into the files are expected, only their size, inode and LVM metadata count."""
     try:
         after = fingerprint([f["path"] for f in before])
         for b, a in zip(before, after, strict=True):
-            diff = [f"{k} {b[k]} -> {a[k]}" for k in b if b[k] != a[k]]
+            diff = [f"{k} {b[k]} -> {a[k]}" for k in b if b[k] != a[k] and not (warm and k in CONTENT_STAMPS)]
             if diff:
                 return f"{b['path']} changed while exporting ({', '.join(diff)})"
         now = src.recheck() if src.recheck is not None else src.identity
@@ -112,13 +119,14 @@ def _changes(src: Source, before: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def check_unchanged(src: Source, before: list[dict[str, Any]], cause: BaseException | None = None) -> None:
+def check_unchanged(src: Source, before: list[dict[str, Any]], cause: BaseException | None = None,
+                    warm: bool = False) -> None:
     """IOFailure naming the file when ``src`` changed since ``before``; nothing is published then.
 
     With ``cause`` (the copy failed) a change is reported as the reason, the failure as its cause;
     without a change the caller re-raises the failure itself.
     """
-    what = _changes(src, before)
+    what = _changes(src, before, warm)
     if what is not None:
         raise IOFailure(f"{src.id}: {what}; refusing to publish an image of a source that changed while "
                         "exporting") from cause
@@ -137,8 +145,8 @@ def preflight(source: BlockSource, opts: ExportOptions, outdir: Path) -> int:
 
 def reusable(entry: dict[str, Any] | None, out: Path, src: Source, opts: ExportOptions) -> bool:
     """True when ``out`` is a finished export of exactly this source that still verifies."""
-    if entry is None or not out.exists() or not entry.get("digest"):
-        return False
+    if entry is None or not out.exists() or not entry.get("digest") or entry.get("consistent") is False:
+        return False  # an image of a warm pass is never a finished export
     # Entries written before identities were recorded have none: exported again.
     if (entry.get("format") != opts.fmt.name or entry.get("size") != src.blocks.size
             or entry.get("identity") != identity(src)
@@ -251,6 +259,7 @@ def _export(src: Source, outdir: Path, opts: ExportOptions, progress: Progress |
     source_state = fingerprint(src.files)
     estimate = preflight(source, opts, outdir)
     started = time.monotonic()
+    warm = warm_pass(opts) if opts.warm else None
     # Everything is written in a private directory of this run (two runs never share a temporary)
     # and published with its manifest entry under the directory lock (see OutDir.publish). Another
     # live run writing this same output makes this one exit 4, naming it, before anything is written;
@@ -262,24 +271,35 @@ def _export(src: Source, outdir: Path, opts: ExportOptions, progress: Progress |
                 with new_image(work, source.size, fsync=opts.fsync) as fd:
                     res: CopyResult | None = copy_blocks(source, fd, sha256=opts.sha256, workers=opts.workers,
                                                          progress=progress, name=src.id, digest=opts.verify,
-                                                         algorithm=opts.algorithm, on_read=on_read)
+                                                         algorithm=opts.algorithm, on_read=on_read,
+                                                         on_block=warm.add if warm else None)
             else:
                 res = _convert(src, work, opts, progress, on_read)
+                if warm is not None:
+                    warm.digest_output(work.file(IMAGE), opts, source.size)
         except Euca2kvmError as e:
-            check_unchanged(src, source_state, e)
+            check_unchanged(src, source_state, e, warm=opts.warm)
             raise
-        check_unchanged(src, source_state)
+        check_unchanged(src, source_state, warm=opts.warm)
         if opts.fsync and opts.fmt.name != "raw":
             work.fsync(IMAGE)
-        entry = _entry(src, outdir.resolve() / out.name, opts, res, source_state, estimate,
-                       time.monotonic() - started, work.stat(IMAGE).st_blocks * 512)
-        od.publish(work, IMAGE, out.name, commit=lambda: manifest.record(outdir, entry), fsync=opts.fsync)
+        entry = manifest_entry(src, outdir.resolve() / out.name, opts, res, source_state, estimate,
+                               time.monotonic() - started, work.stat(IMAGE).st_blocks * 512)
+        commit = (lambda: manifest.record(outdir, entry)) if warm is None else warm.commit(od, out.name, entry)
+        od.publish(work, IMAGE, out.name, commit=commit, fsync=opts.fsync)
     return entry, False
 
 
-def _entry(src: Source, out: Path, opts: ExportOptions, res: CopyResult | None, source_state: list[dict[str, Any]],
-           estimate: int, elapsed: float, allocated: int) -> dict[str, Any]:
-    """The manifest entry of a finished export of ``src`` to ``out`` (OUTDIR resolved, final name as is)."""
+def warm_pass(opts: ExportOptions) -> WarmPass:
+    from .warm import WarmPass
+
+    return WarmPass(opts.algorithm)
+
+
+def manifest_entry(src: Source, out: Path, opts: ExportOptions, res: CopyResult | None,
+                   source_state: list[dict[str, Any]], estimate: int, elapsed: float, allocated: int) -> dict[str, Any]:
+    """The manifest entry of a finished export of ``src`` to ``out`` (OUTDIR resolved, final name as is):
+    built here only, for every kind of source."""
     entry: dict[str, Any] = {
         "id": src.id, **src.fields, "size": src.blocks.size,
         "digest": res.digest if res else None, "output": str(out), "format": opts.fmt.name,
