@@ -31,7 +31,7 @@ This module imports nothing of euca2kvm but the errors: every layer may use it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -90,6 +90,20 @@ class BlockSource(Protocol):
     def close(self) -> None:
         """Release descriptors and connections; the source is not used afterwards."""
         ...
+
+
+def merged(ranges: Iterable[Range]) -> Iterator[Range]:
+    """Contiguous ordered ``ranges`` with neighbours of the same kind joined into one."""
+    pending: Range | None = None
+    for r in ranges:
+        if pending is not None and pending.kind is r.kind:
+            pending = Range(pending.start, pending.length + r.length, r.kind)
+            continue
+        if pending is not None:
+            yield pending
+        pending = r
+    if pending is not None:
+        yield pending
 
 
 def data_bytes(source: BlockSource, lo: int = 0, hi: int | None = None) -> int:

@@ -23,7 +23,7 @@ import struct
 import time
 from collections.abc import Iterator
 
-from ..blocks import Kind, Range
+from ..blocks import Kind, Range, merged
 from ..errors import IOFailure, ToolError
 from ..units import KiB, MiB
 from . import nbdproto as proto  # protocol constants shared with the server
@@ -348,20 +348,14 @@ class NbdClient:
     def ranges(self, lo: int, hi: int, span: int) -> Iterator[Range]:
         """Ranges of ``[lo, hi)`` in order, asking ``span`` bytes at a time; neighbours of the
         same kind are merged."""
-        pos = lo
-        pending: Range | None = None
-        while pos < hi:
-            for e in self.block_status(pos, min(span, hi - pos)):
-                if pending is not None and pending.kind is e.kind:
-                    pending = Range(pending.start, pending.length + e.length, e.kind)
-                    continue
-                if pending is not None:
-                    yield pending
-                pending = e
-            assert pending is not None
-            pos = pending.end
-        if pending is not None:
-            yield pending
+        def pieces() -> Iterator[Range]:
+            pos = lo
+            while pos < hi:
+                got = self.block_status(pos, min(span, hi - pos))  # at least one, from pos on
+                yield from got
+                pos = got[-1].end
+
+        return merged(pieces())
 
     def abort(self) -> None:
         """Unblock any thread waiting on this connection (it then fails with ToolError)."""

@@ -21,7 +21,7 @@ import stat
 import threading
 from collections.abc import Iterator
 
-from ..blocks import ByteFile, FileOpener, Kind, Range
+from ..blocks import ByteFile, FileOpener, Kind, Range, merged
 from ..errors import IOFailure
 from .extents import ExtentMap, LinearMapper
 
@@ -129,16 +129,7 @@ class LvmSource:
         return k | {Kind.HOLE} if Kind.DATA in k else k  # any DATA file may have holes
 
     def ranges(self, lo: int, hi: int) -> Iterator[Range]:
-        pending: Range | None = None
-        for r in self._pieces(lo, hi):
-            if pending is not None and pending.kind is r.kind:
-                pending = Range(pending.start, pending.length + r.length, r.kind)
-                continue
-            if pending is not None:
-                yield pending
-            pending = r
-        if pending is not None:
-            yield pending
+        return merged(self._pieces(lo, hi))
 
     def _pieces(self, lo: int, hi: int) -> Iterator[Range]:
         for e in self.emap.extents(lo, hi):
