@@ -33,6 +33,7 @@ from pathlib import Path
 
 from euca2kvm import procs
 from euca2kvm.errors import FormatError, ToolError, UsageError
+from euca2kvm.kvm.qemu import write_syslinux_mbr
 from euca2kvm.units import MiB
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ PAYLOAD_SEED = b"euca2kvm test disk payload v1"
 # Fixed identifiers and times so two builds differ as little as the tools allow.
 FS_UUID = "6d1d3f5e-2c7b-4c59-9a54-0e1c2a7b5f10"
 FIXED_EPOCH = 1700000000
-SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 BUSYBOX = Path("/bin/busybox")
 # virtio modules in load order (no modules.dep in the package, so insmod in dependency order).
 VIRTIO_MODULES = (
@@ -337,12 +337,7 @@ def build_test_disk(out: Path, cache: Path = DEFAULT_CACHE) -> TestDisk:
         table = (f"label: dos\nlabel-id: 0x65756361\nstart={P1_START}, size={P1_SECTORS}, type=6, bootable\n"
                  f"start={P2_START}, size={P2_SECTORS}, type=83\n")
         _run(["sfdisk", "-q", str(img)], stdin=table.encode(), env=env)
-        try:
-            mbr = SYSLINUX_MBR.read_bytes()[:440]
-        except OSError as e:
-            raise ToolError(f"{SYSLINUX_MBR} missing (Debian package syslinux-common): {e}") from e
-        with open(img, "r+b") as f:
-            f.write(mbr)
+        write_syslinux_mbr(img)
         p1 = P1_START * SECTOR
         _run(["mkfs.fat", "-F", "16", "--invariant", "-n", "E2KBOOT", "--offset", str(P1_START), str(img),
               str(P1_SECTORS * SECTOR // 1024)], env=env)

@@ -169,6 +169,8 @@ PROBE_DISK_SIZE = 4 << 20
 PROBE_PART_START = 2048  # sectors
 PROBE_FAT_KIB = 3072
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
+# Boot code bytes of an MBR: the disk signature and partition table follow.
+MBR_CODE_SIZE = 440
 # Each probe build step is a tiny local operation; 30 s means the tool is stuck.
 PROBE_TOOL_TIMEOUT = 30.0
 PROBE_PREFIX = "euca2kvm-probe-"  # its work directory in the system temporary directory
@@ -178,6 +180,16 @@ def _run_tool(argv: list[str], timeout: float = PROBE_TOOL_TIMEOUT, stdin: bytes
     procs.run(argv, timeout=timeout, stdin=stdin)
 
 
+def write_syslinux_mbr(disk: Path) -> None:
+    """SYSLINUX's MBR boot code over the first 440 bytes of ``disk`` (the partition table stays)."""
+    try:
+        mbr = SYSLINUX_MBR.read_bytes()[:MBR_CODE_SIZE]
+    except OSError as e:
+        raise ToolError(f"{SYSLINUX_MBR} missing (Debian package syslinux-common): {e}") from e
+    with open(disk, "r+b") as f:
+        f.write(mbr)
+
+
 def build_probe_disk(out: Path) -> Path:
     """Write the SYSLINUX probe disk to ``out`` (needs syslinux, mtools, dosfstools, fdisk)."""
     with open(out, "wb") as f:
@@ -185,12 +197,7 @@ def build_probe_disk(out: Path) -> Path:
     offset = PROBE_PART_START * 512
     table = f"label: dos\nstart={PROBE_PART_START}, type=1, bootable\n".encode()
     _run_tool(["sfdisk", "-q", str(out)], stdin=table)
-    try:
-        mbr = SYSLINUX_MBR.read_bytes()[:440]
-    except OSError as e:
-        raise ToolError(f"{SYSLINUX_MBR} missing (Debian package syslinux-common): {e}") from e
-    with open(out, "r+b") as f:
-        f.write(mbr)
+    write_syslinux_mbr(out)
     _run_tool(["mkfs.fat", "-F", "12", "--invariant", "-n", "PROBE", "--offset", str(PROBE_PART_START),
                str(out), str(PROBE_FAT_KIB)])
     _run_tool(["syslinux", "--install", "--offset", str(offset), str(out)])
