@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import stat
@@ -12,8 +13,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import IOFailure, UsageError
-from ..eucalyptus.discovery import VOLUMES_DIR, Discovery, Volume, discover
+from ..eucalyptus.discovery import ID_RE, VOLUMES_DIR, Discovery, Note, Volume, discover
+from ..eucalyptus.inuse import Holder
 from ..export.digest import DEFAULT, OPTIONS, Algorithm
+from ..rbd import image as rbd_image
+from ..rbd import sources as rbd_sources
 from .console import LazyConsole, escape
 
 # Defaults of the libvirt domain and boot test options, here so that building a command's parser
@@ -32,7 +36,63 @@ esc = escape
 def add_sources(p: argparse.ArgumentParser) -> None:
     add_ssh_args(p)
     p.add_argument("--source", "-s", action="append", metavar="PATH",
-                   help=f"volumes directory, container file or block device (repeatable; default {VOLUMES_DIR})")
+                   help=f"volumes directory, container file, block device, or rbd:POOL for the images of a Ceph "
+                        f"pool (repeatable; default {VOLUMES_DIR})")
+    add_ceph_args(p)
+
+
+# The --ceph-* options as parsed, for discover_sources (which commands call with their sources only).
+_ceph_options: dict[str, str] = {}
+
+
+class _CephOption(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        _ceph_options[self.dest] = values
+
+
+def add_ceph_args(p: argparse.ArgumentParser) -> None:
+    _ceph_options.clear()  # parsers are built once per run, before parsing
+    g = p.add_argument_group("Ceph RBD sources (--source rbd:POOL; read-only, a read-only cephx key is enough)")
+    g.add_argument("--ceph-conf", action=_CephOption, default=rbd_image.DEFAULT_CONF, metavar="PATH",
+                   help=f"Ceph configuration (default {rbd_image.DEFAULT_CONF})")
+    g.add_argument("--ceph-id", action=_CephOption, default=rbd_image.DEFAULT_ID, metavar="NAME",
+                   help=f"cephx user without 'client.' (default {rbd_image.DEFAULT_ID}, storage.cephuser's default)")
+    g.add_argument("--ceph-keyring", action=_CephOption, metavar="PATH",
+                   help="the user's keyring (default /etc/ceph/ceph.client.<id>.keyring)")
+
+
+def set_ceph_defaults(user: str | None, conf: str | None, keyring: str | None) -> None:
+    """Ceph settings from an inventory (ceph_rbd_info), for the --ceph-* options not given."""
+    for k, v in (("ceph_id", user), ("ceph_conf", conf), ("ceph_keyring", keyring)):
+        if v:
+            _ceph_options.setdefault(k, v)
+
+
+def ceph_options() -> rbd_image.CephOptions:
+    o = _ceph_options
+    return rbd_image.CephOptions(o.get("ceph_conf", rbd_image.DEFAULT_CONF), o.get("ceph_id", rbd_image.DEFAULT_ID),
+                                 o.get("ceph_keyring"))
+
+
+def add_rbd_volumes(d: Discovery, sources: list[str]) -> None:
+    """The images of ``rbd:POOL`` sources as volumes (``rbd``, ``rbd-snapshot``) whose bytes come from
+    their block source; ``del…`` and images not named like a volume are notes; watchers make a volume in use."""
+    cluster = rbd_image.Cluster(ceph_options())  # open for the rest of the run: the volumes read through it
+    atexit.register(cluster.close)
+    for src in dict.fromkeys(sources):
+        for ref in rbd_sources.pool_images(cluster, rbd_sources.pool_name(src)):
+            if ref.deleted or not ID_RE.match(ref.image):
+                why = ("a deleted image Eucalyptus renamed (it still has clones); read only as their parent"
+                       if ref.deleted else "not named like a Eucalyptus volume or snapshot")
+                d.notes.append(Note(ref.spec, "ignored", why))
+                continue
+            d.volumes.append(Volume(
+                id=ref.image, kind="rbd-snapshot" if ref.image.startswith("snap-") else "rbd", size=ref.facts.size,
+                files=[], segment_types=["rbd-clone" if ref.facts.chain else "rbd"],
+                in_use=[Holder(ref.spec, f"watched by {w}") for w in ref.facts.watchers], blocks_factory=ref))
+    d.volumes.sort(key=lambda v: (v.id, v.name))
 
 
 # ssh:// sources (remote/); asyncssh is imported only when one is named.
@@ -104,7 +164,11 @@ def sources(args: argparse.Namespace) -> list[str]:
 def discover_sources(paths: list[str], quiet: bool = False) -> Discovery:
     remote = [p for p in paths if p.startswith(SSH_SCHEME)]
     paths = [p for p in paths if not p.startswith(SSH_SCHEME)]
-    d = discover(paths)
+    rbd = [p for p in paths if rbd_sources.is_rbd(p)]
+    rest = [p for p in paths if not rbd_sources.is_rbd(p)]
+    d = discover(rest) if rest or not rbd else Discovery()
+    if rbd:
+        add_rbd_volumes(d, rbd)
     if remote:
         add_ssh_volumes(d, remote)
     if not quiet:

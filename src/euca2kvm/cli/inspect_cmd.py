@@ -8,6 +8,7 @@ import itertools
 import os
 from typing import Any
 
+from ..blocks import BlockReader
 from ..errors import UsageError
 from ..eucalyptus.discovery import NotAVolume, Volume
 from ..kvm.guest import GuestReport, inspect_disk, open_image
@@ -16,6 +17,7 @@ from ..kvm.imagefile import Reader
 from ..lvm.extents import ExtentMap, Kind
 from ..lvm.mirrors import MirrorReport, check_mirrors
 from ..lvm.reader import ExtentReader
+from ..rbd.sources import RbdRef
 from ..units import human
 from .common import add_sources, console, esc, print_json, resolve_volumes
 
@@ -67,6 +69,8 @@ def describe(vol: Volume, max_extents: int, guest: bool = True,
                                    "segment_type": s.shown_type,
                                    "params": {k: v for k, v in s.params.items() if not isinstance(v, dict)}}
                                   for s in lv.segments]}
+    if vol.problem is None and vol.blocks_factory is not None:
+        return _describe_blocks(vol, out, max_extents, guest, reports)
     if vol.problem is None and not vol.compressed:
         emap: ExtentMap = vol.extent_map()
         out["extent_map"] = emap.describe()
@@ -76,6 +80,30 @@ def describe(vol: Volume, max_extents: int, guest: bool = True,
         if guest and Kind.ERROR not in emap.kinds():
             with ExtentReader(emap, vol.id) as reader:
                 report = guest_report(reader, vol.id)
+            out["guest"] = report.to_dict()
+            if reports is not None:
+                reports["guest"] = report
+    return out
+
+
+def _describe_blocks(vol: Volume, out: dict[str, Any], max_extents: int, guest: bool,
+                     reports: dict[str, GuestReport] | None) -> dict[str, Any]:
+    """A backend's volume (RBD): its own facts (the parent chain), its ranges and the guest inside."""
+    ref = vol.blocks_factory
+    if isinstance(ref, RbdRef):
+        f = ref.facts
+        out["rbd"] = {"image": ref.spec, "id": f.id, "object_size": f.object_size, "watchers": f.watchers,
+                      "parents": [{"pool": p.pool, "image": p.image, "snapshot": p.snap, "overlap": p.overlap}
+                                  for p in f.chain],
+                      "snapshots": [{"name": n, "size": sz, "protected": pr} for n, sz, pr in f.snapshots]}
+    with BlockReader(vol.block_source()) as reader:
+        src = reader.source
+        shown = list(itertools.islice(src.ranges(0, src.size), max_extents + 1))
+        out["extents"] = [{"start": r.start, "length": r.length, "kind": r.kind.value, "path": src.name,
+                           "offset": r.start} for r in shown[:max_extents]]
+        out["extents_truncated"] = len(shown) > max_extents
+        if guest:
+            report = guest_report(reader, vol.id)
             out["guest"] = report.to_dict()
             if reports is not None:
                 reports["guest"] = report
@@ -145,6 +173,15 @@ def do_inspect(args: argparse.Namespace) -> int:
     console.print(f"[bold]{esc(vol.id)}[/]  kind={vol.kind}  size={human(vol.size)} ({vol.size} bytes)")
     if vol.in_use:
         console.print("[red]in use:[/] " + esc("; ".join(h.what for h in vol.in_use)))
+    if "rbd" in info:
+        r = info["rbd"]
+        console.print(f"RBD image {esc(r['image'])} id={esc(r['id'])} object_size={human(r['object_size'])}")
+        for p in r["parents"]:
+            console.print(f"   parent {esc(p['pool'])}/{esc(p['image'])}@{esc(p['snapshot'])} "
+                          f"overlap={human(p['overlap'])} ({p['overlap']} bytes)")
+        for sn in r["snapshots"]:
+            console.print(f"   snapshot {esc(sn['name'])} size={human(sn['size'])}"
+                          + (" protected" if sn["protected"] else ""))
     if "vg" in info:
         g = info["vg"]
         console.print(f"VG {esc(g['name'])} id={esc(g['id'])} seqno={g['seqno']} extent_size={human(g['extent_size'])}")

@@ -27,7 +27,16 @@ from ..export import manifest
 from ..export.formats import OutputFormat, output_format
 from ..export.gzsource import gz_id, split_sources
 from ..units import human
-from .common import add_ssh_args, console, console_err, discover_sources, esc, print_json
+from .common import (
+    add_ceph_args,
+    add_ssh_args,
+    console,
+    console_err,
+    discover_sources,
+    esc,
+    print_json,
+    set_ceph_defaults,
+)
 from .inventory_cmd import add_inventory_sources, inventory_from_args
 
 DOMAIN_FORMATS = ("raw", "qcow2")  # what the libvirt domain writer attaches
@@ -90,6 +99,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
         help="volumes directory, container file, DAS device or snap-*.gz object (repeatable; default: "
         "the volumes directory and DAS devices recorded in the inventory)",
     )
+    add_ceph_args(p)
     add_ssh_args(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
     p.add_argument("--format", "-f", default="raw", choices=DOMAIN_FORMATS, help="image format (default raw)")
@@ -119,12 +129,15 @@ def resolve_sources(args: argparse.Namespace, inv: Inventory | None, notes: list
             paths.append(dev)
         else:
             notes.append(f"DAS device {dev!r} is a volume group name; pass its block device with --source")
+    if inv.ceph_pools:  # the ceph-rbd backend: its pools, read as the inventory's cephx user unless --ceph-* say
+        set_ceph_defaults(inv.ceph_user, inv.ceph_conf, inv.ceph_keyring)
+        paths += [f"rbd:{pool}" for pool in inv.ceph_pools]
     if not paths:
         raise UsageError(
             f"the inventory from {inv.source} records no volumes directory; pass --source PATH "
             "(e.g. /var/lib/eucalyptus/volumes copied from the storage controller)"
         )
-    gone = [p for p in paths if not os.path.exists(p)]
+    gone = [p for p in paths if not p.startswith("rbd:") and not os.path.exists(p)]
     if gone:
         raise UsageError(
             f"{', '.join(gone)} (from the inventory) does not exist on this host; pass --source PATH"
