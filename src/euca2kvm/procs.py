@@ -156,6 +156,8 @@ def run(argv: Sequence[str], *, timeout: float | None, stall_timeout: float | No
                     if key.fileobj is proc.stdin:
                         try:
                             pending = pending[os.write(key.fd, pending[:PIPE_CHUNK]):]
+                        except BlockingIOError:
+                            continue  # the pipe filled up between select and write
                         except BrokenPipeError:
                             pending = pending[:0]  # the tool exited early; its stderr says why
                         if not pending:
