@@ -49,6 +49,13 @@ def build_parser(sub: Any) -> None:
     p.add_argument("--compress", action="store_true", help="compressed qcow2 (or streamOptimized vmdk)")
     p.add_argument("--vmdk-subformat", choices=VMDK_SUBFORMATS, help="vmdk subformat (default monolithicSparse)")
     p.add_argument("--force", action="store_true", help="export even when a source is in use")
+    p.add_argument("--warm", action="store_true",
+                   help="warm migration pass: read a volume while its instance runs (in use is a warning); the "
+                        "image is recorded consistent=false with per-block digests in <image>.blocks; a re-run "
+                        "rewrites only the blocks changed since")
+    p.add_argument("--sync", action="store_true",
+                   help="final pass after the instance is stopped: rewrite only the blocks changed since the last "
+                        "--warm pass, verify the whole image, record consistent=true (raw images)")
     add_digest_args(p)
     add_s3_args(p)
     p.add_argument("--no-verify", dest="verify", action="store_false",
@@ -78,11 +85,14 @@ def build_parser(sub: Any) -> None:
     p.set_defaults(func=do_export)
 
 
-def check_exportable(vol: Volume, force: bool, reporter: Reporter) -> None:
+def check_exportable(vol: Volume, force: bool, reporter: Reporter, warm: bool = False) -> None:
     if vol.problem_error is not None:
         raise vol.problem_error
     if vol.in_use:
         what = "; ".join(str(h) for h in vol.in_use)
+        if warm:
+            reporter.warn(f"{vol.id} is in use ({what}); reading it for a warm pass (consistent=false until --sync)")
+            return
         if not force:
             raise InUseError(f"in use: {what}. Stop what holds it (or export a snapshot); "
                              "--force exports anyway and the copy may be inconsistent")
@@ -130,8 +140,13 @@ def do_export(args: argparse.Namespace) -> int:
     if bool(args.ids) == bool(args.all):
         raise UsageError("name volumes to export, or --all (not both)")
     fmt = output_format(args.format, compress=args.compress, vmdk_subformat=args.vmdk_subformat)
+    if args.warm and args.sync:
+        raise UsageError("--warm (while the instance runs) and --sync (after it stopped) are separate passes")
+    if (args.warm or args.sync) and (not args.verify or args.output.startswith("s3://")):
+        raise UsageError("--warm and --sync need block digests (no --no-verify) and a local OUTDIR (not s3://)")
     opts = ExportOptions(fmt=fmt, sha256=args.sha256, verify=args.verify, workers=args.workers,
-                         fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args))
+                         fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args),
+                         warm=args.warm or args.sync)
     # IDs first: an unknown ID or a file that is no volume leaves no output directory behind
     d, named = resolve_volumes(list(dict.fromkeys(args.ids)), args.source, quiet=args.json)
     if args.all:
@@ -187,7 +202,7 @@ def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bo
 
         def job(vol: Volume) -> Job:
             def check() -> None:
-                check_exportable(vol, force, rep)
+                check_exportable(vol, force, rep, warm=args is not None and args.warm)
                 if args is not None and args.check_mirrors:
                     check_legs(vol, rep)
 
@@ -196,6 +211,11 @@ def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bo
                     from ..export.gzsource import export_gz
 
                     entry, reused = export_gz(vol.files[0], outdir, opts, advance, name=vol.id)
+                elif opts.warm:
+                    from ..export.sync import export_pass
+
+                    final = args is not None and args.sync
+                    entry, reused = export_pass(volume_source(vol), outdir, opts, final, advance, on_read=advance.read)
                 else:
                     entry, reused = export_source(volume_source(vol), outdir, opts, advance, on_read=advance.read)
                 after_export(entry, outdir, args)

@@ -1,0 +1,169 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Warm migration, later passes: rewrite only the blocks that changed since the last pass.
+
+``export --warm`` on a volume that already has a warm image, and ``export --sync`` once its
+instance is stopped (in-use checks back on), run :func:`delta_pass`:
+
+1. the source is read once at local disk speed through the block mover, digests only
+   (``copy_blocks(out_fd=None, on_block=)``), and each block's digest compared with the sidecar
+   (:mod:`.sidecar`) of the image;
+2. if any differ, the sidecar is first rewritten with those blocks marked unknown and the entry
+   marked ``"sync_in_progress": true, "consistent": false`` — an interrupted pass leaves that
+   state, is never reported consistent, and its re-run rewrites the marked blocks again;
+3. the changed blocks are read again (a few, usually page-cached), digested and written in place
+   into the published raw image (whole blocks, ``pwrite``), which is then flushed;
+4. the source is checked as after any export (size, inode, LVM metadata; ``--sync`` also its times:
+   nothing may write it any more), the whole image is verified (its block digest, read back) against
+   the new per-block digests, and the entry records the new sidecar, the digest, ``"consistent":
+   true`` for ``--sync`` (false for another warm pass) and what the pass read and wrote.
+
+A final pass that reads a block different from its digest pass (the source still written) fails
+(exit 5) and stays ``sync_in_progress``. Only raw images are rewritten in place; a converted
+image (qcow2...) is refused with exit 3 (no NBD write path yet), as are ``s3://`` targets.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError, IOFailure, UsageError, VerifyError
+from ..outdir import OutDir
+from . import manifest, sidecar
+from .copy import block_data, copy_blocks
+from .digest import DIGEST_BLOCK, ZEROS, block_count
+from .pipeline import ExportOptions, Progress, Source, check_unchanged, content_digest, export_source, fingerprint
+from .pipeline import identity as source_ident
+from .warm import utc
+
+
+def previous_entry(outdir: Path, out: Path) -> dict[str, Any] | None:
+    return next((v for v in manifest.load(outdir)["volumes"] if v.get("output") == str(out.resolve())), None)
+
+
+def export_pass(src: Source, outdir: Path, opts: ExportOptions, final: bool, progress: Progress | None = None,
+                on_read: Progress | None = None) -> tuple[dict[str, Any], bool]:
+    """One pass of a warm migration (``final``: ``--sync``); the first warm pass is a full export."""
+    out = manifest.output_path(outdir, src.id, opts.fmt.ext)
+    prev = previous_entry(outdir, out)
+    if prev is None or "blocks" not in prev:
+        if final:
+            src.blocks.close()
+            raise UsageError(f"{src.id}: no warm export in {outdir} to sync (run export --warm first)")
+        return export_source(src, outdir, opts, progress, on_read)
+    try:
+        return delta_pass(src, outdir, out, prev, opts, final, progress, on_read), False
+    finally:
+        src.blocks.close()
+
+
+def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts: ExportOptions, final: bool,
+               progress: Progress | None, on_read: Progress | None) -> dict[str, Any]:
+    source = src.blocks
+    size = source.size
+    if entry.get("format") != "raw" or opts.fmt.name != "raw":
+        raise FormatError(f"{src.id}: delta passes rewrite raw images only (this one is {entry.get('format')}); "
+                          "export it again without --warm/--sync", str(out))
+    if entry.get("size") != size or entry.get("identity") != source_ident(src):
+        raise IOFailure(f"{src.id}: the source was resized or its LVM metadata changed since the warm pass "
+                        f"(size {entry.get('size')} -> {size}); export it again with --warm --overwrite")
+    car = sidecar.load(outdir, entry["blocks"], size, opts.algorithm)
+    started = time.time()
+    state = fingerprint(src.files)
+    new: list[bytes] = [b""] * block_count(size)
+
+    def took(i: int, d: bytes) -> None:
+        new[i] = d
+
+    res = copy_blocks(source, None, workers=opts.workers, name=src.id, algorithm=opts.algorithm,
+                      progress=progress, on_read=on_read, on_block=took)
+    changed = [i for i, d in enumerate(new) if d != car.digests[i]]
+    cur = list(car.digests)
+    written = reread = 0
+    with OutDir(outdir) as od, od.work(out.name):  # the claim: no other run writes this output meanwhile
+        fd = _open_image(od, out, size)
+        try:
+            if changed:
+                for i in changed:
+                    cur[i] = sidecar.UNKNOWN
+                marked = {**entry, "consistent": False, "sync_in_progress": True,
+                          "blocks": sidecar.write(od, sidecar.name_for(out.name), sidecar.Sidecar(opts.algorithm,
+                                                                                                   size, cur))}
+                manifest.record(outdir, marked)
+                buf = bytearray(DIGEST_BLOCK)
+                for i in changed:
+                    d, n, got = _rewrite(src, fd, i, memoryview(buf), opts)
+                    if final and d != new[i]:
+                        raise IOFailure(f"{src.id}: block {i} (bytes {i * DIGEST_BLOCK}..) changed during the sync; "
+                                        "is the instance still running? Stop it and run --sync again")
+                    cur[i] = d
+                    written += n
+                    reread += got
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        check_unchanged(src, state, warm=not final)
+        car = sidecar.Sidecar(opts.algorithm, size, cur)
+        digest = car.folded()
+        if final and digest != res.digest:
+            raise AssertionError("a final pass whose blocks all match folds to the source's digest")
+        if opts.verify and changed or final:
+            found = content_digest(out, "raw", digest, opts.workers)
+            if found != digest:
+                raise VerifyError(f"{src.id}: {out} does not match its block digests after the delta pass "
+                                  f"({found}, expected {digest}); export it again with --overwrite")
+        ended = time.time()
+        done = {k: v for k, v in entry.items() if k != "sync_in_progress"}
+        warm = dict(entry.get("warm") or {})
+        warm["passes"] = int(warm.get("passes", 1)) + 1
+        if not final:
+            warm.update(started_at=utc(started), ended_at=utc(ended), seconds=round(ended - started, 3))
+        done.update(digest=digest, consistent=final, warm=warm, source=fingerprint(src.files),
+                    delta={"at": utc(ended), "final": final, "blocks": len(car.digests), "blocks_changed": len(changed),
+                           "bytes_read": res.bytes_read + reread, "bytes_written": written,
+                           "seconds": round(ended - started, 3)})
+        if changed:
+            done["blocks"] = sidecar.write(od, sidecar.name_for(out.name), car)
+        if final:
+            done["synced_at"] = utc(ended)
+        manifest.record(outdir, done)
+    return done
+
+
+def _open_image(od: OutDir, out: Path, size: int) -> int:
+    """The published image, for writing in place: a regular file of the disk's size, never a link."""
+    try:
+        fd = os.open(out.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=od.fd)
+    except OSError as e:
+        raise IOFailure(f"cannot open {out} for the delta pass: {e.strerror}") from e
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        os.close(fd)
+        raise FormatError(f"not a regular {size}-byte image (size {st.st_size}); export it again with --overwrite",
+                          str(out))
+    return fd
+
+
+def _rewrite(src: Source, fd: int, i: int, buf: memoryview, opts: ExportOptions) -> tuple[bytes, int, int]:
+    """Read block ``i`` of the source, write it whole at its place in the image: (digest, written, read)."""
+    source = src.blocks
+    lo = i * DIGEST_BLOCK
+    hi = min(source.size, lo + DIGEST_BLOCK)
+    view = buf[: hi - lo]
+    view[:] = ZEROS[: hi - lo]
+    got = 0
+    for boff, n in block_data(source, lo, hi, src.id):
+        source.read_into(lo + boff, view[boff : boff + n])
+        got += n
+    digest = opts.algorithm.zero(hi - lo) if ZEROS.startswith(view) else opts.algorithm.block(view)
+    at, left = lo, view
+    while left:
+        try:
+            n = os.pwrite(fd, left, at)
+        except OSError as e:
+            raise IOFailure(f"write of {len(left)} bytes at offset {at} of the image failed: {e.strerror}") from e
+        left, at = left[n:], at + n
+    return digest, hi - lo, got

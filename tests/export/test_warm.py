@@ -1,0 +1,260 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Warm migration: a pass while a process writes the volume, then a delta sync.
+
+The container is made by the real lvm2 (tests/lvmfix.py); the LV's bytes are read at the offset
+lvm2 reports (a linear LV on one PV), which is the ground truth the images are compared with.
+A writer process makes random 4 KiB writes into the LV's byte range at a known rate while the warm
+pass runs; the sync must then give exactly the source's final bytes and write exactly the blocks
+that differ (its own counter and ``/proc/<pid>/io`` write_bytes of the process), and a sync on an
+unchanged volume writes nothing to the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _env import need_root, need_tools
+from euca2kvm.errors import EXIT_FORMAT, EXIT_IO, EXIT_USAGE, IOFailure
+from euca2kvm.eucalyptus.discovery import discover
+from euca2kvm.export import qemu_img, sidecar
+from euca2kvm.export.formats import output_format
+from euca2kvm.export.pipeline import ExportOptions
+from euca2kvm.export.sync import export_pass
+from lvmfix import with_lvm
+from refdigest import file_blkdigest
+
+MiB = 1 << 20
+BLOCK = 4 * MiB
+LV_MIB = 64
+IDENT = "vg-warm/lv-warm"
+# The writer (an instance that runs): 4 KiB writes every WRITE_INTERVAL_S (about 250 per second) until told
+# to stop, at most MAX_WRITES (a bound: 80 s), a fixed seed.
+WRITE_INTERVAL_S = 0.004
+MAX_WRITES = 20_000
+WRITTEN_BLOCKS = 6  # the writer writes the LV's first 6 of 16 blocks: the others must not be rewritten
+# What a process writes besides the image's blocks: the manifest (a few KiB, twice) and sidecars.
+SLACK = 256 * 1024
+
+WRITER = textwrap.dedent("""
+    import os, random, select, sys
+    path, off, size, interval, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+    rnd = random.Random(15)
+    fd = os.open(path, os.O_WRONLY)
+    print("ready", flush=True)
+    for _ in range(n):  # until told to stop (a line on stdin), at most n writes
+        at = off + rnd.randrange(size // 4096) * 4096
+        os.pwrite(fd, rnd.randbytes(4096), at)
+        if select.select([sys.stdin], [], [], interval)[0]:
+            break
+    os.close(fd)
+""")
+
+# The CLI in a process that reports its own /proc/self/io when it ends.
+MEASURED = textwrap.dedent("""
+    import os, sys
+    sys.argv = ["euca2kvm", *sys.argv[2:]]
+    out = os.environ["IO_REPORT"]
+    try:
+        from euca2kvm.cli import run
+        run()
+    finally:
+        with open(out, "w") as f:
+            f.write(open("/proc/self/io").read())
+""")
+
+
+def cli(*args: str, check: int | None = 0, io: Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-c", MEASURED, "-"] if io else [sys.executable, "-m", "euca2kvm"]
+    env = {**os.environ, "IO_REPORT": str(io)} if io else None
+    p = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=300, env=env)
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    assert "Traceback" not in p.stderr
+    return p
+
+
+def write_bytes(io: Path, field: str = "write_bytes") -> int:
+    """A counter of /proc/<pid>/io: ``write_bytes`` (pages dirtied) or ``wchar`` (bytes passed to write calls)."""
+    return int(dict(ln.split(": ") for ln in io.read_text().splitlines())[field])
+
+
+@pytest.fixture
+def container(tmp_path: Path) -> dict[str, Any]:
+    """A fresh container with one linear LV filled with random bytes; its file, LV offset and size."""
+    need_root()
+    need_tools("lvm", "losetup")
+    d = tmp_path / "vols"
+    d.mkdir()
+
+    def setup(lvm: Any, devs: list[str]) -> None:
+        lvm("pvcreate", devs[0])
+        lvm("vgcreate", "-s", "1M", "vg-warm", devs[0])
+        lvm("lvcreate", "-n", "lv-warm", "-L", f"{LV_MIB}M", "vg-warm")
+
+    lv = with_lvm(d, {"c0": (LV_MIB + 8) * MiB}, setup)["lv-warm"]
+    area = lv["segments"][0]["areas"][0]
+    off = area["pe_start"] + area["pe_first"] * lv["extent_size"]
+    path = d / "c0"
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(os.urandom(LV_MIB * MiB // 2))  # half data, half never written (holes)
+    return {"dir": d, "file": path, "offset": off, "size": lv["size"]}
+
+
+def lv_bytes(c: dict[str, Any]) -> bytes:
+    with open(c["file"], "rb") as f:
+        f.seek(c["offset"])
+        return f.read(c["size"])
+
+
+def differing_blocks(a: bytes, b: bytes) -> int:
+    return sum(1 for o in range(0, len(a), BLOCK) if a[o : o + BLOCK] != b[o : o + BLOCK])
+
+
+def entry_of(out: Path) -> dict[str, Any]:
+    vols = json.loads((out / "manifest.json").read_text())["volumes"]
+    assert len(vols) == 1
+    return vols[0]
+
+
+def test_warm_pass_then_sync_gives_final_bytes_writing_only_changed_blocks(container: dict[str, Any],
+                                                                           tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    image = out / "vg-warm_lv-warm.raw"
+    image.write_bytes(os.urandom(MiB))  # garbage under the final name
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(container["file"]), str(container["offset"]),
+                               str(WRITTEN_BLOCKS * BLOCK), str(WRITE_INTERVAL_S), str(MAX_WRITES)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        src = ["--source", str(container["dir"]), "-o", str(out)]
+        # held open by the writer: a plain export is refused, a warm pass reads it anyway
+        cli("export", IDENT, *src, check=4)
+        assert not image.with_name(image.name + ".blocks").exists()
+        cli("export", IDENT, *src, "--warm")
+        e = entry_of(out)
+        assert e["consistent"] is False and e["warm"]["started_at"] <= e["warm"]["ended_at"]
+        car = sidecar.load(out, e["blocks"], container["size"])
+        assert car.folded() == e["digest"] == file_blkdigest(image)
+        # --sync refuses while the instance (the writer) still holds the volume: in-use checks are back on
+        cli("export", IDENT, *src, "--sync", check=4)
+        assert writer.stdin is not None
+        writer.stdin.write("stop\n")
+        writer.stdin.close()
+        assert writer.wait(timeout=60) == 0
+    finally:
+        writer.kill()
+        writer.wait()
+    warm_image = image.read_bytes()
+    final = lv_bytes(container)
+    changed = differing_blocks(warm_image, final)
+    assert 0 < changed <= WRITTEN_BLOCKS  # the writer ran on after the pass
+    with open(image, "rb+") as f:  # flushed: write_bytes (counted when a clean page is dirtied) sees every page
+        os.fsync(f.fileno())
+    io = tmp_path / "io"
+    cli("export", IDENT, *src, "--sync", io=io)
+    e = entry_of(out)
+    assert hashlib.sha256(image.read_bytes()).digest() == hashlib.sha256(final).digest()
+    assert e["consistent"] is True and "sync_in_progress" not in e
+    assert e["delta"]["blocks_changed"] == changed and e["delta"]["bytes_written"] == changed * BLOCK
+    assert changed * BLOCK <= write_bytes(io, "write_bytes") <= changed * BLOCK + SLACK
+    assert changed * BLOCK <= write_bytes(io, "wchar") <= changed * BLOCK + SLACK
+    assert e["digest"] == file_blkdigest(image)
+    # an unchanged volume: a sync writes nothing into the image
+    before = image.stat().st_mtime_ns
+    cli("export", IDENT, *src, "--sync", io=io)
+    assert entry_of(out)["delta"]["bytes_written"] == 0 and write_bytes(io, "wchar") <= SLACK
+    assert image.stat().st_mtime_ns == before
+    cli("verify", str(out / "manifest.json"))
+
+
+def test_several_warm_passes_and_an_interrupted_sync_resume(container: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    src = ["--source", str(container["dir"]), "-o", str(out)]
+    cli("export", IDENT, *src, "--warm")
+    image = out / "vg-warm_lv-warm.raw"
+    with open(container["file"], "r+b") as f:  # two blocks changed
+        for blk in (1, 9):
+            f.seek(container["offset"] + blk * BLOCK + 4096)
+            f.write(os.urandom(4096))
+    cli("export", IDENT, *src, "--warm")  # a second warm pass narrows the delta
+    e = entry_of(out)
+    assert e["consistent"] is False and e["delta"]["blocks_changed"] == 2 and e["warm"]["passes"] == 2
+    with open(container["file"], "r+b") as f:
+        f.seek(container["offset"] + 3 * BLOCK)
+        f.write(os.urandom(4096))
+    # an interrupted sync: the image is damaged in that block and the entry left as a sync leaves it
+    car = sidecar.load(out, e["blocks"], container["size"])
+    car.digests[3] = sidecar.UNKNOWN
+    from euca2kvm.export import manifest
+    from euca2kvm.outdir import OutDir
+
+    with OutDir(out) as od:
+        marked = {**e, "sync_in_progress": True, "blocks": sidecar.write(od, image.name + ".blocks", car)}
+    manifest.record(out, marked)
+    with open(image, "r+b") as f:
+        f.seek(3 * BLOCK)
+        f.write(b"\xff" * 100)
+    cli("export", IDENT, *src, "--sync")
+    e = entry_of(out)
+    assert e["consistent"] is True and e["delta"]["blocks_changed"] == 1
+    assert image.read_bytes() == lv_bytes(container)
+
+
+def test_resize_during_warm_pass_fails_cleanly(container: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    vol = discover([str(container["dir"])], check_in_use=False).find(IDENT)
+    from euca2kvm.cli.export_cmd import volume_source
+
+    grown = [False]
+
+    def grow(_: int) -> None:
+        if not grown[0]:
+            grown[0] = True
+            with open(container["file"], "ab") as f:
+                f.write(bytes(MiB))
+
+    opts = ExportOptions(fmt=output_format("raw"), workers=1, warm=True)
+    with pytest.raises(IOFailure) as err:
+        export_pass(volume_source(vol), out, opts, False, progress=grow)
+    assert err.value.exit_code == EXIT_IO
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing published, no manifest, no sidecar
+
+
+def test_qcow2_warm_pass_and_refused_delta(container: dict[str, Any], tmp_path: Path) -> None:
+    need_tools("qemu-img", "qemu-nbd")
+    out = tmp_path / "out"
+    src = ["--source", str(container["dir"]), "-o", str(out), "--format", "qcow2"]
+    cli("export", IDENT, *src, "--warm")
+    e = entry_of(out)
+    car = sidecar.load(out, e["blocks"], container["size"])
+    assert car.folded() == e["digest"] and e["consistent"] is False
+    ref = tmp_path / "ref.raw"
+    ref.write_bytes(lv_bytes(container))
+    assert qemu_img.compare(str(ref), str(out / "vg-warm_lv-warm.qcow2"), fmt_a="raw", fmt_b="qcow2")
+    cli("export", IDENT, *src, "--sync", check=EXIT_FORMAT)
+    assert entry_of(out)["consistent"] is False
+
+
+def test_sync_without_warm_pass_and_bad_sidecar(container: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    src = ["--source", str(container["dir"]), "-o", str(out)]
+    cli("export", IDENT, *src, "--sync", check=EXIT_USAGE)
+    cli("export", IDENT, *src, "--warm")
+    blocks = out / "vg-warm_lv-warm.raw.blocks"
+    data = bytearray(blocks.read_bytes())
+    data[-1] ^= 1
+    blocks.write_bytes(bytes(data))
+    cli("export", IDENT, *src, "--sync", check=EXIT_FORMAT)
+    assert entry_of(out)["consistent"] is False
