@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+import euca2kvm
 from _env import missing, need_root, need_tools
 from euca2kvm.errors import EXIT_IO, EXIT_OK, EXIT_USAGE, EXIT_VERIFY
 
@@ -167,6 +168,20 @@ def export(server: Server, vols: dict[str, Any], which: str, prefix: str, *extra
                server.url, "--s3-part-size", str(PART_MIB), *extra, check=check)
 
 
+def valid(name: str, doc: Any) -> None:
+    """``doc`` valid against the shipped JSON Schema ``name`` (events, verify, manifest)."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    pkg = Path(euca2kvm.__file__).resolve().parent
+    files = {p.name.removesuffix(".schema.json"): p for p in (pkg / "schemas").glob("*.schema.json")}
+    files["manifest"] = pkg / "export" / "manifest.schema.json"
+    docs = {k: json.loads(p.read_text()) for k, p in files.items()}
+    reg: Registry = Registry().with_resources((d["$id"], Resource.from_contents(d)) for d in docs.values())
+    bad = [e.message[:300] for e in Draft202012Validator(docs[name], registry=reg).iter_errors(doc)]
+    assert not bad, (name, bad[:3])
+
+
 def entries(server: Server, prefix: str) -> list[dict[str, Any]]:
     body = server.client().get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read()
     return list(json.loads(body)["volumes"])
@@ -190,8 +205,10 @@ def test_round_trip_with_part_checksums(server: Server, volumes: dict[str, Any],
     key = f"{prefix}/vol-dd000001.{ext}"
     c.put_object(Bucket=BUCKET, Key=key, Body=os.urandom(MiB))  # garbage under the final name
     started = time.monotonic()
-    export(server, volumes, "dense", prefix, "--s3-encoding", encoding)
+    p = export(server, volumes, "dense", prefix, "--s3-encoding", encoding, "--json")
     seconds = time.monotonic() - started
+    for line in p.stdout.splitlines():
+        valid("events", json.loads(line))
     _, sha, size = volumes["dense"]
     got, object_size = disk_sha256(server, key)
     assert got == sha
@@ -209,7 +226,9 @@ def test_round_trip_with_part_checksums(server: Server, volumes: dict[str, Any],
         part = PART_MIB * MiB
         digests = b"".join(hashlib.sha256(body[i : i + part]).digest() for i in range(0, len(body), part))
         assert entry["checksum_sha256"].split("-")[0] == base64.b64encode(hashlib.sha256(digests).digest()).decode()
-    cli("verify", f"s3://{BUCKET}/{prefix}/manifest.json", "--s3-endpoint", server.url)
+    valid("manifest", json.loads(c.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read()))
+    p = cli("verify", f"s3://{BUCKET}/{prefix}/manifest.json", "--s3-endpoint", server.url, "--json")
+    valid("verify", json.loads(p.stdout))
     # a re-run finds the object unchanged and uploads nothing
     before = server.part_puts
     export(server, volumes, "dense", prefix, "--s3-encoding", encoding)
