@@ -17,16 +17,21 @@ instance is stopped (in-use checks back on), run :func:`delta_pass`:
    the new per-block digests, and the entry records the new sidecar, the digest, ``"consistent":
    true`` for ``--sync`` (false for another warm pass) and what the pass read and wrote.
 
-A final pass that reads a block different from its digest pass (the source still written) fails
-(exit 5) and stays ``sync_in_progress``. Only raw images are rewritten in place; a converted
-image (qcow2...) is refused with exit 3 (no NBD write path yet), as are ``s3://`` targets.
+Raw images are written with ``pwrite``, other uncompressed formats (qcow2, vmdk...) through
+``qemu-nbd`` in write mode (:mod:`.nbdwrite`), both in place: the published image is the work
+copy, and the entry says it is not consistent until the pass has verified it. A compressed image
+is refused (exit 3: its rewritten clusters would be stored uncompressed); ``s3://`` targets are not
+handled (the CLI refuses them). A final pass that reads a block different from its digest pass
+(the source still written) fails (exit 5) and stays ``sync_in_progress``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +69,11 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                progress: Progress | None, on_read: Progress | None) -> dict[str, Any]:
     source = src.blocks
     size = source.size
-    if entry.get("format") != "raw" or opts.fmt.name != "raw":
-        raise FormatError(f"{src.id}: delta passes rewrite raw images only (this one is {entry.get('format')}); "
-                          "export it again without --warm/--sync", str(out))
+    fmt = opts.fmt.name
+    if entry.get("format") != fmt or entry.get("compressed") or opts.fmt.compress:
+        packed = " (compressed)" if entry.get("compressed") else ""
+        raise FormatError(f"{src.id}: the image is {entry.get('format')}{packed}, not an uncompressed {fmt}; "
+                          "export it again with --warm --overwrite", str(out))
     if entry.get("size") != size or entry.get("identity") != source_ident(src):
         raise IOFailure(f"{src.id}: the source was resized or its LVM metadata changed since the warm pass "
                         f"(size {entry.get('size')} -> {size}); export it again with --warm --overwrite")
@@ -84,8 +91,7 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
     cur = list(car.digests)
     written = reread = 0
     with OutDir(outdir) as od, od.work(out.name):  # the claim: no other run writes this output meanwhile
-        fd = _open_image(od, out, size)
-        try:
+        with _image_writer(od, out, size, fmt) as write:
             if changed:
                 for i in changed:
                     cur[i] = sidecar.UNKNOWN
@@ -95,23 +101,20 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                 manifest.record(outdir, marked)
                 buf = bytearray(DIGEST_BLOCK)
                 for i in changed:
-                    d, n, got = _rewrite(src, fd, i, memoryview(buf), opts)
+                    d, view, got = _read_block(src, i, memoryview(buf), opts)
                     if final and d != new[i]:
                         raise IOFailure(f"{src.id}: block {i} (bytes {i * DIGEST_BLOCK}..) changed during the sync; "
                                         "is the instance still running? Stop it and run --sync again")
                     cur[i] = d
-                    written += n
+                    written += write(i * DIGEST_BLOCK, view)
                     reread += got
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
         check_unchanged(src, state, warm=not final)
         car = sidecar.Sidecar(opts.algorithm, size, cur)
         digest = car.folded()
         if final and digest != res.digest:
             raise AssertionError("a final pass whose blocks all match folds to the source's digest")
         if opts.verify and changed or final:
-            found = content_digest(out, "raw", digest, opts.workers)
+            found = content_digest(out, fmt, digest, opts.workers, size)
             if found != digest:
                 raise VerifyError(f"{src.id}: {out} does not match its block digests after the delta pass "
                                   f"({found}, expected {digest}); export it again with --overwrite")
@@ -133,22 +136,47 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
     return done
 
 
-def _open_image(od: OutDir, out: Path, size: int) -> int:
-    """The published image, for writing in place: a regular file of the disk's size, never a link."""
+@contextlib.contextmanager
+def _image_writer(od: OutDir, out: Path, size: int, fmt: str) -> Iterator[Callable[[int, memoryview], int]]:
+    """Writes of guest bytes into the published image: ``pwrite`` for raw, qemu-nbd for the rest;
+    flushed to the image before this returns. The image must be a regular file, never a link."""
     try:
-        fd = os.open(out.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=od.fd)
+        fd = os.open(out.name, (os.O_RDWR if fmt == "raw" else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=od.fd)
     except OSError as e:
         raise IOFailure(f"cannot open {out} for the delta pass: {e.strerror}") from e
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (fmt == "raw" and st.st_size != size):
+            raise FormatError(f"not a regular {size}-byte image (size {st.st_size}); export it again with "
+                              "--overwrite", str(out))
+        if fmt == "raw":
+            yield lambda at, view: _pwrite_all(fd, at, view)
+            os.fdatasync(fd)
+            return
+        from .nbdwrite import writable
+
+        with writable(str(out), fmt) as nbd:
+            if nbd.size < size:
+                raise FormatError(f"image holds {nbd.size} bytes, the disk {size}", str(out))
+            yield nbd.write
+    finally:
         os.close(fd)
-        raise FormatError(f"not a regular {size}-byte image (size {st.st_size}); export it again with --overwrite",
-                          str(out))
-    return fd
 
 
-def _rewrite(src: Source, fd: int, i: int, buf: memoryview, opts: ExportOptions) -> tuple[bytes, int, int]:
-    """Read block ``i`` of the source, write it whole at its place in the image: (digest, written, read)."""
+def _pwrite_all(fd: int, at: int, view: memoryview) -> int:
+    left = view
+    while left:
+        try:
+            n = os.pwrite(fd, left, at)
+        except OSError as e:
+            raise IOFailure(f"write of {len(left)} bytes at offset {at} of the image failed: {e.strerror}") from e
+        left, at = left[n:], at + n
+    return len(view)
+
+
+def _read_block(src: Source, i: int, buf: memoryview, opts: ExportOptions) -> tuple[bytes, memoryview, int]:
+    """Block ``i`` of the source read whole into ``buf``: (its digest, its bytes, bytes read)."""
     source = src.blocks
     lo = i * DIGEST_BLOCK
     hi = min(source.size, lo + DIGEST_BLOCK)
@@ -159,11 +187,4 @@ def _rewrite(src: Source, fd: int, i: int, buf: memoryview, opts: ExportOptions)
         source.read_into(lo + boff, view[boff : boff + n])
         got += n
     digest = opts.algorithm.zero(hi - lo) if ZEROS.startswith(view) else opts.algorithm.block(view)
-    at, left = lo, view
-    while left:
-        try:
-            n = os.pwrite(fd, left, at)
-        except OSError as e:
-            raise IOFailure(f"write of {len(left)} bytes at offset {at} of the image failed: {e.strerror}") from e
-        left, at = left[n:], at + n
-    return digest, hi - lo, got
+    return digest, view, got
