@@ -328,6 +328,7 @@ def test_bad_targets_fail_cleanly(server: Server, volumes: dict[str, Any], tmp_p
     cli(*base, "-o", "s3://exports/p", "--s3-endpoint", f"http://127.0.0.1:{_free_port()}", check=EXIT_IO,
         timeout=120)
     cli(*base, "-o", "s3://exports/p", "--s3-endpoint", server.url, "--format", "qcow2", check=EXIT_USAGE)
+    cli(*base, "-o", "s3://exports/p", "--s3-endpoint", server.url, "--sha256", check=EXIT_USAGE)  # gzip'd
     cli("verify", "s3://exports/nothing-here/manifest.json", "--s3-endpoint", server.url, check=EXIT_IO)
     bare = {k: v for k, v in env().items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
     p = subprocess.run([sys.executable, "-m", "euca2kvm", *base, "-o", "s3://exports/p", "--s3-endpoint", server.url],

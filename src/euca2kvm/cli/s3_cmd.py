@@ -50,6 +50,8 @@ def run_s3_exports(vols: list[Volume], opts: ExportOptions, args: argparse.Names
     target = parse_url(args.output)
     if opts.fmt.name != "raw" or opts.fmt.compress:
         raise UsageError("s3:// targets take --format raw (gzip'd by default, see --s3-encoding)")
+    if opts.sha256 and args.s3_encoding == "gzip":
+        raise UsageError("--sha256 needs --s3-encoding none (the block digest is recorded either way)")
     if args.libvirt or args.boot_test:
         raise UsageError("--libvirt and --boot-test need a local output directory")
     if not MIN_PART_SIZE // MiB <= args.s3_part_size <= MAX_PART_MIB:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..blocks import ZEROS, BlockSource, Kind
-from ..errors import FormatError, IOFailure, VerifyError
+from ..errors import FormatError, IOFailure, UsageError, VerifyError
 from ..units import MiB
 from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
 from .inorder import in_order
@@ -277,7 +277,7 @@ def upload(source: BlockSource, client: Any, target: S3Url, key: str, *, gz: boo
         raise FormatError(f"{source.name}: has 'error' ranges; reading them fails under device-mapper too, "
                           "refusing to export invented bytes")
     if sha256 and gz:  # the plain sha256 would need every uncompressed byte hashed in order
-        raise FormatError("--sha256 is offered for raw s3 uploads only (the block digest is always recorded)")
+        raise UsageError("--sha256 is offered for raw s3 uploads only (the block digest is always recorded)")
     size = source.size
     psize = part_size_for(size, part_size)
     upload_id, stored = open_upload(client, target, key, overwrite, {
