@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +121,15 @@ def start(tmpdir: Path) -> Sshd:
             raise RuntimeError(f"sshd did not answer on port {port}: {log.read_text()[-2000:]}")
         time.sleep(0.05)
     return Sshd("127.0.0.1", port, getpass.getuser(), identity, known, conf, proc, log)
+
+
+def cli(server: Sshd | None, *args: str, check: int | None = 0, known: Path | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    opts = [] if server is None else ["--ssh-known-hosts", str(known or server.known_hosts),
+                                      "--ssh-identity", str(server.identity)]
+    p = subprocess.run([sys.executable, "-m", "euca2kvm", *args, *opts], capture_output=True, text=True,
+                       timeout=timeout)
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    return p

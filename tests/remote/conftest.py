@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 import sshd
+from euca2kvm.remote import ssh
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +18,13 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd.Sshd]
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture()
+def options(sshd_server: sshd.Sshd) -> ssh.Options:
+    """In-process use of the remote modules, with the test server's key and known_hosts."""
+    old = ssh.OPTIONS
+    ssh.OPTIONS = ssh.Options(known_hosts=str(sshd_server.known_hosts), identity=str(sshd_server.identity))
+    yield ssh.OPTIONS
+    ssh.OPTIONS = old
+    ssh.close_all()

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +22,10 @@ from euca2kvm.eucalyptus.inuse import holders
 from euca2kvm.lvm.source import LvmSource
 from euca2kvm.remote import files as rfiles
 from euca2kvm.remote import hostcheck, sources, ssh
+from sshd import cli
 
 Fixtures = tuple[Path, dict[str, Any]]
 MiB = 1 << 20
-
-
-def cli(server: sshd.Sshd | None, *args: str, check: int | None = 0, known: Path | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    opts = [] if server is None else ["--ssh-known-hosts", str(known or server.known_hosts),
-                                      "--ssh-identity", str(server.identity)]
-    p = subprocess.run([sys.executable, "-m", "euca2kvm", *args, *opts], capture_output=True, text=True,
-                       timeout=timeout)
-    assert "Traceback" not in p.stderr, p.stderr[-3000:]
-    if check is not None:
-        assert p.returncode == check, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
-    return p
-
-
-@pytest.fixture()
-def options(sshd_server: sshd.Sshd) -> ssh.Options:
-    """In-process use of the remote modules, with the test server's key and known_hosts."""
-    old = ssh.OPTIONS
-    ssh.OPTIONS = ssh.Options(known_hosts=str(sshd_server.known_hosts), identity=str(sshd_server.identity))
-    yield ssh.OPTIONS
-    ssh.OPTIONS = old
-    ssh.close_all()
 
 
 def _summary(volumes: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

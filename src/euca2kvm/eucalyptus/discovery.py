@@ -84,8 +84,9 @@ class Volume:
         return LvmSource(self.extent_map(), self.id, self.opener)
 
     def local_files(self) -> list[str]:
-        """The local files an export fingerprints (none when read through an opener or a backend)."""
-        if self.blocks_factory is not None or self.opener is not None:
+        """The files an export fingerprints: local ones, or those of an opener that can stamp them
+        (``ssh://``); none for a backend's volume."""
+        if self.blocks_factory is not None or (self.opener is not None and not hasattr(self.opener, "stamp")):
             return []
         return sorted(self.extent_map().paths())
 

@@ -75,20 +75,39 @@ class Source:
     fields: dict[str, Any]  # kind, vg, lv, segment_types...
     identity: dict[str, Any] = field(default_factory=dict)  # VG/LV uuids, metadata seqno and checksum
     recheck: Callable[[], dict[str, Any]] | None = None  # re-reads ``identity`` from the container
-    files: list[str] = field(default_factory=list)  # fingerprinted local files, sorted
+    files: list[str] = field(default_factory=list)  # fingerprinted files (local or ssh://), sorted
 
 
 def fingerprint(paths: list[str]) -> list[dict[str, Any]]:
     """Size, mtime, ctime and inode of each source file: what a copy must find unchanged after it,
-    and a re-run before it reuses an output (a restored mtime still moves the ctime)."""
+    and a re-run before it reuses an output (a restored mtime still moves the ctime). A file behind
+    a registered opener (``ssh://``) is stamped by that opener's ``stamp(names)``, on its host."""
+    stamped: dict[str, dict[str, Any]] = {}
+    for opener, names in _by_opener(paths).items():
+        stamp = getattr(opener, "stamp", None)
+        if stamp is None:
+            raise IOFailure(f"cannot take the size and times of {names[0]}")
+        stamped.update(zip(names, stamp(names), strict=True))
     out = []
     for p in paths:
+        if p in stamped:
+            out.append(stamped[p])
+            continue
         try:
             st = os.stat(p)
         except OSError as e:
             raise IOFailure(f"cannot stat {p}: {e.strerror} (changed while exporting?)") from e
         out.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
                     "ino": st.st_ino})
+    return out
+
+
+def _by_opener(paths: list[str]) -> dict[blocks.FileOpener, list[str]]:
+    out: dict[blocks.FileOpener, list[str]] = {}
+    for p in paths:
+        opener = blocks.opener_for(p)
+        if opener is not None:
+            out.setdefault(opener, []).append(p)
     return out
 
 

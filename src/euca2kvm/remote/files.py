@@ -20,12 +20,13 @@ import stat
 import threading
 from bisect import bisect_right
 from dataclasses import dataclass
+from typing import Any
 
 import asyncssh
 
 from ..blocks import register_opener
 from ..errors import FormatError, IOFailure, UsageError
-from .ssh import SCHEME, Connection, Target, connect, parse_url, python_command
+from .ssh import SCHEME, Connection, Target, connect, parse_url, python_command, q
 
 # Data ranges the one-liner reports at most; a file fragmented beyond that counts as all data
 # (correct, only slower) rather than making the tool hold millions of ranges.
@@ -72,6 +73,55 @@ for p in sys.argv[2:]:
 
 def _probe_command(paths: list[str]) -> str:
     return python_command(_PROBE, [str(MAX_RANGES), *paths], "echo NOPYTHON")
+
+
+# For each path: "S size mtime_ns ctime_ns ino" of its lstat, or "F errno". Python 2 has no st_*_ns:
+# its float times (microseconds) are scaled; the same file gives the same numbers every time.
+_STAMP = r"""
+import os,sys
+w=sys.stdout.write
+def ns(s,a):
+  v=getattr(s,'st_'+a+'_ns',None)
+  return v if v is not None else int(round(getattr(s,'st_'+a)*1e6))*1000
+for p in sys.argv[1:]:
+  try:s=os.lstat(p)
+  except OSError as e:w('F %d\n'%e.errno);continue
+  w('S %d %d %d %d\n'%(s.st_size,ns(s,'mtime'),ns(s,'ctime'),s.st_ino))
+""".strip()
+# Without a Python on the host: GNU stat (CentOS 7's coreutils), whole seconds.
+_STAT_FALLBACK = ("for p in {paths}; do stat -c 'S %s %Y000000000 %Z000000000 %i' -- \"$p\" 2>/dev/null"
+                  " || echo 'F 2'; done")
+
+
+def _stamp_command(paths: list[str]) -> str:
+    quoted = " ".join(q(p) for p in paths)
+    return python_command(_STAMP, paths, _STAT_FALLBACK.format(paths=quoted))
+
+
+def stamp_many(conn: Connection, paths: list[str]) -> list[dict[str, Any]]:
+    """Size, mtime, ctime and inode of each remote path (lstat), as ``export.pipeline.fingerprint``
+    records local files, named by URL; one round trip per :data:`PROBE_BATCH` paths. A file that
+    cannot be stat'ed is IOFailure naming it."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(paths), PROBE_BATCH):
+        batch = paths[i:i + PROBE_BATCH]
+        _, raw = conn.run(_stamp_command(batch))
+        lines = raw.decode("ascii", "replace").splitlines()
+        if len(lines) != len(batch):
+            raise FormatError("unexpected answer from the host's file stamp", conn.name)
+        for p, ln in zip(batch, lines, strict=True):
+            url = conn.target.url(p)
+            parts = ln.split()
+            if parts[:1] == ["F"]:
+                raise IOFailure(f"cannot stat {url}: errno {ln[2:10]} (changed while exporting?)")
+            try:
+                if parts[0] != "S" or len(parts) != 5:
+                    raise ValueError(ln)
+                size, mtime, ctime, ino = (int(x) for x in parts[1:])
+            except (ValueError, IndexError) as e:
+                raise FormatError(f"unexpected answer from the host's file stamp: {ln[:80]!r}", url) from e
+            out.append({"path": url, "size": size, "mtime_ns": mtime, "ctime_ns": ctime, "ino": ino})
+    return out
 
 
 @dataclass(frozen=True)
@@ -253,6 +303,18 @@ class RemoteOpener:
 
     def __call__(self, path: str) -> RemoteFile:
         return open_url(path)
+
+    def stamp(self, urls: list[str]) -> list[dict[str, Any]]:
+        """:func:`stamp_many` of ``urls`` (any hosts; one round trip per host), in their order."""
+        by_host: dict[tuple[str | None, str, int], list[str]] = {}
+        for u in urls:
+            t = parse_url(u)
+            by_host.setdefault((t.user, t.host, t.port), []).append(t.path)
+        found: dict[str, dict[str, Any]] = {}
+        for (user, host, port), paths in by_host.items():
+            for st in stamp_many(connect(Target(user, host, port, "/")), paths):
+                found[st["path"]] = st
+        return [{**found[parse_url(u).url()], "path": u} for u in urls]
 
 
 def open_url(url: str) -> RemoteFile:
