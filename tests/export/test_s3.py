@@ -400,3 +400,27 @@ def test_source_written_during_upload_is_never_completed(server: Server, volumes
         c.head_object(Bucket=BUCKET, Key=key)
     with pytest.raises(c.exceptions.ClientError):
         c.head_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")
+
+
+def test_stored_parts_are_kept_only_when_their_sha256_matches() -> None:
+    """Services that record part checksums (AWS, recent Ceph RGW; moto's ListParts does not) are
+    compared by SHA-256, whatever the ETag says."""
+    from euca2kvm.export.s3 import S3Url, sha256_b64
+    from euca2kvm.export.s3upload import Stored, Uploader
+
+    sent: list[int] = []
+
+    class Client:
+        def upload_part(self, **kw: Any) -> dict[str, Any]:
+            sent.append(kw["PartNumber"])
+            return {"ETag": '"e"', "ChecksumSHA256": kw["ChecksumSHA256"]}
+
+    data = [os.urandom(1000) for _ in range(3)]
+    stored = {1: Stored("not-an-md5", 1000, sha256_b64(data[0])),  # same bytes: kept
+              2: Stored(hashlib.md5(data[1]).hexdigest(), 1000, sha256_b64(b"other")),  # ETag fits, SHA not
+              3: Stored(hashlib.md5(data[2]).hexdigest(), 999, None)}  # another size
+    up = Uploader(Client(), S3Url(BUCKET, "p"), "p/k", "u", stored)
+    for n, d in enumerate(data, 1):
+        up.part(n, d)
+    up.wait()
+    assert sorted(sent) == [2, 3] and up.kept == 1
