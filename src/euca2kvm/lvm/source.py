@@ -21,7 +21,7 @@ import stat
 import threading
 from collections.abc import Iterator
 
-from ..blocks import ByteFile, FileOpener, Kind, Range, merged
+from ..blocks import ByteFile, FileOpener, Kind, Range, merged, opener_for
 from ..errors import IOFailure
 from .extents import ExtentMap, LinearMapper
 
@@ -98,17 +98,23 @@ class LocalFile:
             self.fd = -1
 
 
+class Shrunk(IOFailure):
+    """A source file returned fewer bytes than the map needs: it shrank (or lost its end) since the scan."""
+
+
 class LvmSource:
     """The bytes of ``emap`` read from its files: a :class:`~euca2kvm.blocks.BlockSource`.
 
-    Files are opened on first use through ``opener`` and shared by threads (positional reads).
+    Files are opened on first use through ``opener`` (default: the opener registered for a remote
+    file name, see :func:`~euca2kvm.blocks.opener_for`, else :class:`LocalFile`) and shared by
+    threads (positional reads).
     """
 
     def __init__(self, emap: ExtentMap, name: str = "LV", opener: FileOpener | None = None) -> None:
         self.emap = emap
         self.name = name
         self.size = emap.size
-        self._opener: FileOpener = opener or LocalFile
+        self._opener = opener
         self._files: dict[str, ByteFile] = {}
         self._lock = threading.Lock()
 
@@ -118,7 +124,7 @@ class LvmSource:
             with self._lock:
                 f = self._files.get(path)
                 if f is None:
-                    f = self._files[path] = self._opener(path)
+                    f = self._files[path] = (self._opener or opener_for(path) or LocalFile)(path)
         return f
 
     def paths(self) -> set[str]:
@@ -157,10 +163,16 @@ class LvmSource:
                 dst[:] = bytes(len(dst))  # ZERO
                 continue
             assert e.path is not None
-            got = self.file(e.path).pread_into(e.offset, dst)
+            f = self.file(e.path)
+            got = f.pread_into(e.offset, dst)
+            while 0 < got < e.length:  # a remote file may answer in pieces: short means EOF only at 0
+                n = f.pread_into(e.offset + got, dst[got:])
+                if n == 0:
+                    break
+                got += n
             if got != e.length:
-                raise IOFailure(f"short read of {e.path} at offset {e.offset + got} ({got} of {e.length} "
-                                "bytes): the file shrank while exporting")
+                raise Shrunk(f"short read of {e.path} at offset {e.offset + got} ({got} of {e.length} "
+                             "bytes): the file shrank while exporting")
 
     def file_runs(self, lo: int, hi: int) -> list[tuple[int, int, int, int]] | None:
         """(source byte, descriptor, file offset, length) of the non-hole DATA of ``[lo, hi)``, for
