@@ -31,8 +31,8 @@ def add_s3_args(p: argparse.ArgumentParser, upload: bool = True) -> None:
     g.add_argument("--s3-region", metavar="NAME", help="region (default: the profile's, else us-east-1)")
     if upload:
         g.add_argument("--s3-encoding", choices=ENCODINGS, default="gzip",
-                       help="gzip: gzip'd raw, one member per 4 MiB block, holes cost ~4 KiB per 4 MiB "
-                            "(default); none: the raw bytes, holes uploaded as zeros (dense volumes)")
+                       help="gzip (default): gzip'd raw, one member per 4 MiB block, holes cost ~4 KiB per "
+                            "4 MiB; none: the raw bytes, holes uploaded as zeros (dense volumes)")
         g.add_argument("--s3-part-size", type=int, default=PART_SIZE // MiB, metavar="MIB",
                        help=f"multipart part size in MiB ({MIN_PART_SIZE // MiB}-{MAX_PART_MIB}, rounded up to 4 "
                             f"MiB; grown so that a disk fits in 9000 parts; default {PART_SIZE // MiB})")
