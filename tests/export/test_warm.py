@@ -190,6 +190,8 @@ def test_several_warm_passes_and_an_interrupted_sync_resume(container: dict[str,
     cli("export", IDENT, *src, "--warm")  # a second warm pass narrows the delta
     e = entry_of(out)
     assert e["consistent"] is False and e["delta"]["blocks_changed"] == 2 and e["warm"]["passes"] == 2
+    plan = json.loads(cli("plan", "--cutover", "-o", str(out), "--json").stdout)
+    assert [(r["id"], r["passes"], r["blocks"]) for r in plan["cutover"]] == [(IDENT, 2, LV_MIB // 4)]
     with open(container["file"], "r+b") as f:
         f.seek(container["offset"] + 3 * BLOCK)
         f.write(os.urandom(4096))
@@ -268,3 +270,20 @@ def test_sync_without_warm_pass_and_bad_sidecar(container: dict[str, Any], tmp_p
     blocks.write_bytes(bytes(data))
     cli("export", IDENT, *src, "--sync", check=EXIT_FORMAT)
     assert entry_of(out)["consistent"] is False
+
+
+def test_cutover_estimate_from_the_last_two_passes() -> None:
+    from euca2kvm.export.warm import cutover
+
+    gib = 1 << 30
+    entry = {"id": "vol-1", "size": 8 * gib, "consistent": False, "bytes_read": 8 * gib, "seconds": 80.0,
+             "warm": {"passes": 2, "ended_at": "2026-12-01T10:10:00Z"},
+             "delta": {"since": "2026-12-01T10:00:00Z", "blocks_changed": 60, "bytes_read": 8 * gib,
+                       "seconds": 40.0}}
+    t0 = 1796119800.0  # 2026-12-01T10:10:00Z
+    r = cutover(entry, t0 + 300)  # 5 minutes after the last pass, 0.1 block/s
+    assert r["changed_blocks_per_s"] == 0.1 and r["expected_changed_blocks"] == 30
+    assert r["estimated_seconds"] == round((2 * 8 * gib + 30 * BLOCK) / (8 * gib / 40), 1)
+    assert cutover(entry, t0 + 10 ** 9)["expected_changed_blocks"] == 2048  # never more than every block
+    one_pass = {k: v for k, v in entry.items() if k != "delta"}
+    assert cutover(one_pass, t0)["estimated_seconds"] is None  # no change rate after a single pass

@@ -250,6 +250,10 @@ def build_parser(sub: Any) -> None:
                    help="instances to plan (default: every instance with attached volumes that is not terminated)")
     add_plan_args(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--cutover", action="store_true",
+                   help="estimate the final pass (export --sync) of every warm image in OUTDIR from its manifest: "
+                        "blocks changed since the last --warm pass (at the rate measured between the last two "
+                        "passes) and that pass's read rate; reads nothing else")
     p.set_defaults(func=do_plan)
 
 
@@ -336,7 +340,27 @@ def exit_code(plan: Plan) -> int:
     return (hard or blockers)[0].exit_code if blockers else 0
 
 
+def do_cutover(args: argparse.Namespace) -> int:
+    """plan --cutover: the final pass of each warm image, estimated from OUTDIR's manifest."""
+    import time
+
+    from ..export.warm import cutover
+
+    rows = [cutover(v, time.time()) for v in manifest.load(Path(args.output))["volumes"] if "blocks" in v]
+    if args.json:
+        print_json({"outdir": args.output, "cutover": rows})
+        return 0
+    for r in rows:
+        est = "unknown (run export --warm once more to measure the change rate)" if r["estimated_seconds"] is None \
+            else f"~{r['expected_changed_blocks']} of {r['blocks']} blocks changed, ~{r['estimated_seconds']} s"
+        console.print(f"{esc(str(r['id']))}: {'consistent' if r['consistent'] else 'warm'}, {r['passes']} pass(es), "
+                      f"final pass {est}")
+    return 0
+
+
 def do_plan(args: argparse.Namespace) -> int:
+    if args.cutover:
+        return do_cutover(args)
     inv = inventory_from_args(args, required=False)
     plan, _ = make_plan(args, inv, quiet=args.json)
     need = plan.estimated()

@@ -120,12 +120,14 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                                   f"({found}, expected {digest}); export it again with --overwrite")
         ended = time.time()
         done = {k: v for k, v in entry.items() if k != "sync_in_progress"}
-        warm = dict(entry.get("warm") or {})
+        warm_before = entry.get("warm") or {}
+        warm = dict(warm_before)
         warm["passes"] = int(warm.get("passes", 1)) + 1
         if not final:
             warm.update(started_at=utc(started), ended_at=utc(ended), seconds=round(ended - started, 3))
         done.update(digest=digest, consistent=final, warm=warm, source=fingerprint(src.files),
-                    delta={"at": utc(ended), "final": final, "blocks": len(car.digests), "blocks_changed": len(changed),
+                    delta={"at": utc(ended), "since": warm_before.get("ended_at"), "final": final,
+                           "blocks": len(car.digests), "blocks_changed": len(changed),
                            "bytes_read": res.bytes_read + reread, "bytes_written": written,
                            "seconds": round(ended - started, 3)})
         if changed:

@@ -20,6 +20,8 @@ conversion was verified: one more read of the output, not of the source.
 
 from __future__ import annotations
 
+import calendar
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..outdir import OutDir
 from . import manifest, sidecar
-from .digest import Algorithm
+from .digest import DIGEST_BLOCK, Algorithm, block_count
 
 if TYPE_CHECKING:
     from .pipeline import ExportOptions
@@ -82,3 +84,46 @@ class WarmPass:
             manifest.record(od.path, entry)
 
         return run
+
+
+def _epoch(stamp: object) -> float | None:
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return None
+
+
+def cutover(entry: dict[str, Any], now: float) -> dict[str, Any]:
+    """``plan --cutover``: what the final pass (``export --sync``) of a warm image will cost, from the
+    manifest alone (nothing is read).
+
+    - rate of reading: bytes read / seconds of the last pass (its digest pass reads the same DATA);
+    - rate of change: blocks the last delta pass found changed / seconds between the pass before it
+      and that pass (unknown after a single warm pass: run ``--warm`` again to measure it);
+    - changed blocks now: that rate times the seconds since the last pass, at most every block
+      (a linear guess: a guest rewriting the same blocks makes it an overestimate);
+    - seconds: the source's DATA read once, the image read once to verify, the changed blocks
+      written (counted at the read rate), i.e. ``(2 * data + changed * 4 MiB) / read rate``.
+    """
+    delta = entry.get("delta") or {}
+    warm = entry.get("warm") or {}
+    size = int(entry.get("size") or 0)
+    blocks = block_count(size)
+    read = int(delta.get("bytes_read", entry.get("bytes_read")) or 0)
+    secs = float(delta.get("seconds", entry.get("seconds")) or 0)
+    read_rate = read / secs if read and secs > 0 else None
+    last, since = _epoch(warm.get("ended_at")), _epoch(delta.get("since"))
+    change_rate = None
+    if delta and last is not None and since is not None and last > since:
+        change_rate = int(delta.get("blocks_changed", 0)) / (last - since)
+    changed = None if change_rate is None or last is None else min(blocks, math.ceil(change_rate * max(0, now - last)))
+    seconds = None
+    if read_rate and changed is not None:
+        seconds = round((2 * read + changed * DIGEST_BLOCK) / read_rate, 1)
+    return {"id": entry.get("id"), "output": entry.get("output"), "consistent": entry.get("consistent"),
+            "passes": warm.get("passes"), "last_pass_ended_at": warm.get("ended_at"), "blocks": blocks,
+            "read_rate": round(read_rate) if read_rate else None,
+            "changed_blocks_per_s": round(change_rate, 4) if change_rate is not None else None,
+            "expected_changed_blocks": changed, "estimated_seconds": seconds}
