@@ -287,3 +287,62 @@ def test_cutover_estimate_from_the_last_two_passes() -> None:
     assert cutover(entry, t0 + 10 ** 9)["expected_changed_blocks"] == 2048  # never more than every block
     one_pass = {k: v for k, v in entry.items() if k != "delta"}
     assert cutover(one_pass, t0)["estimated_seconds"] is None  # no change rate after a single pass
+
+
+def test_export_instance_warm_while_held_then_sync(tmp_path: Path) -> None:
+    """An instance whose volume a tgt target serves (a tgtadm stand-in on PATH): refused plainly, read by
+    --warm with a warning, refused by --sync while still served, synced once the target is gone."""
+    need_root()
+    need_tools("lvm", "losetup")
+    vid, iid = "vol-3a4b0001", "i-3a4b0001"
+    d = tmp_path / "vols"
+    d.mkdir()
+
+    def setup(lvm: Any, devs: list[str]) -> None:
+        lvm("pvcreate", devs[0])
+        lvm("vgcreate", f"euca-ebs-storage-vg-{vid}", devs[0])
+        lvm("lvcreate", "--addtag", vid, "-n", f"euca-{vid}", "-l", "100%FREE", f"euca-ebs-storage-vg-{vid}")
+
+    lv = with_lvm(d, {vid: 12 * MiB + 4 * MiB}, setup)[f"euca-{vid}"]
+    area = lv["segments"][0]["areas"][0]
+    c = {"file": d / vid, "offset": area["pe_start"] + area["pe_first"] * lv["extent_size"], "size": lv["size"]}
+    inv = tmp_path / "inventory.json"
+    inv.write_text(json.dumps({
+        "format": "euca2kvm-inventory", "version": 1, "source": "test", "captured_at": "2024-05-01T10:00:00Z",
+        "volumes_dir": str(d), "storage_volumes": [],
+        "instances": [{"id": iid, "state": "running", "root_device": "/dev/sda", "kernel_id": None,
+                       "vm_type": {"name": "m1.small", "cpus": 1, "memory_mib": 256},
+                       "attachments": [{"volume_id": vid, "device": "/dev/sda", "is_root": True, "kind": "boot"}]}]}))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "tgtadm").write_text(
+        "#!/bin/sh\ncat <<'EOF'\nTarget 7: iqn.2009-06.com.eucalyptus.one:store7\n    LUN information:\n"
+        f"        LUN: 1\n            Backing store path: /dev/euca-ebs-storage-vg-{vid}/euca-{vid}\nEOF\n")
+    (bindir / "tgtadm").chmod(0o755)
+    served = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "euca2kvm", "export-instance", iid, "--inventory", str(inv), "-o", str(out)]
+
+    def run(*extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([*args, *extra], capture_output=True, text=True, timeout=300, env=env)
+        assert "Traceback" not in p.stderr
+        return p
+
+    assert run(env=served).returncode == 4 and not out.exists()
+    assert run("--warm", env=served).returncode == 0
+    image = out / f"{iid}-sda.raw"
+    assert entry_of_image(out, image)["consistent"] is False
+    with open(c["file"], "r+b") as f:  # the guest writes on
+        f.seek(c["offset"] + BLOCK + 512)
+        f.write(os.urandom(4096))
+    assert run("--sync", env=served).returncode == 4
+    inv.write_text(inv.read_text().replace('"running"', '"stopped"'))  # the inventory after the instance stopped
+    p = run("--sync")
+    assert p.returncode == 0, p.stderr
+    e = entry_of_image(out, image)
+    assert e["consistent"] is True and e["delta"]["blocks_changed"] == 1 and (out / f"{iid}.xml").exists()
+    assert image.read_bytes() == lv_bytes(c)
+
+
+def entry_of_image(out: Path, image: Path) -> dict[str, Any]:
+    return next(v for v in json.loads((out / "manifest.json").read_text())["volumes"] if v["output"] == str(image))

@@ -48,6 +48,10 @@ def build_parser(sub: Any) -> None:
         action="store_true",
         help="export even when a volume or instance is in use (the copy may be inconsistent)",
     )
+    p.add_argument("--warm", action="store_true",
+                   help="warm migration pass while the instance runs (see export --warm; in use is a warning)")
+    p.add_argument("--sync", action="store_true",
+                   help="final pass after the instance stopped: rewrite only the blocks changed since --warm")
     add_digest_args(p)
     p.add_argument("--overwrite", action="store_true", help="export again even when an output still verifies")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help=f"disks in parallel (1-{MAX_JOBS})")
@@ -148,7 +152,9 @@ def do_export_instance(args: argparse.Namespace) -> int:
     outdir = plan.outdir
     cancel = threading.Event()
     with Reporter(args.json, sum(d.size or 0 for p in plan.instances for d in p.disks), cancel) as rep:
-        _refuse(plan.instances, plan.host_blockers, args.force, rep.warn)
+        if args.warm and args.sync:
+            raise UsageError("--warm (while the instance runs) and --sync (after it stopped) are separate passes")
+        _refuse(plan.instances, plan.host_blockers, args.force or args.warm, rep.warn)
         for p in plan.instances:
             for w in [*p.warnings, *(w for d in p.disks for w in d.warnings)]:
                 rep.warn(w)
@@ -177,14 +183,20 @@ def do_export_instance(args: argparse.Namespace) -> int:
         output_dir(str(outdir))  # created now; a file at that name is a usage error (exit 2)
         opts = ExportOptions(
             fmt=plan.fmt, sha256=args.sha256, verify=True, workers=args.workers, overwrite=args.overwrite,
-            algorithm=digest_algorithm(args),
+            algorithm=digest_algorithm(args), warm=args.warm or args.sync,
         )
         domains = {p.instance.id: _domain_fields(p, outdir, seeds[p.instance.id]) for p in plan.instances}
 
         def job(p: InstancePlan, d: PlannedDisk) -> Job:
             def run(advance: VolumeProgress) -> tuple[dict[str, Any], bool]:
                 fields = domains[p.instance.id]
-                entry, reused = export_source(_source(p, d, fields), outdir, opts, advance, on_read=advance.read)
+                if opts.warm:
+                    from ..export.sync import export_pass
+
+                    entry, reused = export_pass(_source(p, d, fields), outdir, opts, args.sync, advance,
+                                                on_read=advance.read)
+                else:
+                    entry, reused = export_source(_source(p, d, fields), outdir, opts, advance, on_read=advance.read)
                 if reused and any(entry.get(k) != v for k, v in fields.items()):
                     # an earlier run's output, still verified, of an instance whose seed changed since
                     entry = {**entry, **fields}
