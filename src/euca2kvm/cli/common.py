@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import IOFailure, UsageError
+from ..eucalyptus import san
 from ..eucalyptus.discovery import ID_RE, VOLUMES_DIR, Discovery, Note, Volume, discover
 from ..eucalyptus.inuse import Holder
 from ..export.digest import DEFAULT, OPTIONS, Algorithm
@@ -39,6 +40,49 @@ def add_sources(p: argparse.ArgumentParser) -> None:
                    help=f"volumes directory, container file, block device, or rbd:POOL for the images of a Ceph "
                         f"pool (repeatable; default {VOLUMES_DIR})")
     add_ceph_args(p)
+    add_device_args(p)
+
+
+# --device VOLUME_ID=DEVICE as parsed (volume id -> spec), for discover_sources and resolve_volumes.
+_device_specs: dict[str, san.DeviceSpec] = {}
+
+
+class _DeviceOption(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        try:
+            spec = san.parse_device(str(values))
+        except UsageError as e:
+            parser.error(str(e))  # exit 2, with the usage line
+        if spec.volume_id in _device_specs:
+            parser.error(f"--device {spec.volume_id} given twice")
+        _device_specs[spec.volume_id] = spec
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), values])
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    _device_specs.clear()  # parsers are built once per run, before parsing
+    p.add_argument("--device", action=_DeviceOption, metavar="VOLUME_ID=DEVICE",
+                   help="a SAN volume's LUN attached read-only on this host, exported under its volume id "
+                        "(repeatable), e.g. vol-0a1b2c3d=/dev/sdc; `plan` says which LUN and target to attach")
+
+
+def device_ids() -> set[str]:
+    return set(_device_specs)
+
+
+def add_device_volumes(d: Discovery) -> None:
+    """The ``--device`` LUNs as volumes; one replaces a volume of the same id found in the sources."""
+    for vid, spec in _device_specs.items():
+        vol = san.device_volume(spec)
+        if any(v.id == vid for v in d.volumes):
+            d.warnings.append(f"{vid}: --device {spec.path} is used, not the volume of this id in the sources")
+            d.volumes = [v for v in d.volumes if v.id != vid]
+        if san.is_read_only(vol.files[0]) is False:
+            d.warnings.append(f"{vid}: {spec.path} is not set read-only (blockdev --setro {spec.path}); it is "
+                              "only read")
+        d.volumes.append(vol)
+    d.volumes.sort(key=lambda v: (v.id, v.name))
 
 
 # The --ceph-* options as parsed, for discover_sources (which commands call with their sources only).
@@ -171,6 +215,8 @@ def discover_sources(paths: list[str], quiet: bool = False) -> Discovery:
         add_rbd_volumes(d, rbd)
     if remote:
         add_ssh_volumes(d, remote)
+    if _device_specs:
+        add_device_volumes(d)
     if not quiet:
         for w in d.warnings:
             console_err.print(f"[yellow]warning:[/] {esc(w)}")
@@ -211,7 +257,7 @@ def resolve_volumes(ids: list[str], source_args: list[str] | None, quiet: bool =
     nothing, or a file that is not a volume, fails with its own error before anything is written.
     """
     named = [path_id_source(i) for i in ids if is_path_id(i)]
-    by_name = [i for i in ids if not is_path_id(i)]
+    by_name = [i for i in ids if not is_path_id(i) and i not in _device_specs]  # --device ids need no scan
     paths = list(source_args or ([VOLUMES_DIR] if by_name or not ids else []))
     d = discover_sources(paths + [p for p in named if p not in paths], quiet=quiet)
     return d, [find_volume(d, i) for i in ids]

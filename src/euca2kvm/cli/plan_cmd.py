@@ -12,6 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from ..errors import UsageError
+from ..eucalyptus import san
 from ..eucalyptus.cloudinuse import HostState, host_state
 from ..eucalyptus.discovery import Discovery
 from ..eucalyptus.instances import (
@@ -29,9 +30,11 @@ from ..export.gzsource import gz_id, split_sources
 from ..units import human
 from .common import (
     add_ceph_args,
+    add_device_args,
     add_ssh_args,
     console,
     console_err,
+    device_ids,
     discover_sources,
     esc,
     print_json,
@@ -101,6 +104,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     )
     add_ceph_args(p)
     add_ssh_args(p)
+    add_device_args(p)
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
     p.add_argument("--format", "-f", default="raw", choices=DOMAIN_FORMATS, help="image format (default raw)")
     p.add_argument(
@@ -132,6 +136,8 @@ def resolve_sources(args: argparse.Namespace, inv: Inventory | None, notes: list
     if inv.ceph_pools:  # the ceph-rbd backend: its pools, read as the inventory's cephx user unless --ceph-* say
         set_ceph_defaults(inv.ceph_user, inv.ceph_conf, inv.ceph_keyring)
         paths += [f"rbd:{pool}" for pool in inv.ceph_pools]
+    if not paths and (inv.san_volumes or device_ids()):
+        return paths  # a SAN backend: its LUNs come from --device, plan says what to attach
     if not paths:
         raise UsageError(
             f"the inventory from {inv.source} records no volumes directory; pass --source PATH "
@@ -160,7 +166,7 @@ def make_plan(
     notes: list[str] = []
     sources = resolve_sources(args, inv, notes)
     gz, rest = split_sources(sources)
-    d = discover_sources(rest, quiet=quiet) if rest else Discovery()
+    d = discover_sources(rest, quiet=quiet) if rest or device_ids() else Discovery()
     host = host if host is not None else host_state()
     plan = Plan(outdir, fmt, sources, notes=notes + [str(n) for n in d.notes])
     plan.host_blockers = [Blocker("in-use", e.what) for e in host.host_evidence()]
@@ -176,6 +182,7 @@ def make_plan(
         if not insts:
             raise UsageError(f"no instance with EBS volumes in the inventory from {inv.source}")
         plan.instances = [plan_instance(i, inv, d, outdir, fmt, host, sources, args.kernel) for i in insts]
+        san.check_plans(plan.instances, inv, force=getattr(args, "force", False))
         choose_instance_hardware(args, inv, plan.instances)
     else:
         if ids:

@@ -31,6 +31,7 @@ from .inventory import (
     AttachmentKind,
     Instance,
     Inventory,
+    SanVolume,
     Snapshot,
     StorageVolume,
     VmType,
@@ -283,7 +284,7 @@ class _StorageData:
     storage_volumes: list[StorageVolume]
     volumes_dir: str | None
     das_devices: list[str]
-    ceph: dict[str, Any]  # Inventory's ceph_* fields
+    backend: dict[str, Any]  # Inventory's ceph_* and san_volumes fields
 
 
 def _read_storage(t: _Tables) -> _StorageData:
@@ -310,7 +311,7 @@ def _read_storage(t: _Tables) -> _StorageData:
                    if (d := _s(r["system_storage_volumes_dir"])) is not None})
     das = sorted({d for r in t.rows("das_info", ["das_device"]) if (d := _s(r["das_device"])) is not None})
     return _StorageData(sc_volumes, sc_snapshots, sorted(storage_volumes, key=lambda s: s.name),
-                        dirs[0] if dirs else None, das, _ceph(t))
+                        dirs[0] if dirs else None, das, {**_ceph(t), **_san(t)})
 
 
 def _ceph(t: _Tables) -> dict[str, Any]:
@@ -324,6 +325,21 @@ def _ceph(t: _Tables) -> dict[str, Any]:
     pools = [p.strip() for k in ("ceph_volume_pools", "ceph_snapshot_pools") for p in (_s(r[k]) or "").split(",")]
     return {"ceph_pools": list(dict.fromkeys(p for p in pools if p)), "ceph_user": _s(r["ceph_user"]),
             "ceph_conf": _s(r["ceph_config_file"]), "ceph_keyring": _s(r["ceph_keyring_file"])}
+
+
+def _san(t: _Tables) -> dict[str, Any]:
+    """SAN backends' LUNs (SANVolumeInfo, table san_volume_info): the LUN name is ``san_volume_id`` (the
+    array's resourceprefix + volume id + resourcesuffix; rows from before 4.0 lack it: the volume id). The
+    CHAP user and password (storeuser, encryptedpassword) are not read."""
+    out = []
+    for r in t.rows("san_volume_info", ["volumeid", "iqn", "san_volume_id", "size", "status", "snapshot_of",
+                                        "scname"]):
+        vid = _s(r["volumeid"])
+        if vid is not None:
+            out.append(SanVolume(volume_id=vid, lun_name=_s(r["san_volume_id"]) or vid, iqn=_s(r["iqn"]),
+                                 size_gib=_i(r["size"]), status=_s(r["status"]), snapshot_of=_s(r["snapshot_of"]),
+                                 sc_name=_s(r["scname"])))
+    return {"san_volumes": sorted(out, key=lambda s: s.volume_id)} if out else {}
 
 
 def _merge(
@@ -419,5 +435,5 @@ def read_inventory_db(url: str) -> Inventory:
         snapshots=snapshots,
         storage_volumes=storage.storage_volumes,
         das_devices=storage.das_devices,
-        **storage.ceph,
+        **storage.backend,
     )

@@ -11,6 +11,7 @@ planned on one host and run on another. The JSON envelope is::
 ``"1.N"`` is accepted as major 1 (a later minor version only adds keys, which are ignored).
 Version 1.1 adds each instance's identity: MAC, addresses, DNS names, key, user-data, the NC, and
 ``unavailable`` (the fields its source could not give, e.g. key material through the API).
+Version 1.2 adds ``san_volumes``: each SAN volume's LUN name and target IQN (``san_volume_info``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..outdir import write_atomic
 
 FORMAT_NAME = "euca2kvm-inventory"
 FORMAT_VERSION = 1
-FORMAT_MINOR = 1  # 1.1: instance identity fields (a 1.0 reader ignores them)
+FORMAT_MINOR = 2  # 1.1: instance identity fields; 1.2: san_volumes (a 1.0 reader ignores them)
 # An inventory of a large cloud is a few MiB; anything far beyond is not ours (bounded read).
 MAX_INVENTORY_BYTES = 64 << 20
 
@@ -114,6 +115,19 @@ class StorageVolume:
     tid: int | None = None
 
 
+@dataclass(frozen=True)
+class SanVolume:
+    """One ``san_volume_info`` row (SAN backends: a volume or snapshot as a LUN on the array)."""
+
+    volume_id: str
+    lun_name: str | None = None  # the LUN's name on the array: resourceprefix + volume id + resourcesuffix
+    iqn: str | None = None  # the iSCSI target the SC exports it as
+    size_gib: int | None = None
+    status: str | None = None
+    snapshot_of: str | None = None
+    sc_name: str | None = None
+
+
 IDENTITY_FIELDS = ("mac", "private_ip", "public_ip", "private_dns", "public_dns", "key_name", "public_key",
                    "user_data", "node")
 
@@ -167,6 +181,8 @@ class Inventory:
     ceph_user: str | None = None
     ceph_conf: str | None = None
     ceph_keyring: str | None = None
+    # SAN backends (eucalyptus_storage.san_volume_info, format 1.2)
+    san_volumes: list[SanVolume] = field(default_factory=list)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -184,6 +200,9 @@ class Inventory:
 
     def storage_volume(self, name: str) -> StorageVolume | None:
         return next((s for s in self.storage_volumes if s.name == name), None)
+
+    def san_volume(self, volume_id: str) -> SanVolume | None:
+        return next((s for s in self.san_volumes if s.volume_id == volume_id), None)
 
     def boot_volume(self, instance: Instance) -> Attachment | None:
         """The root EBS attachment: flagged root, else the one at the root device, else None."""
@@ -332,6 +351,7 @@ class _Decoder:
             ceph_user=self.str_(d, "ceph_user", "$"),
             ceph_conf=self.str_(d, "ceph_conf", "$"),
             ceph_keyring=self.str_(d, "ceph_keyring", "$"),
+            san_volumes=self.list_(d, "san_volumes", "$", self.san_volume),
         )
 
     def vm_type(self, value: Any, w: str) -> VmType | None:
@@ -417,4 +437,16 @@ class _Decoder:
             sc_name=self.str_(o, "sc_name", w),
             storename=self.str_(o, "storename", w),
             tid=self.int_(o, "tid", w),
+        )
+
+    def san_volume(self, value: Any, w: str) -> SanVolume:
+        o = self.obj(value, w)
+        return SanVolume(
+            volume_id=self.req_str(o, "volume_id", w),
+            lun_name=self.str_(o, "lun_name", w),
+            iqn=self.str_(o, "iqn", w),
+            size_gib=self.int_(o, "size_gib", w),
+            status=self.str_(o, "status", w),
+            snapshot_of=self.str_(o, "snapshot_of", w),
+            sc_name=self.str_(o, "sc_name", w),
         )

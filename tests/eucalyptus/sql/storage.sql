@@ -192,3 +192,35 @@ VALUES
     ('c9000000000000000000000000000004', 1, 'c9100000-0000-4000-8000-000000000004',
      'b0000000000000000000000000000004', 'e0000000000000000000000000000004', '10.1.0.22',
      'iqn.1994-05.com.redhat:nc22', false, NULL);
+
+-- SAN backends (SANVolumeInfo, table san_volume_info; 4.x column names as the 4.0 upgrade copies them):
+-- the LUN on the array is named resourceprefix + volume id + resourcesuffix (san_volume_id), one row
+-- per volume and snapshot; a 3.x row upgraded without san_volume_id; the CHAP password never leaves.
+CREATE TABLE san_volume_info (
+    id varchar(255) PRIMARY KEY,
+    version int4,
+    creation_timestamp timestamp,
+    last_update_timestamp timestamp,
+    metadata_perm_uuid varchar(255) UNIQUE NOT NULL,
+    volumeid varchar(255),
+    scname varchar(255),
+    iqn varchar(255),
+    storeuser varchar(255),
+    encryptedpassword text,
+    size int4,
+    status varchar(255),
+    snapshot_of varchar(255),
+    san_volume_id varchar(255)
+);
+
+INSERT INTO san_volume_info (id, version, metadata_perm_uuid, volumeid, scname, iqn, storeuser, encryptedpassword,
+                             size, status, snapshot_of, san_volume_id)
+VALUES
+    ('d5000000000000000000000000000001', 1, 'd5100000-0000-4000-8000-000000000001', 'vol-5a000001', 'one',
+     'iqn.1992-08.com.netapp:sn.4082367740:vs.3', 'eucalyptus', 'SECRET-CHAP-5a1', 2, 'available', NULL,
+     'euca-vol-5a000001-lun'),
+    ('d5000000000000000000000000000002', 1, 'd5100000-0000-4000-8000-000000000002', 'snap-5a000002', 'one',
+     'iqn.1992-08.com.netapp:sn.4082367740:vs.3', 'eucalyptus', 'SECRET-CHAP-5a2', 2, 'available', 'vol-5a000001',
+     'euca-snap-5a000002-lun'),
+    ('d5000000000000000000000000000003', 1, 'd5100000-0000-4000-8000-000000000003', 'vol-5a000003', 'one',
+     'iqn.2001-05.com.equallogic:0-8a0906-00000003', NULL, NULL, 1, 'available', NULL, NULL);
