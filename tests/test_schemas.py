@@ -218,6 +218,20 @@ def test_plan_json(vols: Path, tmp_path: Path) -> None:
     refused("plan", {**plan, "instances": [{**plan["instances"][0], "hardware": {**hw, "nic_model": "ne2k"}}]})
 
 
+def test_plan_cutover_json(tmp_path: Path) -> None:
+    """plan --cutover over a manifest holding a warm image after two passes and one after a single pass."""
+    entry = {"id": "vol-5c4e0009", "output": str(tmp_path / "vol-5c4e0009.raw"), "size": 64 * MiB, "consistent": False,
+             "bytes_read": 32 * MiB, "seconds": 0.5, "blocks": {"file": "vol-5c4e0009.raw.blocks", "sha256": "0" * 64},
+             "warm": {"passes": 2, "ended_at": "2026-12-01T10:10:00Z"},
+             "delta": {"since": "2026-12-01T10:00:00Z", "blocks_changed": 3, "bytes_read": 32 * MiB, "seconds": 0.4}}
+    single = {k: v for k, v in entry.items() if k != "delta"} | {"id": "vol-5c4e000a", "output": str(tmp_path / "a")}
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "euca2kvm-manifest", "version": 1,
+                                                        "volumes": [entry, single]}))
+    doc = validate("cutover", json.loads(run("plan", "--cutover", "-o", str(tmp_path), "--json").stdout))
+    assert [r["estimated_seconds"] is None for r in doc["cutover"]] == [False, True]
+    refused("cutover", {**doc, "cutover": [{**doc["cutover"][0], "blocks": -1}]})
+
+
 def garbage(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(os.urandom(64 * 1024))

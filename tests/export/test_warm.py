@@ -20,8 +20,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
+import euca2kvm
 from _env import need_root, need_tools
 from euca2kvm.errors import EXIT_FORMAT, EXIT_IO, EXIT_USAGE, IOFailure
 from euca2kvm.eucalyptus.discovery import discover
@@ -32,6 +34,7 @@ from euca2kvm.export.sync import export_pass
 from lvmfix import with_lvm
 from refdigest import file_blkdigest
 
+CUTOVER_SCHEMA = Path(euca2kvm.__file__).resolve().parent / "schemas" / "cutover.schema.json"
 MiB = 1 << 20
 BLOCK = 4 * MiB
 LV_MIB = 64
@@ -191,6 +194,7 @@ def test_several_warm_passes_and_an_interrupted_sync_resume(container: dict[str,
     e = entry_of(out)
     assert e["consistent"] is False and e["delta"]["blocks_changed"] == 2 and e["warm"]["passes"] == 2
     plan = json.loads(cli("plan", "--cutover", "-o", str(out), "--json").stdout)
+    jsonschema.validate(plan, json.loads(CUTOVER_SCHEMA.read_text()))
     assert [(r["id"], r["passes"], r["blocks"]) for r in plan["cutover"]] == [(IDENT, 2, LV_MIB // 4)]
     with open(container["file"], "r+b") as f:
         f.seek(container["offset"] + 3 * BLOCK)
