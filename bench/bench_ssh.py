@@ -12,7 +12,8 @@ eighth data) in a temporary directory, and prints, per run, seconds and MB/s of:
 * ``sparse-N``: the sparse file read the way the movers read it (its data ranges only): the time
   should be about an eighth of the dense one.
 
-Runs interleave, so a busy machine slows every row alike; the median of ``--repeat`` is printed.
+Runs interleave, so a busy machine slows every row alike; each run's ratios are printed as it ends,
+then the median of ``--repeat``. Dense reads go through the file's reader channel (remote/stream.py).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def main() -> None:
                     dt, got = remote_read(server.url(str(sparse)), n, True)
                     assert got <= size // 8 + MiB, got
                     rows.setdefault(f"sparse-{n}", []).append(dt)
+                print("run: " + "  ".join(f"{k} x{rows['ssh-cat'][-1] / v[-1]:.2f}" for k, v in rows.items()
+                                          if k.startswith("remote-")), flush=True)
             base = statistics.median(rows["ssh-cat"])
             print(f"{a.mib} MiB, cipher {cipher}, median of {a.repeat}")
             for name, times in rows.items():

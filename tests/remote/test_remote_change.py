@@ -90,3 +90,43 @@ def test_remote_rerun_reuses_only_unchanged(lvm_fixtures: Fixtures, sshd_server:
     os.utime(container)  # touched between runs: exported again
     third, ino3 = export()
     assert ino3 != ino and third["source"] != first["source"] and third["digest"] == first["digest"]
+
+
+def test_streamed_reads_exact(options: ssh.Options, sshd_server: sshd.Sshd, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block reads through the reader channel, from several threads at once, are the file's bytes;
+    short only at the end; a symlink is refused; a host without Python reads through SFTP alike."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from euca2kvm.remote import stream
+
+    mib = 1 << 20
+    f = tmp_path / "f"
+    data = os.urandom(13 * mib + 77)
+    f.write_bytes(data)
+    blocks = [(o, min(4 * mib, len(data) - o)) for o in range(0, len(data), 4 * mib)]
+
+    def read_all(rf: rfiles.RemoteFile) -> bytes:
+        def one(b: tuple[int, int]) -> bytes:
+            buf = bytearray(b[1])
+            assert rf.pread_into(b[0], memoryview(buf)) == b[1]
+            return bytes(buf)
+
+        with ThreadPoolExecutor(4) as ex:
+            return b"".join(ex.map(one, blocks))
+
+    rf = rfiles.open_url(sshd_server.url(str(f)))
+    assert read_all(rf) == data and isinstance(rf._stream, stream.Stream)
+    buf = bytearray(2 * mib)
+    assert rf.pread_into(len(data) - 10, memoryview(buf)) == 10 and bytes(buf[:10]) == data[-10:]
+    assert rf.pread_into(len(data) + 5, memoryview(buf)) == 0
+    rf.close()
+    link = tmp_path / "link"
+    os.symlink(f, link)
+    st = stream.Stream(ssh.connect(ssh.parse_url(sshd_server.url("/"))), str(link), str(link))
+    with pytest.raises(IOFailure):
+        st.start()
+    monkeypatch.setattr(stream, "python_command", lambda *_a: "exit 0")  # a host without Python
+    rf = rfiles.open_url(sshd_server.url(str(f)))
+    assert read_all(rf) == data and rf._stream == stream.UNAVAILABLE
+    rf.close()

@@ -6,8 +6,9 @@
   with ``O_NOFOLLOW`` (and ``O_NOATIME`` where allowed), takes the size by seeking to the end (block
   devices too) and walks ``SEEK_DATA``/``SEEK_HOLE``, so holes never cross the network. Without a
   Python on the host, the file's SFTP size is used and the whole file counts as data.
-* Bytes are read through the connection's SFTP session: asyncssh pipelines the requests of one
-  read, and several worker threads read at once on the one connection.
+* Large reads (the movers' blocks) go through one reader channel per file (:mod:`.stream`),
+  pipelined across the worker threads; small ones, and all on a host without Python, through the
+  connection's SFTP session (asyncssh pipelines the requests of one read).
 
 A file is named ``ssh://[user@]host[:port]/path`` everywhere in euca2kvm (volumes' files, extent
 maps, messages, manifests); :class:`RemoteOpener` opens such names.
@@ -27,6 +28,7 @@ import asyncssh
 from ..blocks import register_opener
 from ..errors import FormatError, IOFailure, UsageError
 from .ssh import SCHEME, Connection, Target, connect, parse_url, python_command, q
+from .stream import MAX_REQUEST, UNAVAILABLE, Stream
 
 # Data ranges the one-liner reports at most; a file fragmented beyond that counts as all data
 # (correct, only slower) rather than making the tool hold millions of ranges.
@@ -39,6 +41,9 @@ O_NOATIME = 0o1000000
 # OpenSSH sftp-server answers 64 KiB reads in full (a shorter answer would only cost a re-request).
 FALLBACK_READ_LEN = 64 * 1024
 SAFE_READ_LEN = 16 * 1024  # asyncssh's assumption without the extension
+# Reads at least this long go through the file's reader channel (:mod:`.stream`; the movers' 4 MiB
+# blocks); shorter ones (metadata, superblocks) through SFTP, which has no channel to start.
+STREAM_MIN = 1 << 20
 # Paths probed by one remote command (one round trip, bounded well under the host's ARG_MAX).
 PROBE_BATCH = 512
 
@@ -202,6 +207,8 @@ class RemoteFile:
         self.path = conn.target.url(path)
         self.bytes_read = 0  # bytes that crossed the network, for tests and progress
         self._count_lock = threading.Lock()
+        self._stream_lock = threading.Lock()
+        self._stream: Stream | str | None = None  # the reader channel, UNAVAILABLE, or not started
         attrs = conn.call(conn.sftp().lstat(path), f"cannot stat {path}")
         mode = attrs.permissions or 0
         if stat.S_ISLNK(mode):
@@ -245,11 +252,24 @@ class RemoteFile:
         attrs = self.conn.call(self.conn.sftp().lstat(self.remote_path), f"cannot stat {self.remote_path}")
         return int(attrs.size or 0)
 
+    def _streamer(self) -> Stream | None:
+        with self._stream_lock:
+            if self._stream is None:
+                st = Stream(self.conn, self.remote_path, self.path)
+                self._stream = UNAVAILABLE if st.start() == UNAVAILABLE else st
+            return self._stream if isinstance(self._stream, Stream) else None
+
     def pread_into(self, offset: int, view: memoryview) -> int:
         n = len(view)
         if n == 0:
             return 0
         what = f"read of {n} bytes at {offset} in {self.remote_path}"
+        st = self._streamer() if STREAM_MIN <= n <= MAX_REQUEST else None
+        if st is not None:
+            got = st.read_into(offset, view)
+            with self._count_lock:
+                self.bytes_read += got
+            return got
         data: bytes | str = self.conn.call(self._file.read(n, offset), what)
         if not isinstance(data, bytes):
             raise IOFailure(f"{self.path}: the SFTP read returned text")
@@ -294,6 +314,8 @@ class RemoteFile:
         return out
 
     def close(self) -> None:
+        if isinstance(self._stream, Stream):
+            self._stream.close()
         with contextlib.suppress(IOFailure):
             self.conn.call(self._file.close(), "close", timeout=10)
 
