@@ -119,7 +119,7 @@ def test_shared_layout_probed_and_json_roundtrip(pg_shared: PgServer, tmp_path: 
     assert "4.1+" in inv.source
     _check_cloud(inv)
     assert Inventory.from_json(inv.to_json()) == inv
-    assert json.loads(inv.to_json())["version"] == "1.1"
+    assert json.loads(inv.to_json())["version"] == "1.2"
     path = f"{tmp_path}/inv.json"
     save_inventory(inv, path)
     again = load_inventory(path)

@@ -78,7 +78,7 @@ def test_roundtrip_file(tmp_path: Path) -> None:
     path = tmp_path / "inventory.json"
     save_inventory(inv, str(path))
     doc = json.loads(path.read_text())
-    assert (doc["format"], doc["version"]) == (FORMAT_NAME, "1.1")
+    assert (doc["format"], doc["version"]) == (FORMAT_NAME, "1.2")
     assert doc["instances"][0]["vm_type"] == {"name": "m1.small", "cpus": 1, "memory_mib": 256, "disk_gib": 5}
     assert doc["instances"][0]["attachments"][4] == {
         "volume_id": "vol-00000001", "device": "/dev/sda", "is_root": True, "kind": "boot", "status": "attached"}

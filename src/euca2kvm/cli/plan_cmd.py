@@ -125,6 +125,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 def resolve_sources(args: argparse.Namespace, inv: Inventory | None, notes: list[str]) -> list[str]:
     if args.source:
         return list(args.source)
+    if inv is None and device_ids():
+        return []  # only --device LUNs
     if inv is None:
         raise UsageError("without an inventory, name the sources with --source PATH")
     paths = [inv.volumes_dir] if inv.volumes_dir else []
