@@ -97,6 +97,12 @@ class LocalFile:
             os.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:
+        # A source its owner never closed must not keep the container open: the in-use check
+        # would see this very process holding it.
+        if getattr(self, "fd", -1) >= 0:
+            self.close()
+
 
 class Shrunk(IOFailure):
     """A source file returned fewer bytes than the map needs: it shrank (or lost its end) since the scan."""
