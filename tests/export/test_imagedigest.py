@@ -253,7 +253,8 @@ def _greeting_and_options(conn: socket.socket) -> None:
         _recv(conn, length)
         if opt == nbdproto.OPT_SET_META_CONTEXT:
             payload = struct.pack(">I", 1) + nbdproto.BASE_ALLOCATION
-            conn.sendall(struct.pack(">QIII", nbdproto.REPLY_MAGIC, opt, nbdproto.REP_META_CONTEXT, len(payload)) + payload)
+            head = struct.pack(">QIII", nbdproto.REPLY_MAGIC, opt, nbdproto.REP_META_CONTEXT, len(payload))
+            conn.sendall(head + payload)
         if opt == nbdproto.OPT_GO:
             info = struct.pack(">HQH", nbdproto.INFO_EXPORT, 8 * MiB, 1 | 2)
             conn.sendall(struct.pack(">QIII", nbdproto.REPLY_MAGIC, opt, nbdproto.REP_INFO, len(info)) + info)

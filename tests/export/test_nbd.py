@@ -4,7 +4,6 @@ crash the server."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import random
@@ -19,7 +18,7 @@ import pytest
 from tests._env import need_tools
 
 from euca2kvm.errors import IOFailure, UsageError
-from euca2kvm.export import nbd, nbdproto, qemu_img
+from euca2kvm.export import nbdproto, qemu_img
 from euca2kvm.export.nbd import NbdServer, serve
 from euca2kvm.lvm.extents import ExtentMap, FillMapper, Kind, LinearMapper, StripedMapper
 from euca2kvm.lvm.source import LocalFile, LvmSource
@@ -320,10 +319,12 @@ def test_options(layout: Layout, server: NbdServer) -> None:
     assert c.option(99, b"whatever")[0][0] == nbdproto.REP_ERR_UNSUP
     assert c.option(5)[0][0] == nbdproto.REP_ERR_UNSUP  # STARTTLS
     assert c.option(nbdproto.OPT_SET_META_CONTEXT, struct.pack(">II", 0, 0))[0][0] == nbdproto.REP_ERR_INVALID
-    assert c.option(nbdproto.OPT_INFO, struct.pack(">I", 3) + b"foo" + struct.pack(">H", 0))[0][0] == nbdproto.REP_ERR_UNKNOWN
+    unknown = struct.pack(">I", 3) + b"foo" + struct.pack(">H", 0)
+    assert c.option(nbdproto.OPT_INFO, unknown)[0][0] == nbdproto.REP_ERR_UNKNOWN
     assert c.option(nbdproto.OPT_INFO, struct.pack(">I", 300) + b"foo")[0][0] == nbdproto.REP_ERR_INVALID
     reps = c.option(nbdproto.OPT_INFO, struct.pack(">IHH", 0, 1, nbdproto.INFO_BLOCK_SIZE))
-    assert reps[0] == (nbdproto.REP_INFO, struct.pack(">HQH", nbdproto.INFO_EXPORT, layout.emap.size, nbdproto.EXPORT_FLAGS))
+    export_info = struct.pack(">HQH", nbdproto.INFO_EXPORT, layout.emap.size, nbdproto.EXPORT_FLAGS)
+    assert reps[0] == (nbdproto.REP_INFO, export_info)
     assert reps[1] == (nbdproto.REP_INFO, struct.pack(">HIII", nbdproto.INFO_BLOCK_SIZE, 1, 4096, 32 * MiB))
     assert nbdproto.EXPORT_FLAGS & 2  # read-only
     assert c.option(nbdproto.OPT_STRUCTURED_REPLY) == [(nbdproto.REP_ACK, b"")]
