@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 from pg import PgServer
 
@@ -26,13 +25,13 @@ from euca2kvm.errors import EXIT_FORMAT, EXIT_IN_USE, EXIT_USAGE
 from euca2kvm.eucalyptus import san
 from euca2kvm.eucalyptus.db import read_inventory_db
 from euca2kvm.eucalyptus.inventory import Inventory
+from test_schemas import errors as schema_errors
 
 MiB = 1 << 20
 LUN_BYTES = 6 * MiB
 # Exports of a few MiB take about a second; minutes mean a hang.
 CLI_TIMEOUT_S = 300
 GARBAGE = b"\xa5" * 4096
-SCHEMA = Path(__file__).resolve().parents[2] / "src" / "euca2kvm" / "schemas" / "inventory.schema.json"
 VID = "vol-5a000001"
 IQN = "iqn.1992-08.com.netapp:sn.4082367740:vs.3"
 
@@ -106,7 +105,7 @@ def test_inventory_from_postgresql_lists_lun_names_and_iqns(pg_shared: PgServer,
     text = inv.to_json()
     assert "SECRET-CHAP" not in text  # the CHAP password is never read
     doc = json.loads(text)
-    jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
+    assert schema_errors("inventory", doc) == []
     assert doc["version"] == "1.2"
     assert Inventory.from_json(text).san_volumes == inv.san_volumes
 
@@ -121,6 +120,11 @@ def test_export_device_under_its_volume_id_equals_the_lun(lun: tuple[str, Path],
     assert img.stat().st_blocks * 512 < LUN_BYTES  # the zero run stays a hole
     assert (out / "victim.bin").read_bytes() == GARBAGE
     cli("verify", str(out))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    doc = json.loads(cli("scan", "-s", str(empty), "--device", f"{VID}={dev}", "--json").stdout)
+    assert schema_errors("scan", doc) == []
+    assert [(v["id"], v["kind"], v["size"]) for v in doc["volumes"]] == [(VID, "san", LUN_BYTES)]
 
 
 def test_export_instance_boots_from_the_san_lun(lun: tuple[str, Path], tmp_path: Path) -> None:
@@ -139,7 +143,9 @@ def test_plan_without_the_device_names_the_target_to_attach(tmp_path: Path) -> N
     inv = inventory_file(tmp_path, 1)
     out = tmp_path / "out"
     p = cli("plan", "--inventory", str(inv), "-o", str(out), "--json", check=EXIT_USAGE)
-    blockers = [b for b in json.loads(p.stdout)["blockers"] if b["volume_id"] == VID]
+    doc = json.loads(p.stdout)
+    assert schema_errors("plan", doc) == []
+    blockers = [b for b in doc["blockers"] if b["volume_id"] == VID]
     assert blockers and blockers[0]["kind"] == "missing-file" and not blockers[0]["forceable"]
     assert IQN in blockers[0]["message"] and f"euca-{VID}-lun" in blockers[0]["message"]
     assert not out.exists()
