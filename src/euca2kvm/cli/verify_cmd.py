@@ -103,8 +103,11 @@ def check_entry(outdir: Path, entry: dict[str, Any], workers: int,
         algorithm_of(want)
     except FormatError as e:
         return "unverifiable", str(e), EXIT_VERIFY
+    # The disk's own size: a converted image of a disk that is not whole sectors is up to a sector longer.
+    size = entry.get("size")
     try:
-        got = content_digest(out, str(entry.get("format", "raw")), str(want), workers)
+        got = content_digest(out, str(entry.get("format", "raw")), str(want), workers,
+                             size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None)
     except RefusedImage as e:
         return "refused", e.reason, EXIT_FORMAT
     except Interrupted:
