@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tests._env import need_tools
 
-from euca2kvm.errors import FormatError, ToolError, UnsupportedError
+from euca2kvm.errors import ToolError
 from euca2kvm.export import qemu_img
 
 MiB = 1 << 20
@@ -45,29 +45,6 @@ def test_version_of_an_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     fake(tmp_path / "other", monkeypatch, "echo nonsense")  # another path: version() caches per binary
     with pytest.raises(ToolError, match="no version"):
         qemu_img.version()
-
-
-def test_raw_range_spec_reads_exactly_that_range(src: tuple[Path, bytes], tmp_path: Path) -> None:
-    path, data = src
-    out = tmp_path / "range.raw"
-    out.write_bytes(b"\xff" * 4 * MiB)  # garbage: convert must replace it
-    spec = qemu_img.raw_range_spec(str(path), 1000, MiB + 512)  # any offset, size in sectors
-    assert json.loads(spec[len("json:"):])["file"]["filename"] == str(path)
-    qemu_img.convert(spec, str(out), "raw")
-    assert out.read_bytes() == data[1000 : 1000 + MiB + 512]
-    assert qemu_img.info(spec)["virtual-size"] == MiB + 512
-
-
-def test_raw_range_spec_rules(tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedError, match="multiple of 512"):
-        qemu_img.raw_range_spec("/x", 0, 1000)
-    with pytest.raises(FormatError):
-        qemu_img.raw_range_spec("/x", -1, 512)
-    with pytest.raises(FormatError):
-        qemu_img.raw_range_spec("/x", 0, 0)
-    odd = tmp_path / 'we"ird, name.img'
-    spec = qemu_img.raw_range_spec(str(odd), 0, 512)
-    assert json.loads(spec[5:])["file"]["filename"] == str(odd)
 
 
 @pytest.mark.parametrize(("fmt", "options", "compress"), [

@@ -59,8 +59,8 @@ def build_parser(sub: Any) -> None:
     add_digest_args(p)
     add_s3_args(p)
     p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip verification: no block digest is computed (raw) and converted images are not "
-                        "compared with their source; the manifest records verified=false")
+                   help="skip verification: no block digest is computed (of the source, nor of a converted image "
+                        "read back); the manifest records verified=false and no digest")
     p.add_argument("--overwrite", action="store_true", help="export again even when an output still verifies")
     p.add_argument("--fsync", action="store_true", help="flush each image to stable storage before renaming it")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
@@ -165,7 +165,7 @@ def do_export(args: argparse.Namespace) -> int:
     outdir = output_dir(args.output)
     check_outputs(vols, outdir, fmt.ext)
     if not args.verify and not args.json:
-        console_err.print("note: --no-verify: no digest is computed and outputs are not compared with sources")
+        console_err.print("note: --no-verify: no digest is computed and outputs are not verified")
     return run_exports(vols, outdir, opts, args.force, args.jobs, args.json, args)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .. import procs
-from ..errors import FormatError, ToolError, UnsupportedError
+from ..errors import ToolError
 from ..units import MiB
 
 ENV_BINARY = "QEMU_IMG"
@@ -31,9 +31,6 @@ QUICK_TIMEOUT = 60.0
 STALL_TIMEOUT = 1800.0
 # stdout is JSON for info/map/measure; a map of a heavily fragmented TiB image is a few MiB.
 MAX_STDOUT = 64 * MiB
-# qemu requires the raw driver's size to be a multiple of the sector size ("Specified size is
-# not multiple of 512").
-RAW_SIZE_ALIGN = 512
 # Exit statuses of ``qemu-img compare`` beyond 0 (identical) and 1 (different).
 _COMPARE_ERRORS = {2: "error opening an image", 3: "error checking sector allocation",
                    4: "error reading an image"}
@@ -134,6 +131,9 @@ def compare(a: str, b: str, strict: bool = False, *, fmt_a: str | None = None, f
             stall_timeout: float | None = STALL_TIMEOUT) -> bool:
     """True when the guest-visible contents are identical, False when they differ.
 
+    Used only by the tests, as ground truth independent of the project's own digest: exports verify
+    by comparing block digests (:mod:`.imagedigest`), never with ``qemu-img compare``.
+
     ``strict`` (``-s``) also fails on different sizes or allocation (use it for raw vs raw).
     Other exit statuses (open/allocation/read errors) raise :class:`ToolError`.
     """
@@ -194,19 +194,3 @@ def map(path: str, *, fmt: str | None = None, image_opts: bool = False) -> list[
         raise ToolError(f"qemu-img map printed an unexpected result: {str(result)[:200]}")
     return result
 
-
-def raw_range_spec(path: str, offset: int, size: int) -> str:
-    """A ``json:`` filename making qemu read bytes [offset, offset + size) of ``path`` as a raw image.
-
-    qemu refuses a ``size`` that is not a multiple of 512 ("Specified size is not multiple of
-    512"), so such a range raises :class:`UnsupportedError` here instead of failing later;
-    serve the range over NBD (:mod:`euca2kvm.export.nbd`) then. Any ``offset`` works.
-    """
-    if offset < 0 or size <= 0:
-        raise FormatError(f"bad byte range: offset {offset}, size {size}", path)
-    if size % RAW_SIZE_ALIGN:
-        raise UnsupportedError(f"qemu-img can only read raw ranges whose size is a multiple of "
-                               f"{RAW_SIZE_ALIGN} bytes, not {size}", path, offset)
-    spec = {"driver": "raw", "offset": offset, "size": size,
-            "file": {"driver": "file", "filename": os.path.abspath(path)}}
-    return "json:" + json.dumps(spec, separators=(",", ":"))
