@@ -350,3 +350,14 @@ def test_export_instance_warm_while_held_then_sync(tmp_path: Path) -> None:
 
 def entry_of_image(out: Path, image: Path) -> dict[str, Any]:
     return next(v for v in json.loads((out / "manifest.json").read_text())["volumes"] if v["output"] == str(image))
+
+
+def test_bench_warm_smoke(tmp_path: Path) -> None:
+    """bench/bench_warm.py keeps working: one tiny run reports every number, the sync wrote the changed block."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "bench_warm.py"
+    res = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, str(bench), "--size", "32M", "--runs", "1", "--workdir", str(tmp_path / "w"),
+                        "--json", str(res)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    med = json.loads(res.read_text())["median"]
+    assert med["bytes_written"] == med["changed_bytes"] == BLOCK and all(med[k] > 0 for k in med)

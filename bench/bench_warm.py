@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Warm migration benchmark: the final delta pass (``export --sync``) against a plain read of the
+volume and a full export, and its bytes written against the blocks changed, same run.
+
+    python bench/bench_warm.py [--size 8G] [--changed 0.01] [--runs 3] [--workdir /var/tmp/euca2kvm-bench-warm]
+
+Builds a dense LVM2 container with tests/lvmwriter.py (no root needed), exports it with ``--warm``,
+then per run: changes ``--changed`` of its 4 MiB blocks (one 4 KiB write each), times ``cat`` of the
+container to /dev/null, then ``export --sync`` (in a process that reports its ``/proc/self/io``), then
+a full ``export --overwrite`` into another directory. All three read a page-cached source (it is
+read once before the runs); nothing drops caches. Prints medians, the sync/cat and sync/full ratios,
+the sync's own split (digest pass + rewrite, whole-image verification) and bytes written against the
+changed bytes. Not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_export import PE_START, dashed, fill, lv_text, uuid, vg_text, write_pv  # noqa: E402
+
+MiB = 1 << 20
+EXTENT = 4 * MiB
+BLOCK = 4 * MiB  # the digest block
+VOL = "vol-be0c00a1"
+# The CLI in a process that writes its own /proc/self/io (write_bytes, wchar) to $IO_REPORT when it ends.
+MEASURED = ("import os, sys\nsys.argv = ['euca2kvm', *sys.argv[1:]]\ntry:\n from euca2kvm.cli import run\n run()\n"
+            "finally:\n open(os.environ['IO_REPORT'], 'w').write(open('/proc/self/io').read())\n")
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": MiB, "G": 1 << 30}
+    return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
+
+
+def build(work: Path, size: int) -> Path:
+    vols = work / "volumes"
+    vols.mkdir(parents=True, exist_ok=True)
+    p = vols / VOL
+    n = size // EXTENT
+    stamp = work / f"built-{n}"
+    if stamp.exists() and p.exists():
+        return p
+    text = vg_text("vg-warm", "WarmVg-0000-1111-2222-3333-4444-555555", 1,
+                    [("pv0", dashed(uuid(7)), PE_START // 512, n)],
+                    lv_text("lv-warm", "WarmLv-0000-1111-2222-3333-4444-555555", [(n, 1, '"pv0", 0')],
+                            tags=f'"{VOL}"'))
+    write_pv(p, PE_START + n * EXTENT, uuid(7), text)
+    fill(p, PE_START, n * EXTENT, 7)
+    stamp.write_text("")
+    return p
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    os.sync()  # the previous command's writeback is not charged to this one
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=3600)
+    return time.perf_counter() - t0
+
+
+def change(container: Path, size: int, fraction: float, rnd: random.Random) -> int:
+    """One 4 KiB random write into ``fraction`` of the LV's blocks; the number of blocks changed."""
+    blocks = rnd.sample(range(size // BLOCK), max(1, round(size // BLOCK * fraction)))
+    with open(container, "r+b") as f:
+        for b in blocks:
+            f.seek(PE_START + b * BLOCK + rnd.randrange(BLOCK // 4096) * 4096)
+            f.write(rnd.randbytes(4096))
+    return len(blocks)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="8G", help="LV size (default 8G; a multiple of 4 MiB)")
+    ap.add_argument("--changed", type=float, default=0.01, help="fraction of blocks changed per run (default 0.01)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", default="/var/tmp/euca2kvm-bench-warm")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = ap.parse_args()
+    size = parse_size(args.size) // EXTENT * EXTENT
+    work = Path(args.workdir)
+    container = build(work, size)
+    exe = [sys.executable, "-m", "euca2kvm"]
+    vols, out, full = work / "volumes", work / "out", work / "full"
+    subprocess.run(["cat", str(container)], stdout=subprocess.DEVNULL, check=True)  # page cache
+    warm_s = timed([*exe, "export", VOL, "-s", str(vols), "-o", str(out), "--warm", "--overwrite"])
+    io = work / "io"
+    env = {**os.environ, "IO_REPORT": str(io)}
+    rnd = random.Random(15)
+    rows: list[dict[str, float]] = []
+    for _ in range(args.runs):
+        changed = change(container, size, args.changed, rnd)
+        cat_s = timed(["cat", str(container)])
+        sync_s = timed([sys.executable, "-c", MEASURED, "export", VOL, "-s", str(vols), "-o", str(out), "--sync"],
+                       env=env)
+        counters = dict(ln.split(": ") for ln in io.read_text().splitlines())
+        entry = next(v for v in json.loads((out / "manifest.json").read_text())["volumes"] if v["id"] == VOL)
+        full_s = timed([*exe, "export", VOL, "-s", str(vols), "-o", str(full), "--overwrite"])
+        d = entry["delta"]
+        assert d["blocks_changed"] == changed, (d, changed)
+        rows.append({"cat_s": cat_s, "sync_s": sync_s, "full_export_s": full_s, "sync_verify_s": d["verify_seconds"],
+                     "sync_delta_s": d["seconds"] - d["verify_seconds"], "changed_bytes": changed * BLOCK,
+                     "bytes_written": d["bytes_written"], "write_bytes": int(counters["write_bytes"]),
+                     "wchar": int(counters["wchar"])})
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    res = {"size": size, "changed_fraction": args.changed, "runs": args.runs, "warm_pass_s": round(warm_s, 3),
+           "median": med, "sync_over_cat": med["sync_s"] / med["cat_s"],
+           "sync_delta_over_cat": med["sync_delta_s"] / med["cat_s"],
+           "sync_over_full_export": med["sync_s"] / med["full_export_s"],
+           "written_over_changed": med["write_bytes"] / med["changed_bytes"]}
+    print(f"{size >> 20} MiB, {args.changed:.1%} of blocks changed, {args.runs} run(s), warm pass {warm_s:.2f} s")
+    for k, v in med.items():
+        print(f"  {k:16} {v:,.3f}" if k.endswith("_s") else f"  {k:16} {int(v):,}")
+    print(f"  sync / cat             {res['sync_over_cat']:.2f}  (digest pass + rewrite / cat "
+          f"{res['sync_delta_over_cat']:.2f}; the rest verifies the whole image)")
+    print(f"  sync / full export     {res['sync_over_full_export']:.2f}")
+    print(f"  write_bytes / changed  {res['written_over_changed']:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
