@@ -274,6 +274,19 @@ def test_sync_without_warm_pass_and_bad_sidecar(container: dict[str, Any], tmp_p
     blocks.write_bytes(bytes(data))
     cli("export", IDENT, *src, "--sync", check=EXIT_FORMAT)
     assert entry_of(out)["consistent"] is False
+    cli("export", IDENT, *src, "--warm", "--overwrite")  # what the refusal advises: a fresh first pass
+    cli("export", IDENT, *src, "--sync")
+    assert entry_of(out)["consistent"] is True
+
+
+def test_warm_pass_after_a_plain_export_keeps_block_digests(container: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    src = ["--source", str(container["dir"]), "-o", str(out)]
+    cli("export", IDENT, *src)
+    assert "blocks" not in entry_of(out)
+    cli("export", IDENT, *src, "--warm")  # the plain export still verifies, but has no sidecar: exported again
+    e = entry_of(out)
+    assert e["consistent"] is False and sidecar.load(out, e["blocks"], container["size"]).folded() == e["digest"]
 
 
 def test_cutover_estimate_from_the_last_two_passes() -> None:

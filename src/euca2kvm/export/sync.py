@@ -28,6 +28,7 @@ handled (the CLI refuses them). A final pass that reads a block different from i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import stat
 import time
@@ -54,11 +55,13 @@ def export_pass(src: Source, outdir: Path, opts: ExportOptions, final: bool, pro
     """One pass of a warm migration (``final``: ``--sync``); the first warm pass is a full export."""
     out = manifest.output_path(outdir, src.id, opts.fmt.ext)
     prev = previous_entry(outdir, out)
-    if prev is None or "blocks" not in prev:
+    if prev is None or "blocks" not in prev or (opts.overwrite and not final):
         if final:
             src.blocks.close()
             raise UsageError(f"{src.id}: no warm export in {outdir} to sync (run export --warm first)")
-        return export_source(src, outdir, opts, progress, on_read)
+        # a first warm pass, or --warm --overwrite: a full export that keeps its block digests (an
+        # earlier export of the same bytes is not reused: it has none)
+        return export_source(src, outdir, dataclasses.replace(opts, overwrite=True), progress, on_read)
     try:
         return delta_pass(src, outdir, out, prev, opts, final, progress, on_read), False
     finally:
