@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shlex
 import stat
 import struct
 from dataclasses import dataclass
@@ -150,8 +151,9 @@ def attach_hint(vid: str, sv: SanVolume | None) -> str:
         return (f"{vid} is a SAN volume (LUN {lun}) without a recorded target IQN: attach its LUN read-only on "
                 f"this host and pass --device {vid}=/dev/sdX")
     lun = sv.lun_name or vid
+    iqn = shlex.quote(sv.iqn)  # a value from the database, shown inside a command to copy
     return (f"{vid} is LUN {lun} on the SAN, target {sv.iqn}: attach it read-only on this host "
-            f"(iscsiadm -m discovery -t sendtargets -p PORTAL; iscsiadm -m node -T {sv.iqn} -p PORTAL --login; "
+            f"(iscsiadm -m discovery -t sendtargets -p PORTAL; iscsiadm -m node -T {iqn} -p PORTAL --login; "
             f"blockdev --setro /dev/sdX, the disk whose /dev/disk/by-path name ends in -iscsi-{sv.iqn}-lun-N; "
             f"PORTAL is the array's iSCSI address) and pass --device {vid}=/dev/sdX")
 
