@@ -77,6 +77,13 @@ class Source:
     recheck: Callable[[], dict[str, Any]] | None = None  # re-reads ``identity`` from the container
     files: list[str] = field(default_factory=list)  # fingerprinted files (local or ssh://), sorted
 
+    def __post_init__(self) -> None:
+        # A backend's source that knows what it was built from (RBD: ids, parent, object versions)
+        # gives its identity and re-check itself.
+        own = getattr(self.blocks, "identity", None)
+        if not self.identity and self.recheck is None and callable(own):
+            self.identity, self.recheck = own(), self.blocks.recheck  # type: ignore[attr-defined]
+
 
 def fingerprint(paths: list[str]) -> list[dict[str, Any]]:
     """Size, mtime, ctime and inode of each source file: what a copy must find unchanged after it,
@@ -132,7 +139,8 @@ def _changes(src: Source, before: list[dict[str, Any]], warm: bool = False) -> s
         now = src.recheck() if src.recheck is not None else src.identity
         diff = [f"{k} {v} -> {now.get(k)}" for k, v in src.identity.items() if now.get(k) != v]
         if diff:
-            return f"the VG metadata of {', '.join(src.files) or src.blocks.name} changed ({', '.join(diff)})"
+            what = "the VG metadata" if src.files else "the metadata"
+            return f"{what} of {', '.join(src.files) or src.blocks.name} changed ({', '.join(diff)})"
     except IOFailure as e:
         return str(e)
     return None
