@@ -19,15 +19,18 @@ import shlex
 import stat
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import FormatError, UsageError
 from ..ids import ID_RE
 from ..lvm.device import file_size
 from ..units import GiB
 from .discovery import Volume
-from .instances import Blocker, InstancePlan
 from .inuse import SYS_BLOCK, Holder, holders
 from .inventory import Inventory, SanVolume
+
+if TYPE_CHECKING:  # the planner, imported by check_plans only: --device alone needs none of it
+    from .instances import InstancePlan
 
 KIND = "san"
 MOUNTINFO = "/proc/self/mountinfo"
@@ -162,6 +165,8 @@ def check_plans(plans: list[InstancePlan], inv: Inventory, force: bool) -> None:
     """SAN disks of planned instances: a LUN not given with ``--device`` is a blocker saying what to attach;
     a given device whose size disagrees with the cloud's record is a format blocker (exit 3), a larger one
     lifted by ``--force``."""
+    from .instances import Blocker
+
     for p in plans:
         for disk in p.disks:
             vid = disk.volume_id
