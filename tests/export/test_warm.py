@@ -25,7 +25,7 @@ import pytest
 
 import euca2kvm
 from _env import need_root, need_tools
-from euca2kvm.errors import EXIT_FORMAT, EXIT_IO, EXIT_USAGE, IOFailure
+from euca2kvm.errors import EXIT_FORMAT, EXIT_IO, EXIT_USAGE, EXIT_VERIFY, IOFailure
 from euca2kvm.eucalyptus.discovery import discover
 from euca2kvm.export import qemu_img, sidecar
 from euca2kvm.export.formats import output_format
@@ -277,6 +277,11 @@ def test_sync_without_warm_pass_and_bad_sidecar(container: dict[str, Any], tmp_p
     cli("export", IDENT, *src, "--warm", "--overwrite")  # what the refusal advises: a fresh first pass
     cli("export", IDENT, *src, "--sync")
     assert entry_of(out)["consistent"] is True
+    with open(out / "vg-warm_lv-warm.raw", "r+b") as f:  # an image damaged where the sidecar says nothing changed
+        f.seek(10 * BLOCK + 77)
+        f.write(b"\x5a")
+    cli("export", IDENT, *src, "--sync", check=EXIT_VERIFY)  # the whole image is verified, not only the delta
+    assert entry_of(out)["consistent"] is False
 
 
 def test_warm_pass_after_a_plain_export_keeps_block_digests(container: dict[str, Any], tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from ..errors import FormatError, IOFailure, UsageError, VerifyError
 from ..outdir import OutDir
 from . import manifest, sidecar
 from .copy import block_data, copy_blocks
-from .digest import DIGEST_BLOCK, ZEROS, block_count
+from .digest import DIGEST_BLOCK, ZEROS, Algorithm, block_count
 from .pipeline import ExportOptions, Progress, Source, check_unchanged, content_digest, export_source, fingerprint
 from .pipeline import identity as source_ident
 from .warm import utc
@@ -80,7 +80,8 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
     if entry.get("size") != size or entry.get("identity") != source_ident(src):
         raise IOFailure(f"{src.id}: the source was resized or its LVM metadata changed since the warm pass "
                         f"(size {entry.get('size')} -> {size}); export it again with --warm --overwrite")
-    car = sidecar.load(outdir, entry["blocks"], size, opts.algorithm)
+    car = sidecar.load(outdir, entry["blocks"], size)  # its own algorithm, whatever --block-digest says now
+    algo = car.algorithm
     started = time.time()
     state = fingerprint(src.files)
     new: list[bytes] = [b""] * block_count(size)
@@ -88,7 +89,7 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
     def took(i: int, d: bytes) -> None:
         new[i] = d
 
-    res = copy_blocks(source, None, workers=opts.workers, name=src.id, algorithm=opts.algorithm,
+    res = copy_blocks(source, None, workers=opts.workers, name=src.id, algorithm=algo,
                       progress=progress, on_read=on_read, on_block=took)
     changed = [i for i, d in enumerate(new) if d != car.digests[i]]
     cur = list(car.digests)
@@ -99,12 +100,11 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                 for i in changed:
                     cur[i] = sidecar.UNKNOWN
                 marked = {**entry, "consistent": False, "sync_in_progress": True,
-                          "blocks": sidecar.write(od, sidecar.name_for(out.name), sidecar.Sidecar(opts.algorithm,
-                                                                                                   size, cur))}
+                          "blocks": sidecar.write(od, sidecar.name_for(out.name), sidecar.Sidecar(algo, size, cur))}
                 manifest.record(outdir, marked)
                 buf = bytearray(DIGEST_BLOCK)
                 for i in changed:
-                    d, view, got = _read_block(src, i, memoryview(buf), opts)
+                    d, view, got = _read_block(src, i, memoryview(buf), algo)
                     if final and d != new[i]:
                         raise IOFailure(f"{src.id}: block {i} (bytes {i * DIGEST_BLOCK}..) changed during the sync; "
                                         "is the instance still running? Stop it and run --sync again")
@@ -112,14 +112,15 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                     written += write(i * DIGEST_BLOCK, view)
                     reread += got
         check_unchanged(src, state, warm=not final)
-        car = sidecar.Sidecar(opts.algorithm, size, cur)
+        car = sidecar.Sidecar(algo, size, cur)
         digest = car.folded()
         if final and digest != res.digest:
             raise AssertionError("a final pass whose blocks all match folds to the source's digest")
         checked = time.time()
         if opts.verify and changed or final:
             found = content_digest(out, fmt, digest, opts.workers, size)
-            if found != digest:
+            if found != digest:  # never left recorded as consistent
+                manifest.record(outdir, {**entry, "consistent": False, "sync_in_progress": True})
                 raise VerifyError(f"{src.id}: {out} does not match its block digests after the delta pass "
                                   f"({found}, expected {digest}); export it again with --overwrite")
         ended = time.time()
@@ -181,7 +182,7 @@ def _pwrite_all(fd: int, at: int, view: memoryview) -> int:
     return len(view)
 
 
-def _read_block(src: Source, i: int, buf: memoryview, opts: ExportOptions) -> tuple[bytes, memoryview, int]:
+def _read_block(src: Source, i: int, buf: memoryview, algo: Algorithm) -> tuple[bytes, memoryview, int]:
     """Block ``i`` of the source read whole into ``buf``: (its digest, its bytes, bytes read)."""
     source = src.blocks
     lo = i * DIGEST_BLOCK
@@ -192,5 +193,5 @@ def _read_block(src: Source, i: int, buf: memoryview, opts: ExportOptions) -> tu
     for boff, n in block_data(source, lo, hi, src.id):
         source.read_into(lo + boff, view[boff : boff + n])
         got += n
-    digest = opts.algorithm.zero(hi - lo) if ZEROS.startswith(view) else opts.algorithm.block(view)
+    digest = algo.zero(hi - lo) if ZEROS.startswith(view) else algo.block(view)
     return digest, view, got
