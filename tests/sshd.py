@@ -40,6 +40,7 @@ class Sshd:
     config: Path
     proc: subprocess.Popen[bytes]
     log: Path
+    bin_dir: Path  # first on the PATH of the server's sessions: tests put fake host tools there
 
     @property
     def pid(self) -> int:
@@ -91,6 +92,8 @@ def start(tmpdir: Path) -> Sshd:
     shutil.copy(f"{identity}.pub", auth)
     os.chmod(auth, 0o600)
     port = _free_port()
+    bin_dir = tmpdir / "bin"
+    bin_dir.mkdir(exist_ok=True)
     conf = tmpdir / "sshd_config"
     log = tmpdir / "sshd.log"
     conf.write_text("\n".join([
@@ -98,7 +101,7 @@ def start(tmpdir: Path) -> Sshd:
         f"PidFile {tmpdir / 'sshd.pid'}", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
         "Subsystem sftp internal-sftp", "LogLevel VERBOSE", "MaxSessions 64", "MaxStartups 64",
-        "AcceptEnv none", "",
+        "AcceptEnv none", f"SetEnv PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "",
     ]))
     host_pub = (tmpdir / "ssh_host_ed25519_key.pub").read_text().split()
     known = tmpdir / "known_hosts"
@@ -120,7 +123,7 @@ def start(tmpdir: Path) -> Sshd:
             os.kill(proc.pid, signal.SIGKILL)
             raise RuntimeError(f"sshd did not answer on port {port}: {log.read_text()[-2000:]}")
         time.sleep(0.05)
-    return Sshd("127.0.0.1", port, getpass.getuser(), identity, known, conf, proc, log)
+    return Sshd("127.0.0.1", port, getpass.getuser(), identity, known, conf, proc, log, bin_dir)
 
 
 def cli(server: Sshd | None, *args: str, check: int | None = 0, known: Path | None = None,

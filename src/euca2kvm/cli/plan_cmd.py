@@ -29,6 +29,7 @@ from ..export.formats import OutputFormat, output_format
 from ..export.gzsource import gz_id, split_sources
 from ..units import human
 from .common import (
+    SSH_SCHEME,
     add_ceph_args,
     add_device_args,
     add_ssh_args,
@@ -169,6 +170,10 @@ def make_plan(
     sources = resolve_sources(args, inv, notes)
     gz, rest = split_sources(sources)
     d = discover_sources(rest, quiet=quiet) if rest or device_ids() else Discovery()
+    if host is None and any(p.startswith(SSH_SCHEME) for p in rest):
+        from ..remote.sources import host_state_for  # asyncssh is loaded for ssh:// sources only
+
+        host = host_state_for(rest)
     host = host if host is not None else host_state()
     plan = Plan(outdir, fmt, sources, notes=notes + [str(n) for n in d.notes])
     plan.host_blockers = [Blocker("in-use", e.what) for e in host.host_evidence()]

@@ -4,10 +4,13 @@
 * the cloud database, through the inventory: an ``iscsivolumeinfo`` row with ``lodev_name`` set
   (the SC had the container on a loop device and treats it as exported at its last shutdown), a
   tgt target id/store name, an active ``volume_exports`` row, or an instance still ``running``;
-* tgt targets on this host: ``tgtadm --lld iscsi --op show --mode target`` when ``tgtadm`` exists,
-  matching each LUN's backing store against the volume's LV path, container file or VG;
-* Eucalyptus and tgtd processes running on this host (``/proc/<pid>/comm`` and ``cmdline``): a live
+* tgt targets on the source's host: ``tgtadm --lld iscsi --op show --mode target`` when ``tgtadm``
+  exists, matching each LUN's backing store against the volume's LV path, container file or VG;
+* Eucalyptus and tgtd processes running on that host (``/proc/<pid>/comm`` and ``cmdline``): a live
   storage controller may attach, snapshot or delete volumes at any moment.
+
+The host is an :class:`.inuse.Host`: this machine, or a source host over SSH, asked the same
+questions with read-only commands (``remote.hostcheck``).
 
 Everything is read-only. Database evidence describes the moment the inventory was captured; the
 messages say so, and ``--force`` overrides every kind.
@@ -17,22 +20,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
-from .. import procs
 from ..errors import ToolError
 from .discovery import Volume
+from .inuse import Host, processes, tgtadm_show
 from .inventory import Instance, Inventory
 
 PROC = "/proc"
-# tgtadm answers from tgtd's in-memory state in milliseconds; a hung tgtd must not hang the tool.
-TGTADM_TIMEOUT_S = 10
-# A tgtd with thousands of targets prints a few MiB at most; more is not a tgtadm listing.
-MAX_TGTADM_OUTPUT = 16 << 20
-# /proc/<pid>/cmdline is read only this far: the program name and a few arguments suffice.
-MAX_CMDLINE = 4096
 # Process names of the cloud's storage side. comm is at most 15 characters, so the
 # 16-character "eucalyptus-cloud" appears there as "eucalyptus-clou": argv[0] is checked as well.
 EUCA_PROCESSES = ("eucalyptus-cloud", "eucalyptus-sc", "eucalyptus-clou")
@@ -59,6 +56,8 @@ class HostState:
     processes: list[tuple[int, str]] = field(default_factory=list)  # (pid, name) of Eucalyptus/tgtd
     targets: list[tuple[int, str, str]] = field(default_factory=list)  # (tid, target name, backing store)
     tgtadm_error: str | None = None  # tgtadm exists but could not list targets
+    where: str = "this host"  # or the ssh:// name of a source host
+    local: bool = True  # backing stores are paths of this machine (else of the source host)
 
     def host_evidence(self) -> list[Evidence]:
         """Evidence against exporting anything from this host."""
@@ -69,7 +68,7 @@ class HostState:
             out.append(
                 Evidence(
                     "process",
-                    f"Eucalyptus is running on this host: {who}; the storage controller "
+                    f"Eucalyptus is running on {self.where}: {who}; the storage controller "
                     "may attach, snapshot or delete volumes while they are copied",
                 )
             )
@@ -78,7 +77,7 @@ class HostState:
             out.append(
                 Evidence(
                     "process",
-                    f"tgtd is running (pid {', '.join(map(str, tgtd))}) and its targets "
+                    f"tgtd is running on {self.where} (pid {', '.join(map(str, tgtd))}) and its targets "
                     f"cannot be listed ({self.tgtadm_error}); any volume may be exported "
                     "over iSCSI",
                 )
@@ -86,31 +85,12 @@ class HostState:
         return out
 
 
-def _read_small(path: str, limit: int) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit)
-    except OSError:
-        return None
-
-
-def cloud_processes(proc: str = PROC) -> list[tuple[int, str]]:
-    """(pid, name) of running Eucalyptus storage/cloud processes and tgtd (never this process)."""
+def cloud_processes(proc: str = PROC, host: Host | None = None) -> list[tuple[int, str]]:
+    """(pid, name) of running Eucalyptus storage/cloud processes and tgtd on ``host`` (default: this
+    machine, its /proc at ``proc``), never this process."""
     out: list[tuple[int, str]] = []
-    me = os.getpid()
-    try:
-        pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
-    except OSError:
-        return out
-    for pid in pids:
-        if pid == me:
-            continue
-        comm = (
-            (_read_small(os.path.join(proc, str(pid), "comm"), 64) or b"").decode("utf-8", "replace").strip()
-        )
-        raw = _read_small(os.path.join(proc, str(pid), "cmdline"), MAX_CMDLINE) or b""
-        argv0 = os.path.basename(raw.split(b"\0", 1)[0].decode("utf-8", "replace"))
-        for name in (argv0, comm):
+    for pid, comm, argv0 in (host.processes() if host is not None else processes(proc)):
+        for name in (os.path.basename(argv0), comm):
             if name == TGTD:
                 out.append((pid, TGTD))
                 break
@@ -135,32 +115,47 @@ def parse_tgtadm_targets(text: str) -> list[tuple[int, str, str]]:
     return out
 
 
-def tgt_targets(tgtadm: str | None = None) -> tuple[list[tuple[int, str, str]], str | None]:
-    """(targets, error). No tgtadm on PATH gives ([], None): nothing can be exported over tgt then."""
-    exe = tgtadm or shutil.which("tgtadm")
-    if exe is None:
-        return [], None
-    cmd = [exe, "--lld", "iscsi", "--op", "show", "--mode", "target"]
+def tgt_targets(tgtadm: str | None = None, host: Host | None = None) -> tuple[list[tuple[int, str, str]], str | None]:
+    """(targets, error) on ``host`` (default: this machine, ``tgtadm`` or the one on PATH). No tgtadm
+    gives ([], None): nothing can be exported over tgt then."""
     try:
-        res = procs.run(cmd, timeout=TGTADM_TIMEOUT_S, ok=None, max_stdout=MAX_TGTADM_OUTPUT, what="tgtadm")
+        res = host.tgtadm_show() if host is not None else tgtadm_show(tgtadm)
     except ToolError as e:
         return [], str(e)  # not runnable, no answer in time, or an output no tgtadm prints
-    if res.status != 0:
-        msg = res.stderr[:300]
+    if res is None:
+        return [], None
+    status, text = res
+    if status != 0:
+        msg = text[:300]
         if "can't find the driver" in msg.lower() or "connect" in msg.lower():
             return [], None  # tgtd is not running: no targets exist
-        return [], f"tgtadm failed ({res.status}): {msg}"
-    return parse_tgtadm_targets(res.stdout.decode("utf-8", "replace")), None
+        return [], f"tgtadm failed ({status}): {msg}"
+    return parse_tgtadm_targets(text), None
 
 
-def host_state(proc: str = PROC, tgtadm: str | None = None) -> HostState:
-    targets, err = tgt_targets(tgtadm)
-    return HostState(processes=cloud_processes(proc), targets=targets, tgtadm_error=err)
+def host_state(proc: str = PROC, tgtadm: str | None = None, host: Host | None = None) -> HostState:
+    """The facts of ``host`` (default: this machine); a remote host's are named by ``host.name``."""
+    targets, err = tgt_targets(tgtadm, host)
+    return HostState(processes=cloud_processes(proc, host), targets=targets, tgtadm_error=err,
+                     where="this host" if host is None else str(getattr(host, "name", "the source host")),
+                     local=host is None)
 
 
-def _backing_matches(backing: str, vol: Volume | None, vg: str | None, lv: str | None) -> bool:
-    real = os.path.realpath(backing)
+def combine(states: list[HostState]) -> HostState:
+    """One state for the hosts of several sources (their evidence adds up)."""
+    if len(states) == 1:
+        return states[0]
+    return HostState(processes=[p for s in states for p in s.processes],
+                     targets=[t for s in states for t in s.targets],
+                     tgtadm_error=next((s.tgtadm_error for s in states if s.tgtadm_error), None),
+                     where=" and ".join(s.where for s in states), local=all(s.local for s in states))
+
+
+def _backing_matches(backing: str, vol: Volume | None, vg: str | None, lv: str | None, local: bool = True) -> bool:
+    real = os.path.realpath(backing) if local else os.path.normpath(backing)
     names: set[str] = set()
+    if vol is not None:  # a remote volume's files by their path on its host
+        names |= {os.path.normpath(unquote(urlsplit(f).path)) for f in vol.files if f.startswith("ssh://")}
     if vg and lv:
         names |= {f"/dev/{vg}/{lv}", f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}"}
     if vol is not None:
@@ -205,10 +200,11 @@ def volume_evidence(
                 Evidence("database", f"{when} records tgt target {sv.tid} ({sv.storename}) for {volume_id}")
             )
     for tid, name, backing in host.targets:
-        if _backing_matches(backing, vol, sv.vg_name if sv else None, sv.lv_name if sv else None):
+        if _backing_matches(backing, vol, sv.vg_name if sv else None, sv.lv_name if sv else None, host.local):
             out.append(
                 Evidence(
-                    "tgt", f"tgtd exports {volume_id} as target {tid} ({name}) with backing store {backing}"
+                    "tgt", f"tgtd on {host.where} exports {volume_id} as target {tid} ({name}) with backing store "
+                    f"{backing}"
                 )
             )
     return out

@@ -2,8 +2,8 @@
 """Is a source held by someone else? Loop devices, device-mapper and open descriptors.
 
 Exporting a container that is attached and active gives a torn copy of a disk a guest is
-writing. Everything here only reads /sys and /proc; nothing is locked or changed (tgt targets and
-Eucalyptus processes are the cloud-level evidence of :mod:`.cloudinuse`).
+writing. Everything here only reads /sys and /proc, and asks tgtadm for its targets; nothing is
+locked or changed (what tgt targets and Eucalyptus processes mean is :mod:`.cloudinuse`'s).
 
 The checks run on a :class:`Host`: :data:`LOCAL` is this machine; a source host reached over SSH
 (``remote.hostcheck``) answers the same questions with read-only commands, so a remote source is
@@ -14,15 +14,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
+
+from .. import procs
 
 SYS_BLOCK = "/sys/block"
 PROC = "/proc"
 # /proc can list thousands of processes with thousands of descriptors; the scan is linear and
 # cheap (readlink only), but bounded so a pathological host cannot stall the tool.
 MAX_FDS_SCANNED = 2_000_000
+# /proc/<pid>/cmdline is read only this far: the program name and a few arguments suffice.
+MAX_CMDLINE = 4096
+# tgt's read-only listing of targets and their LUNs' backing stores.
+TGTADM_SHOW = ("--lld", "iscsi", "--op", "show", "--mode", "target")
+# tgtadm answers from tgtd's in-memory state in milliseconds; a hung tgtd must not hang the tool.
+TGTADM_TIMEOUT_S = 10
+# A tgtd with thousands of targets prints a few MiB at most; more is not a tgtadm listing.
+MAX_TGTADM_OUTPUT = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,49 @@ class Host(Protocol):
 
     def open_by(self, paths: Iterable[str]) -> dict[str, list[str]]: ...
 
+    def processes(self) -> list[tuple[int, str, str]]:
+        """(pid, comm, argv[0]) of the host's processes (not this tool's own)."""
+        ...
+
+    def tgtadm_show(self) -> tuple[int, str] | None:
+        """``tgtadm --lld iscsi --op show --mode target``'s (status, output; stderr when it failed),
+        None when the host has no tgtadm. ToolError when it cannot be run or does not answer."""
+        ...
+
+
+def _read_bytes(path: str, limit: int) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return None
+
+
+def processes(proc: str = PROC) -> list[tuple[int, str, str]]:
+    """(pid, comm, argv[0]) of every process of this machine but this one."""
+    out: list[tuple[int, str, str]] = []
+    me = os.getpid()
+    try:
+        pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
+    except OSError:
+        return out
+    for pid in pids:
+        if pid == me:
+            continue
+        comm = (_read_bytes(os.path.join(proc, str(pid), "comm"), 64) or b"").decode("utf-8", "replace").strip()
+        raw = _read_bytes(os.path.join(proc, str(pid), "cmdline"), MAX_CMDLINE) or b""
+        out.append((pid, comm, raw.split(b"\0", 1)[0].decode("utf-8", "replace")))
+    return out
+
+
+def tgtadm_show(tgtadm: str | None = None) -> tuple[int, str] | None:
+    exe = tgtadm or shutil.which("tgtadm")
+    if exe is None:
+        return None
+    res = procs.run([exe, *TGTADM_SHOW], timeout=TGTADM_TIMEOUT_S, ok=None, max_stdout=MAX_TGTADM_OUTPUT,
+                    what="tgtadm")
+    return res.status, res.stdout.decode("utf-8", "replace") if res.status == 0 else res.stderr[:300]
+
 
 class LocalHost:
     """This machine: /sys and /proc read directly."""
@@ -147,6 +201,12 @@ class LocalHost:
 
     def open_by(self, paths: Iterable[str]) -> dict[str, list[str]]:
         return open_by(paths)
+
+    def processes(self) -> list[tuple[int, str, str]]:
+        return processes()
+
+    def tgtadm_show(self) -> tuple[int, str] | None:
+        return tgtadm_show()
 
 
 LOCAL = LocalHost()

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable
 
 from ..errors import FormatError
+from ..eucalyptus.inuse import MAX_CMDLINE, MAX_TGTADM_OUTPUT, TGTADM_SHOW, TGTADM_TIMEOUT_S
 from .ssh import Connection, parse_url, python_command
 
 # Records: tag NUL a NUL b NUL. L loop backing_file; M dm name; H block-device holder;
@@ -79,6 +80,33 @@ for p in os.listdir(b'/proc'):
 """.strip()
 
 
+# pid NUL comm NUL argv[0] NUL per process (for cloudinuse: Eucalyptus daemons, tgtd).
+_PROCS_PY = r"""
+import os,sys
+w=getattr(sys.stdout,'buffer',sys.stdout).write
+def rd(p,n):
+  try:
+    f=open(p,'rb')
+    try:return f.read(n)
+    finally:f.close()
+  except (IOError,OSError):return b''
+me=os.getpid()
+for p in os.listdir(b'/proc'):
+  if not p.isdigit() or int(p)==me:continue
+  w(p+b'\0'+rd(b'/proc/'+p+b'/comm',64).strip()+b'\0'+rd(b'/proc/'+p+b'/cmdline',%d).split(b'\0')[0]+b'\0')
+""".strip() % MAX_CMDLINE
+_PROCS_SH = r"""
+for p in /proc/[0-9]*; do
+  printf '%s\0%s\0%s\0' "${p#/proc/}" "$(head -c 64 "$p/comm" 2>/dev/null)" \
+    "$(head -c 4096 "$p/cmdline" 2>/dev/null | tr '\000' '\n' | head -n 1)"
+done
+""".strip()
+# tgtadm's listing with its status last (stderr joined: it is the message when it failed); 97: no tgtadm.
+_TGTADM = ("command -v tgtadm >/dev/null 2>&1 || exit 97; tgtadm " + " ".join(TGTADM_SHOW)
+           + " 2>&1; s=$?; echo; echo \"euca2kvm-status $s\"")
+NO_TGTADM = 97
+
+
 class RemoteHost:
     """A source host's loop devices, dm names, block holders and open files (an inuse.Host)."""
 
@@ -135,3 +163,32 @@ class RemoteHost:
     def open_by(self, paths: Iterable[str]) -> dict[str, list[str]]:
         opened = self._gather()[3]
         return {p: opened[p] for p in paths if p in opened}
+
+    @property
+    def name(self) -> str:
+        return self.conn.name
+
+    def processes(self) -> list[tuple[int, str, str]]:
+        _, out = self.conn.run(python_command(_PROCS_PY, [], _PROCS_SH))
+        fields = out.split(b"\0")
+        if fields and fields[-1] == b"":
+            fields.pop()
+        if len(fields) % 3:
+            raise FormatError("unexpected answer from the host's process listing", self.conn.name)
+        found = []
+        for i in range(0, len(fields), 3):
+            pid, comm, argv0 = (x.decode("utf-8", "replace") for x in fields[i:i + 3])
+            if pid.isdigit():
+                found.append((int(pid), comm.strip(), argv0))
+        return found
+
+    def tgtadm_show(self) -> tuple[int, str] | None:
+        status, out = self.conn.run(_TGTADM, timeout=TGTADM_TIMEOUT_S, limit=MAX_TGTADM_OUTPUT,
+                                    ok=(0, NO_TGTADM))
+        if status == NO_TGTADM:
+            return None
+        text, _, last = out.decode("utf-8", "replace").rstrip("\n").rpartition("\n")
+        code = last.removeprefix("euca2kvm-status ")
+        if code == last or not code.isdigit():
+            raise FormatError("unexpected answer from the host's tgtadm", self.conn.name)
+        return int(code), text.removesuffix("\n")

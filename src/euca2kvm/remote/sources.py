@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import asyncssh
 
 from ..errors import Euca2kvmError, IOFailure, UsageError
+from ..eucalyptus.cloudinuse import HostState, combine, host_state
 from ..eucalyptus.discovery import MAX_DIR_ENTRIES, Discovery, Volume, discover, from_devices
 from ..lvm.device import Device
 from .files import RemoteFile, RemoteOpener, probe_many
@@ -117,6 +118,17 @@ def discover_all(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
         out.unusable.update(d.unusable)
     out.volumes.sort(key=lambda v: (v.id, v.name))
     return out
+
+
+def host_state_for(paths: Iterable[str]) -> HostState:
+    """The cloud-level facts (Eucalyptus processes, tgt targets) of the hosts the sources are on:
+    this machine for local ones, each ``ssh://`` host asked over its connection."""
+    paths = list(paths)
+    urls = [p for p in paths if is_url(p)]
+    states = [host_state()] if len(urls) < len(paths) or not paths else []
+    hosts = {_host_key(u): u for u in urls}
+    states += [host_state(host=RemoteHost(connect(parse_url(u)))) for u in hosts.values()]
+    return combine(states)
 
 
 def find_url(d: Discovery, url: str) -> Volume:
