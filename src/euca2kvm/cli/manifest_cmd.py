@@ -13,7 +13,8 @@ from .common import console_err, esc, print_json
 def build_parser(sub: Any) -> None:
     p = sub.add_parser("manifest", help="work on manifests (merge those of several hosts)",
                        description="Work on manifests: 'manifest merge' combines those of several hosts.")
-    msub = p.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
+    msub = p.add_subparsers(dest="manifest_command", metavar="ACTION", required=True,
+                             help="what to do with the manifests")
     m = msub.add_parser(
         "merge", help="merge manifests of several hosts or export directories into one",
         description="Merge manifests into one that report and verify read. Every entry keeps where its image is: "
