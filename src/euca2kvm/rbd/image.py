@@ -23,14 +23,14 @@ import os
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..blocks import Kind, Range
-from ..errors import IOFailure, UsageError
-from . import lib
+from ..errors import InUseError, IOFailure, UsageError
+from . import identity, lib
 from .lib import strerror
+from .names import DEFAULT_CONF, DEFAULT_ID
 
-DEFAULT_CONF = "/etc/ceph/ceph.conf"
-DEFAULT_ID = "eucalyptus"  # storage.cephuser's default
 CLUSTER_NAME = "ceph"
 # Connecting (mon handshake, cephx) takes well under a second on a healthy cluster; a mon that
 # never answers must fail the command, not hang it (librados' own default is 300 s).
@@ -183,8 +183,8 @@ class Pool:
                 raise IOFailure(f"rbd:{self.name}: cannot list images: {strerror(rc)}")
             return sorted(_s(x) for x in buf.raw[:rc].split(b"\0") if x)
 
-    def open(self, name: str) -> RbdImage:
-        return RbdImage(self, name)
+    def open(self, name: str, expected_watchers: list[str] | None = None) -> RbdImage:
+        return RbdImage(self, name, expected_watchers)
 
     def facts(self, name: str) -> ImageFacts:
         img = _Handle(self, name)
@@ -339,9 +339,17 @@ class RbdImage:
     reports allocated extents (through parents), HOLE elsewhere. One librbd handle serves every
     thread (librbd is thread-safe; ctypes drops the GIL while it reads)."""
 
-    def __init__(self, pool: Pool, name: str) -> None:
+    def __init__(self, pool: Pool, name: str, expected_watchers: list[str] | None = None) -> None:
+        """``expected_watchers``: those the scan reported (and the caller accepted); any other watcher
+        now is refused (exit 4). The identity is taken before the extents, so that a write after it
+        shows in :meth:`recheck`."""
         self._h = _Handle(pool, name)
+        self._watchers = expected_watchers
         try:
+            added = identity.new_watchers(self._h, expected_watchers)
+            if added:
+                raise InUseError(f"{self._h.spec}: in use since the scan: watched by {', '.join(added)}")
+            self._identity = identity.image_identity(self._h)
             self._size = self._h.size()
             self._starts, self._ends = self._h.extents(self._size)
         except BaseException:
@@ -391,6 +399,13 @@ class RbdImage:
         if got != n:
             why = strerror(got) if got < 0 else f"{got} of {n} bytes (the image shrank?)"
             raise IOFailure(f"{self.name}: read at offset {offset}: {why}")
+
+    def identity(self) -> dict[str, Any]:
+        """What the manifest records of this image (:mod:`.identity`), as taken when it was opened."""
+        return dict(self._identity)
+
+    def recheck(self) -> dict[str, Any]:
+        return identity.recheck(self._h, self._watchers)
 
     def close(self) -> None:
         self._h.close()

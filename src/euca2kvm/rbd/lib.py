@@ -66,6 +66,10 @@ class ImageInfo(ctypes.Structure):
                 ("parent_name", ctypes.c_char * 96)]
 
 
+class Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
 P = ctypes.POINTER
 _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     # librados
@@ -77,6 +81,9 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "rados_ioctx_create": (c_int, [c_void_p, c_char_p, P(c_void_p)]),
     "rados_ioctx_create2": (c_int, [c_void_p, c_int64, P(c_void_p)]),
     "rados_ioctx_destroy": (None, [c_void_p]),
+    "rados_ioctx_get_id": (c_int64, [c_void_p]),
+    "rados_stat": (c_int, [c_void_p, c_char_p, P(c_uint64), P(ctypes.c_int64)]),
+    "rados_get_last_version": (c_uint64, [c_void_p]),
     # librbd (read-only calls only)
     "rbd_list": (c_int, [c_void_p, c_char_p, P(c_size_t)]),
     "rbd_open_read_only": (c_int, [c_void_p, c_char_p, P(c_void_p), c_char_p]),
@@ -86,6 +93,9 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "rbd_get_size": (c_int, [c_void_p, P(c_uint64)]),
     "rbd_get_id": (c_int, [c_void_p, c_char_p, c_size_t]),
     "rbd_get_overlap": (c_int, [c_void_p, P(c_uint64)]),
+    "rbd_get_modify_timestamp": (c_int, [c_void_p, P(Timespec)]),
+    "rbd_get_stripe_unit": (c_int, [c_void_p, P(c_uint64)]),
+    "rbd_get_stripe_count": (c_int, [c_void_p, P(c_uint64)]),
     "rbd_get_parent": (c_int, [c_void_p, P(LinkedImageSpec), P(SnapSpec)]),
     "rbd_linked_image_spec_cleanup": (None, [P(LinkedImageSpec)]),
     "rbd_snap_spec_cleanup": (None, [P(SnapSpec)]),

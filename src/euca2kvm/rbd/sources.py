@@ -11,26 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import UsageError
 from .image import Cluster, ImageFacts, Pool, RbdImage
 
-PREFIX = "rbd:"
 # Eucalyptus renames an image it cannot remove (it still has clones) to "del" + 8 characters + "-" + name.
 DELETED_RE = re.compile(r"^del[0-9A-Za-z]{8}-")
-# Ceph pool names are free text; these bytes never belong in one and would reach terminals and messages.
-_BAD_POOL = re.compile(r"[\x00-\x1f\x7f/@]")
-
-
-def is_rbd(source: str) -> bool:
-    return source.startswith(PREFIX)
-
-
-def pool_name(source: str) -> str:
-    """``rbd:POOL`` -> ``POOL`` (exit 2 for an empty or impossible name)."""
-    name = source[len(PREFIX):]
-    if not name or _BAD_POOL.search(name):
-        raise UsageError(f"--source {source!r}: expected rbd:POOL with a Ceph pool name")
-    return name
 
 
 @dataclass
@@ -50,7 +34,8 @@ class RbdRef:
         return bool(DELETED_RE.match(self.image))
 
     def __call__(self) -> RbdImage:
-        return self.pool.open(self.image)
+        """Opened right before reading: a watcher the scan did not report is refused (exit 4)."""
+        return self.pool.open(self.image, self.facts.watchers)
 
     def chain_text(self) -> list[str]:
         """The parent chain, nearest first: ``pool/image@snap (overlap N bytes)``."""
