@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InUseError, UsageError
-from ..eucalyptus.instances import InstancePlan, PlannedDisk
 from ..export import manifest
 from ..export.copy import DEFAULT_WORKERS
 from ..export.identity import source_identity
 from ..export.pipeline import ExportOptions, Source, export_source
 from ..outdir import OutDir
+from ..planning.instances import InstancePlan, PlannedDisk
 from .batch import Job, run_batch
 from .common import add_digest_args, console_err, digest_algorithm, esc, output_dir
 from .events import Reporter, VolumeProgress

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..eucalyptus import identity
-from ..eucalyptus.instances import InstancePlan, default_cmdline
 from ..kvm.libvirt import BRIDGE_RE, Disk, Domain, sanitize_name
 from ..kvm.seed import Seed, StaticNetwork, build_seed
+from ..planning.instances import InstancePlan, default_cmdline
 
 # What the database gives for --static-network is the address alone (no netmask or gateway: those
 # live in the cloud's network configuration, not per instance). /24 is Eucalyptus's sample subnet.

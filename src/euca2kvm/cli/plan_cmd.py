@@ -15,7 +15,11 @@ from ..errors import UsageError
 from ..eucalyptus import san
 from ..eucalyptus.cloudinuse import HostState, host_state
 from ..eucalyptus.discovery import Discovery
-from ..eucalyptus.instances import (
+from ..eucalyptus.inventory import Inventory
+from ..export import manifest
+from ..export.formats import OutputFormat, output_format
+from ..export.gzsource import gz_id, split_sources
+from ..planning.instances import (
     Blocker,
     InstancePlan,
     PlannedDisk,
@@ -23,10 +27,6 @@ from ..eucalyptus.instances import (
     free_bytes,
     plan_instance,
 )
-from ..eucalyptus.inventory import Inventory
-from ..export import manifest
-from ..export.formats import OutputFormat, output_format
-from ..export.gzsource import gz_id, split_sources
 from ..units import human
 from .common import (
     SSH_SCHEME,

@@ -35,7 +35,7 @@ CONSOLE_LINES = 25
 CONSOLE_LINE_CHARS = 200
 # A plan --json file is a few KiB per instance.
 MAX_PLAN_BYTES = 16 << 20
-# The exit code of a plan blocker by its kind (eucalyptus.instances.classify and plan_cmd), as the
+# The exit code of a plan blocker by its kind (planning.instances.classify and plan_cmd), as the
 # export it blocks would exit; another kind counts as an I/O failure.
 BLOCKER_CODES = {"in-use": EXIT_IN_USE, "format": EXIT_FORMAT, "unsupported": EXIT_FORMAT, "missing-pv": EXIT_FORMAT,
                  "missing-file": EXIT_IO, "no-space": EXIT_IO, "name-collision": EXIT_USAGE}

@@ -30,12 +30,12 @@ from ..errors import (
     UnsupportedError,
     UsageError,
 )
+from ..eucalyptus.cloudinuse import HostState, instance_evidence, volume_evidence
+from ..eucalyptus.discovery import Discovery, Volume
+from ..eucalyptus.inventory import Attachment, Instance, Inventory
 from ..export import manifest
 from ..export.formats import OutputFormat, output_bytes
 from ..units import GiB
-from .cloudinuse import HostState, instance_evidence, volume_evidence
-from .discovery import Discovery, Volume
-from .inventory import Attachment, Instance, Inventory
 
 if TYPE_CHECKING:
     from ..kvm.ncconf import Hardware
