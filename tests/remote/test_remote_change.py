@@ -130,3 +130,26 @@ def test_streamed_reads_exact(options: ssh.Options, sshd_server: sshd.Sshd, tmp_
     rf = rfiles.open_url(sshd_server.url(str(f)))
     assert read_all(rf) == data and rf._stream == stream.UNAVAILABLE
     rf.close()
+
+
+def test_reader_channels_bounded(options: ssh.Options, sshd_server: sshd.Sshd, tmp_path: Path) -> None:
+    """Files beyond the connection's reader slots read over SFTP, with the same bytes; a closed
+    file gives its slot back."""
+    import threading
+
+    from euca2kvm.remote import stream
+
+    f = tmp_path / "f"
+    data = os.urandom(2 << 20)
+    f.write_bytes(data)
+    conn = ssh.connect(ssh.parse_url(sshd_server.url("/")))
+    conn.readers = threading.BoundedSemaphore(1)
+    first, second = rfiles.open_url(sshd_server.url(str(f))), rfiles.open_url(sshd_server.url(str(f)))
+    for rf in (first, second):
+        assert rf.read(0, len(data)) == data
+    assert isinstance(first._stream, stream.Stream) and second._stream == stream.UNAVAILABLE
+    first.close()
+    second.close()
+    third = rfiles.open_url(sshd_server.url(str(f)))
+    assert third.read(0, len(data)) == data and isinstance(third._stream, stream.Stream)
+    third.close()

@@ -56,6 +56,9 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha
 READ_TIMEOUT = 120.0
 # Bytes of a remote command's stderr kept for its error message.
 MAX_STDERR = 4096
+# Reader channels (.stream) open at once on one connection: OpenSSH's MaxSessions defaults to 10,
+# one is the SFTP session, one or two the probes and listings; files beyond these read over SFTP.
+MAX_READERS = 6
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ class Connection:
             raise IOFailure(f"{self.name}: cannot connect: {_why(e)}") from e
         self._sftp: asyncssh.SFTPClient | None = None
         self._lock = threading.Lock()
+        self.readers = threading.BoundedSemaphore(MAX_READERS)  # reader channels (.stream) open
 
     def call(self, coro: Awaitable[T], what: str, timeout: float = READ_TIMEOUT) -> T:
         """Run ``coro`` on the connection's loop; a timeout or a lost connection is IOFailure naming ``what``."""

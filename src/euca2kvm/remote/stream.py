@@ -74,15 +74,30 @@ class Stream:
         self._pending: collections.deque[tuple[int, int, memoryview, asyncio.Future[int]]] = collections.deque()
         self._pump: asyncio.Task[None] | None = None
         self._broken: BaseException | None = None
+        self._holds = False  # one of the connection's reader slots
 
     def start(self) -> str | None:
-        """Open the channel; :data:`UNAVAILABLE` when the host has no Python. IOFailure when the file
+        """Open the channel; :data:`UNAVAILABLE` when the host has no Python, the connection has
+        :data:`~.ssh.MAX_READERS` open or the server refuses another channel. IOFailure when the file
         cannot be opened (ELOOP: a symlink)."""
+        if not self.conn.readers.acquire(blocking=False):
+            return UNAVAILABLE
+        self._holds = True
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
 
+    def _start(self) -> str | None:
         async def go() -> bytes:
             cmd = python_command(_SERVER, [self.path, str(MAX_REQUEST)], "exit 0")
-            self._proc = await self.conn.conn.create_process(cmd, encoding=None, window=WINDOW_SIZE,
-                                                             max_pktsize=STREAM_PKTSIZE, stderr=asyncssh.DEVNULL)
+            try:
+                self._proc = await self.conn.conn.create_process(cmd, encoding=None, window=WINDOW_SIZE,
+                                                                 max_pktsize=STREAM_PKTSIZE,
+                                                                 stderr=asyncssh.DEVNULL)
+            except asyncssh.ChannelOpenError:  # MaxSessions reached: this file reads over SFTP
+                return b""
             try:
                 return await self._proc.stdout.readexactly(HEADER.size)
             except asyncio.IncompleteReadError as e:
@@ -164,3 +179,6 @@ class Stream:
 
         with contextlib.suppress(IOFailure):
             self.conn.call(go(), "close", timeout=10)
+        if self._holds:
+            self._holds = False
+            self.conn.readers.release()
