@@ -36,6 +36,8 @@ def _modules(argv: Sequence[str]) -> list[ModuleType]:
     first = next((a for a in argv if not a.startswith("-")), None)
     if first in COMMANDS:
         names = [COMMANDS[first]]
+    elif first is None and "--version" in argv and not {"-h", "--help"} & set(argv):
+        names = []  # --version prints and exits before any command is parsed
     return [importlib.import_module(f"{__name__}.{n}") for n in names]
 
 
@@ -65,6 +67,15 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse._VersionAction):
+    """``--version``, looked up only when asked for: importlib.metadata costs every other run its import."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        self.version = f"%(prog)s {_version()}"
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser (subcommands inherit it) with usage errors escaped: they quote arguments,
     which a shell glob over a volumes directory can fill with hostile file names. Help shows defaults."""
@@ -85,7 +96,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=_TopFormatter,
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action=_VersionAction)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in _modules(sys.argv[1:] if argv is None else argv):

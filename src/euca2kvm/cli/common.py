@@ -10,16 +10,18 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import IOFailure, UsageError
-from ..eucalyptus import san
 from ..eucalyptus.discovery import ID_RE, VOLUMES_DIR, Discovery, Note, Volume, discover
 from ..eucalyptus.inuse import Holder
 from ..export.digest import DEFAULT, OPTIONS, Algorithm
-from ..rbd import image as rbd_image
-from ..rbd import sources as rbd_sources
+from ..rbd import names as rbd_names
 from .console import LazyConsole, escape
+
+if TYPE_CHECKING:
+    from ..eucalyptus import san
+    from ..rbd import image as rbd_image
 
 # Defaults of the libvirt domain and boot test options, here so that building a command's parser
 # imports no QEMU or libvirt code. The boot timeout equals kvm.boottest.DEFAULT_TIMEOUT (tested).
@@ -50,6 +52,8 @@ _device_specs: dict[str, san.DeviceSpec] = {}
 class _DeviceOption(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
+        from ..eucalyptus import san  # imported only when --device is given: it pulls in the planner
+
         try:
             spec = san.parse_device(str(values))
         except UsageError as e:
@@ -73,6 +77,8 @@ def device_ids() -> set[str]:
 
 def add_device_volumes(d: Discovery) -> None:
     """The ``--device`` LUNs as volumes; one replaces a volume of the same id found in the sources."""
+    from ..eucalyptus import san
+
     for vid, spec in _device_specs.items():
         vol = san.device_volume(spec)
         if any(v.id == vid for v in d.volumes):
@@ -99,10 +105,10 @@ class _CephOption(argparse.Action):
 def add_ceph_args(p: argparse.ArgumentParser) -> None:
     _ceph_options.clear()  # parsers are built once per run, before parsing
     g = p.add_argument_group("Ceph RBD sources (--source rbd:POOL; read-only, a read-only cephx key is enough)")
-    g.add_argument("--ceph-conf", action=_CephOption, default=rbd_image.DEFAULT_CONF, metavar="PATH",
-                   help=f"Ceph configuration (default {rbd_image.DEFAULT_CONF})")
-    g.add_argument("--ceph-id", action=_CephOption, default=rbd_image.DEFAULT_ID, metavar="NAME",
-                   help=f"cephx user without 'client.' (default {rbd_image.DEFAULT_ID}, storage.cephuser's default)")
+    g.add_argument("--ceph-conf", action=_CephOption, default=rbd_names.DEFAULT_CONF, metavar="PATH",
+                   help=f"Ceph configuration (default {rbd_names.DEFAULT_CONF})")
+    g.add_argument("--ceph-id", action=_CephOption, default=rbd_names.DEFAULT_ID, metavar="NAME",
+                   help=f"cephx user without 'client.' (default {rbd_names.DEFAULT_ID}, storage.cephuser's default)")
     g.add_argument("--ceph-keyring", action=_CephOption, metavar="PATH",
                    help="the user's keyring (default /etc/ceph/ceph.client.<id>.keyring)")
 
@@ -115,18 +121,23 @@ def set_ceph_defaults(user: str | None, conf: str | None, keyring: str | None) -
 
 
 def ceph_options() -> rbd_image.CephOptions:
+    from ..rbd import image as rbd_image  # librbd (ctypes) only for rbd: sources
+
     o = _ceph_options
-    return rbd_image.CephOptions(o.get("ceph_conf", rbd_image.DEFAULT_CONF), o.get("ceph_id", rbd_image.DEFAULT_ID),
+    return rbd_image.CephOptions(o.get("ceph_conf", rbd_names.DEFAULT_CONF), o.get("ceph_id", rbd_names.DEFAULT_ID),
                                  o.get("ceph_keyring"))
 
 
 def add_rbd_volumes(d: Discovery, sources: list[str]) -> None:
     """The images of ``rbd:POOL`` sources as volumes (``rbd``, ``rbd-snapshot``) whose bytes come from
     their block source; ``del…`` and images not named like a volume are notes; watchers make a volume in use."""
+    from ..rbd import image as rbd_image
+    from ..rbd import sources as rbd_sources
+
     cluster = rbd_image.Cluster(ceph_options())  # open for the rest of the run: the volumes read through it
     atexit.register(cluster.close)
     for src in dict.fromkeys(sources):
-        for ref in rbd_sources.pool_images(cluster, rbd_sources.pool_name(src)):
+        for ref in rbd_sources.pool_images(cluster, rbd_names.pool_name(src)):
             if ref.deleted or not ID_RE.match(ref.image):
                 why = ("a deleted image Eucalyptus renamed (it still has clones); read only as their parent"
                        if ref.deleted else "not named like a Eucalyptus volume or snapshot")
@@ -208,8 +219,8 @@ def sources(args: argparse.Namespace) -> list[str]:
 def discover_sources(paths: list[str], quiet: bool = False) -> Discovery:
     remote = [p for p in paths if p.startswith(SSH_SCHEME)]
     paths = [p for p in paths if not p.startswith(SSH_SCHEME)]
-    rbd = [p for p in paths if rbd_sources.is_rbd(p)]
-    rest = [p for p in paths if not rbd_sources.is_rbd(p)]
+    rbd = [p for p in paths if rbd_names.is_rbd(p)]
+    rest = [p for p in paths if not rbd_names.is_rbd(p)]
     d = discover(rest) if rest or not rbd else Discovery()
     if rbd:
         add_rbd_volumes(d, rbd)

@@ -19,15 +19,19 @@ import os
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..blocks import BlockSource, FileOpener
 from ..errors import Euca2kvmError, FormatError, UsageError
 from ..ids import GZIP_MAGIC, ID_RE, SNAP_GZ_RE, STRAY_RE, is_gzip
-from ..lvm.device import Device, file_size
-from ..lvm.extents import ExtentMap, LinearMapper
-from ..lvm.model import LV
-from ..lvm.scan import VolumeGroup, scan
 from .inuse import LOCAL, Holder, Host, holders
+
+if TYPE_CHECKING:  # the LVM reader is imported by the functions that scan or map: --version, verify,
+    # report and manifest never load it
+    from ..lvm.device import Device
+    from ..lvm.extents import ExtentMap
+    from ..lvm.model import LV
+    from ..lvm.scan import VolumeGroup
 
 VOLUMES_DIR = "/var/lib/eucalyptus/volumes"
 EUCA_LV_PREFIX = "euca-"
@@ -73,6 +77,8 @@ class Volume:
         if self.group is not None:
             assert self.lv is not None
             return self.group.lv_map(self.lv)
+        from ..lvm.extents import ExtentMap, LinearMapper
+
         return ExtentMap(self.size, [LinearMapper(0, self.size, self.files[0], 0)] if self.size else [])
 
     def block_source(self) -> BlockSource:
@@ -230,6 +236,8 @@ def _lv_id(group: VolumeGroup, lv: LV) -> str:
 
 
 def discover(paths: Iterable[str], check_in_use: bool = True) -> Discovery:
+    from ..lvm.device import Device, file_size
+
     out = Discovery()
     files, explicit = _expand(paths, out.notes)
     devices: list[Device] = []
@@ -247,6 +255,8 @@ def from_devices(devices: list[Device], explicit: set[str], out: Discovery, chec
     """Volumes from listed files (local or read through ``Device.reader``): the scan, the volumes and the
     notes, shared by local and remote sources; ``explicit`` are the files named by the user, ``host`` where
     the in-use checks run."""
+    from ..lvm.scan import scan
+
     res = scan(devices)
     out.warnings.extend(res.warnings)
     for dev_name, err in res.errors.items():

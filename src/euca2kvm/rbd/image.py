@@ -20,6 +20,7 @@ import bisect
 import ctypes
 import errno
 import os
+import threading
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ ATIME_UPDATE_INTERVAL = "0"
 # librbd's object cache only helps re-reads; an export reads each block once, and with the cache on a
 # 256 MiB image exported in 2.8-3.3 s, without it in 0.8-1.8 s (bench/bench_rbd.py image, this machine).
 RBD_CACHE = "false"
+# Closing an image waits for reads in flight (each bounded by OSD_OP_TIMEOUT_S on a sick cluster; a
+# 4 MiB read takes milliseconds on a healthy one); a read still running after this is left alone.
+CLOSE_WAIT_S = 30
 # rbd_list's name buffer: 64 KiB fits ~4000 image names; it grows on ERANGE up to this bound
 # (a million images with 100-byte names), a hostile or broken answer cannot make it grow further.
 MAX_LIST_BYTES = 128 << 20
@@ -144,10 +148,9 @@ class Cluster:
     def close(self) -> None:
         """Close every image still open, the pools, then the connection (librados' threads stop here,
         not in the interpreter's teardown)."""
-        for p in self._pools.values():
-            p.close()
+        closed = all([p.close() for p in self._pools.values()])
         self._pools.clear()
-        if self._h:
+        if closed and self._h:
             self.lib.rados_shutdown(self._h)
             self._h = ctypes.c_void_p()
 
@@ -193,12 +196,14 @@ class Pool:
         finally:
             img.close()
 
-    def close(self) -> None:
-        for h in list(self.handles):
-            h.close()
-        if self.io:
+    def close(self) -> bool:
+        """Close the images still open, then the pool context; False when an image could not be
+        closed (reads in flight): the context and the connection are then left to the process' end."""
+        closed = all([h.close() for h in list(self.handles)])
+        if closed and self.io:
             self.lib.rados_ioctx_destroy(self.io)
             self.io = ctypes.c_void_p()
+        return closed
 
 
 class _Handle:
@@ -208,6 +213,8 @@ class _Handle:
         self.pool, self.name, self.lib = pool, name, pool.lib
         self.spec = f"rbd:{pool.name}/{name}"
         self.h = ctypes.c_void_p()
+        self._reads = threading.Condition()  # guards h against a close while reads are in flight
+        self._inflight = 0
         opener = self.lib.rbd_open_by_id_read_only if by_id else self.lib.rbd_open_read_only
         rc = opener(pool.io, _b(name), ctypes.byref(self.h), None if snap is None else _b(snap))
         if rc == -errno.ENOENT:
@@ -327,11 +334,30 @@ class _Handle:
             raise IOFailure(f"{self.spec}: extent query reports bytes up to {ends[-1]} beyond the size {size}")
         return starts, ends
 
-    def close(self) -> None:
-        self.pool.handles.discard(self)
-        if self.h:
-            self.lib.rbd_close(self.h)
-            self.h = ctypes.c_void_p()
+    def read(self, offset: int, n: int, addr: int) -> int:
+        """``rbd_read2`` into ``addr``; IOFailure once the handle is closed (never a freed handle)."""
+        with self._reads:
+            if not self.h:
+                raise IOFailure(f"{self.spec}: read at offset {offset} after the image was closed")
+            h, self._inflight = self.h, self._inflight + 1
+        try:
+            return int(self.lib.rbd_read2(h, offset, n, addr, 0))
+        finally:
+            with self._reads:
+                self._inflight -= 1
+                self._reads.notify_all()
+
+    def close(self) -> bool:
+        """Close once no read is in flight; False (the handle is left open, the process ends soon
+        anyway) when reads are still running after CLOSE_WAIT_S: freeing it under them would crash."""
+        with self._reads:
+            if not self._reads.wait_for(lambda: self._inflight == 0, timeout=CLOSE_WAIT_S):
+                return False
+            self.pool.handles.discard(self)
+            if self.h:
+                self.lib.rbd_close(self.h)
+                self.h = ctypes.c_void_p()
+        return True
 
 
 class RbdImage:
@@ -395,7 +421,7 @@ class RbdImage:
         if not n:
             return
         buf = (ctypes.c_char * n).from_buffer(view)
-        got = self._h.lib.rbd_read2(self._h.h, offset, n, ctypes.addressof(buf), 0)
+        got = self._h.read(offset, n, ctypes.addressof(buf))
         if got != n:
             why = strerror(got) if got < 0 else f"{got} of {n} bytes (the image shrank?)"
             raise IOFailure(f"{self.name}: read at offset {offset}: {why}")

@@ -1,0 +1,55 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Start-up cost: the command line imports a backend only when its source or command is used."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# Never needed to build the parser or run scan/export/verify of local containers.
+BACKENDS = ("euca2kvm.rbd.image", "euca2kvm.rbd.lib", "ctypes", "asyncssh", "boto3", "botocore", "jinja2",
+            "psycopg", "euca2kvm.remote", "euca2kvm.report", "euca2kvm.kvm", "euca2kvm.eucalyptus.san",
+            "euca2kvm.planning")
+# Not needed by commands that read no container (verify, report, manifest, --version).
+LVM = ("euca2kvm.lvm.scan", "euca2kvm.lvm.extents", "euca2kvm.lvm.reader")
+
+
+def loaded(code: str) -> set[str]:
+    """The modules (and their packages) loaded after running ``code`` in a fresh interpreter."""
+    p = subprocess.run([sys.executable, "-c", code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    return set(json.loads(p.stdout.splitlines()[-1]))
+
+
+def heavy(mods: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in mods if any(m == n or m.startswith(n + ".") for n in names))
+
+
+def test_import_cli_loads_no_backend() -> None:
+    mods = loaded("import euca2kvm.cli")
+    assert heavy(mods, BACKENDS + LVM) == []
+    assert "importlib.metadata" not in mods  # --version looks it up when asked
+
+
+@pytest.mark.parametrize("command", ["scan", "export", "verify", "report", "manifest"])
+def test_parser_of_local_commands_loads_no_backend(command: str) -> None:
+    mods = loaded(f"import sys\nsys.argv = ['euca2kvm', {command!r}]\nfrom euca2kvm.cli import build_parser\n"
+                  "build_parser()")
+    assert heavy(mods, BACKENDS) == [], command
+
+
+def test_version_loads_no_command() -> None:
+    mods = loaded("import contextlib, io\nfrom euca2kvm.cli import main\n"
+                  "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+                  "    main(['--version'])")
+    assert heavy(mods, BACKENDS + LVM) == []
+    assert not [m for m in mods if m.startswith("euca2kvm.cli.") and m.endswith("_cmd")]
+
+
+def test_version_still_prints_the_version() -> None:
+    p = subprocess.run([sys.executable, "-m", "euca2kvm", "--version"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("euca2kvm ") and len(p.stdout.split()) == 2
