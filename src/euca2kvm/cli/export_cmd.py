@@ -55,7 +55,8 @@ def build_parser(sub: Any) -> None:
                         "rewrites only the blocks changed since")
     p.add_argument("--sync", action="store_true",
                    help="final pass after the instance is stopped: rewrite only the blocks changed since the last "
-                        "--warm pass, verify the whole image, record consistent=true (raw images)")
+                        "--warm pass, verify the whole image (--no-verify: only the rewritten blocks), record "
+                        "consistent=true")
     add_digest_args(p)
     add_s3_args(p)
     p.add_argument("--no-verify", dest="verify", action="store_false",
@@ -142,8 +143,9 @@ def do_export(args: argparse.Namespace) -> int:
     fmt = output_format(args.format, compress=args.compress, vmdk_subformat=args.vmdk_subformat)
     if args.warm and args.sync:
         raise UsageError("--warm (while the instance runs) and --sync (after it stopped) are separate passes")
-    if (args.warm or args.sync) and (not args.verify or args.output.startswith("s3://")):
-        raise UsageError("--warm and --sync need block digests (no --no-verify) and a local OUTDIR (not s3://)")
+    if (args.warm and not args.verify) or ((args.warm or args.sync) and args.output.startswith("s3://")):
+        raise UsageError("--warm needs block digests (no --no-verify); --warm and --sync need a local OUTDIR "
+                         "(not s3://)")
     opts = ExportOptions(fmt=fmt, sha256=args.sha256, verify=args.verify, workers=args.workers,
                          fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args),
                          warm=args.warm or args.sync)

@@ -14,7 +14,9 @@ instance is stopped (in-use checks back on), run :func:`delta_pass`:
    into the published raw image (whole blocks, ``pwrite``), which is then flushed;
 4. the source is checked as after any export (size, inode, LVM metadata; ``--sync`` also its times:
    nothing may write it any more), the whole image is verified (its block digest, read back) against
-   the new per-block digests, and the entry records the new sidecar, the digest, ``"consistent":
+   the new per-block digests (``--sync --no-verify`` skips this second full read and records
+   ``"verified": false``: the rewritten blocks were digested as they were written, the others are
+   trusted to be what the earlier passes wrote), and the entry records the new sidecar, the digest, ``"consistent":
    true`` for ``--sync`` (false for another warm pass) and what the pass read and wrote.
 
 Raw images are written with ``pwrite``, other uncompressed formats (qcow2, vmdk...) through
@@ -117,7 +119,7 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
         if final and digest != res.digest:
             raise AssertionError("a final pass whose blocks all match folds to the source's digest")
         checked = time.time()
-        if opts.verify and changed or final:
+        if opts.verify and (changed or final):
             found = content_digest(out, fmt, digest, opts.workers, size)
             if found != digest:  # never left recorded as consistent
                 manifest.record(outdir, {**entry, "consistent": False, "sync_in_progress": True})
@@ -139,6 +141,7 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
             done["blocks"] = sidecar.write(od, sidecar.name_for(out.name), car)
         if final:
             done["synced_at"] = utc(ended)
+            done["verified"] = opts.verify  # --sync --no-verify: the rewritten blocks were digested as written
         manifest.record(outdir, done)
     return done
 
