@@ -64,6 +64,11 @@ def build_parser(sub: Any) -> None:
                         "read back); the manifest records verified=false and no digest")
     p.add_argument("--overwrite", action="store_true", help="export again even when an output still verifies")
     p.add_argument("--fsync", action="store_true", help="flush each image to stable storage before renaming it")
+    p.add_argument("--drop-behind", action="store_true",
+                   help="drop the source bytes read from the page cache behind the reader: about a quarter faster "
+                        "on a cold source here, and a large export no longer pushes other data out of the cache; "
+                        "but pages other processes had cached (a running instance's disk with --warm) are dropped "
+                        "too (default off)")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                    help=f"volumes in parallel (1-{MAX_JOBS}, default 1)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
@@ -149,6 +154,10 @@ def do_export(args: argparse.Namespace) -> int:
     opts = ExportOptions(fmt=fmt, sha256=args.sha256, verify=args.verify, workers=args.workers,
                          fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args),
                          warm=args.warm or args.sync)
+    if args.drop_behind:
+        from ..lvm.source import set_drop_behind
+
+        set_drop_behind(True)
     # IDs first: an unknown ID or a file that is no volume leaves no output directory behind
     d, named = resolve_volumes(list(dict.fromkeys(args.ids)), args.source, quiet=args.json)
     if args.all:
