@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from ..blocks import BlockSource, Kind
 from ..errors import IOFailure
@@ -134,6 +135,16 @@ class BufferPool:
 
 
 @dataclass
+class BlockHook:
+    """A consumer of each block's bytes (the S3 upload's parts): ``encode`` runs on the worker that
+    read the block, with its bytes (a view of a reused buffer: copy what is kept) or None for a block
+    of zeros and holes, and its length; ``take`` gets each block's index and result in block order."""
+
+    encode: Callable[[memoryview | None, int], Any]
+    take: Callable[[int, Any], None]
+
+
+@dataclass
 class _Block:
     index: int
     lo: int
@@ -142,6 +153,7 @@ class _Block:
     buf: bytearray | None  # kept only when the plain sha256 needs the bytes in order
     read: int
     written: int
+    encoded: Any = None  # BlockHook.encode's result
 
 
 def block_data(source: BlockSource, lo: int, hi: int, name: str) -> list[tuple[int, int]]:
@@ -158,9 +170,9 @@ def block_data(source: BlockSource, lo: int, hi: int, name: str) -> list[tuple[i
 
 
 def _block_job(source: BlockSource, dest: _Dest, lo: int, hi: int, index: int, runs: list[tuple[int, int]],
-               buffers: BufferPool, keep: bool, algo: Algorithm | None) -> _Block:
+               buffers: BufferPool, keep: bool, algo: Algorithm | None, hook: BlockHook | None = None) -> _Block:
     """Copy and/or digest one block; ``algo`` None copies without hashing (--no-verify)."""
-    if dest.can_clone and not keep:
+    if dest.can_clone and not keep and hook is None:
         file_runs = getattr(source, "file_runs", None)  # an optional capability of file-backed sources
         shared = file_runs(lo, hi) if file_runs is not None else None
         if shared is not None and dest.clone_runs(lo, shared):
@@ -170,7 +182,7 @@ def _block_job(source: BlockSource, dest: _Dest, lo: int, hi: int, index: int, r
                 return _Block(index, lo, hi, b"", None, 0, total)
             hashed = _buffered_block(source, None, lo, hi, index, runs, buffers, False, algo)
             return _Block(index, lo, hi, hashed.digest, None, hashed.read, total)
-    return _buffered_block(source, dest, lo, hi, index, runs, buffers, keep, algo)
+    return _buffered_block(source, dest, lo, hi, index, runs, buffers, keep, algo, hook)
 
 
 def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
@@ -203,7 +215,7 @@ def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
 
 def _buffered_block(source: BlockSource, dest: _Dest | None, lo: int, hi: int, index: int,
                     runs: list[tuple[int, int]], buffers: BufferPool, keep: bool,
-                    algo: Algorithm | None) -> _Block:
+                    algo: Algorithm | None, hook: BlockHook | None = None) -> _Block:
     """Read the block's DATA into a buffer, hash it and write its non-zero grains from there."""
     n = hi - lo
     buf: bytearray | None = buffers.get()
@@ -219,17 +231,19 @@ def _buffered_block(source: BlockSource, dest: _Dest | None, lo: int, hi: int, i
         if covered < n:
             view[covered:n] = ZEROS[: n - covered]
         read = sum(r[1] for r in runs)
-        if ZEROS.startswith(view):
+        zero = ZEROS.startswith(view)
+        if zero:
             digest = algo.zero(n) if algo else b""
             written = 0
         else:
             digest = algo.block(view) if algo else b""
             written = dest.write(sparse_pieces(view, lo)) if dest is not None and dest.fd is not None else 0
+        encoded = hook.encode(None if zero else view, n) if hook is not None else None
         if keep:
-            out = _Block(index, lo, hi, digest, buf, read, written)
+            out = _Block(index, lo, hi, digest, buf, read, written, encoded)
             buf = None  # ownership passes to the consumer
             return out
-        return _Block(index, lo, hi, digest, None, read, written)
+        return _Block(index, lo, hi, digest, None, read, written, encoded)
     finally:
         if buf is not None:
             buffers.put(buf)
@@ -295,14 +309,15 @@ def copy_blocks(source: BlockSource, out_fd: int | None, *, sha256: bool = False
                 workers: int = DEFAULT_WORKERS, progress: ProgressFn | None = None,
                 name: str | None = None, digest: bool = True, algorithm: Algorithm = DEFAULT,
                 on_read: ProgressFn | None = None,
-                on_block: Callable[[int, bytes], None] | None = None) -> CopyResult:
+                on_block: Callable[[int, bytes], None] | None = None, hook: BlockHook | None = None) -> CopyResult:
     """Digest (and when ``out_fd`` is given, sparsely write) every byte of ``source``.
 
     This is the one block-digest fold: exports, resume checks and ``verify`` all digest through it.
     ``digest=False`` (``--no-verify``) copies without hashing; the result's digest is then None.
     ``progress`` gets the bytes of the disk each block covers (holes included), ``on_read`` the bytes
     actually read for it (what a transfer rate should count), when there are any; ``on_block`` gets
-    each block's index and digest, in order (the warm export's sidecar, :mod:`.sidecar`).
+    each block's index and digest, in order (the warm export's sidecar, :mod:`.sidecar`); ``hook`` each
+    block's bytes, encoded on the workers, in order (:class:`BlockHook`).
     """
     workers = max(1, workers)
     size = source.size
@@ -319,6 +334,8 @@ def copy_blocks(source: BlockSource, out_fd: int | None, *, sha256: bool = False
         bd.add(blk.digest)
         if on_block is not None:
             on_block(blk.index, blk.digest)
+        if hook is not None:
+            hook.take(blk.index, blk.encoded)
         total_read += blk.read
         total_written += blk.written
         if plain is not None:
@@ -333,11 +350,12 @@ def copy_blocks(source: BlockSource, out_fd: int | None, *, sha256: bool = False
             hi = min(size, lo + DIGEST_BLOCK)
             runs = block_data(source, lo, hi, label)
             if runs and workers == 1:  # no hand-off at all: each one costs a wake-up of another thread
-                yield _block_job(source, dest, lo, hi, index, runs, buffers, sha256, algo)
+                yield _block_job(source, dest, lo, hi, index, runs, buffers, sha256, algo, hook)
             elif runs:
-                yield pool.submit(_block_job, source, dest, lo, hi, index, runs, buffers, sha256, algo)
+                yield pool.submit(_block_job, source, dest, lo, hi, index, runs, buffers, sha256, algo, hook)
             else:  # all zeros or holes: known digest, nothing to read or write, no hand-off to a worker
-                yield _Block(index, lo, hi, algo.zero(hi - lo) if algo else b"", None, 0, 0)
+                yield _Block(index, lo, hi, algo.zero(hi - lo) if algo else b"", None, 0, 0,
+                             hook.encode(None, hi - lo) if hook is not None else None)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy")
     try:

@@ -34,16 +34,16 @@ import functools
 import hashlib
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..blocks import ZEROS, BlockSource, Kind
-from ..errors import FormatError, IOFailure, UsageError, VerifyError
+from ..blocks import BlockSource, Kind
+from ..errors import FormatError, UsageError, VerifyError
 from ..units import MiB
-from .digest import DEFAULT, DIGEST_BLOCK, Algorithm, BlockDigest
-from .inorder import in_order
+from .copy import BlockHook, copy_blocks
+from .digest import DEFAULT, DIGEST_BLOCK, ZEROS, Algorithm
 from .s3 import S3Url, call
 
 # Default part size: large enough that per-request overhead is noise on a fast link, small enough
@@ -56,12 +56,10 @@ MIN_PART_SIZE = 8 * MiB
 MAX_PARTS = 9000
 # Parts sent at once: one on the wire while the next is read, hashed and compressed.
 UPLOADS_IN_FLIGHT = 2
-EXTRA_INFLIGHT = 2  # blocks read ahead of the in-order consumer
 # Deflate level of data blocks: the fastest (the upload should not wait for deflate); zero
 # blocks use the smallest member there is, made once.
 GZIP_LEVEL = 1
 ZERO_LEVEL = 9
-_ZEROS = bytes(DIGEST_BLOCK)
 
 Progress = Callable[[int], None]
 
@@ -69,7 +67,7 @@ Progress = Callable[[int], None]
 @functools.lru_cache(maxsize=4)
 def zero_member(length: int) -> bytes:
     """A gzip member of ``length`` zero bytes (about 4 KiB for a whole block)."""
-    return gzip_member(_ZEROS[:length], ZERO_LEVEL)
+    return gzip_member(ZEROS[:length], ZERO_LEVEL)
 
 
 def gzip_member(data: bytes | bytearray | memoryview, level: int = GZIP_LEVEL) -> bytes:
@@ -83,14 +81,6 @@ def part_size_for(size: int, wanted: int = PART_SIZE) -> int:
     """``wanted`` rounded up to whole digest blocks, grown so that the disk fits in MAX_PARTS parts."""
     need = max(wanted, MIN_PART_SIZE, -(-size // MAX_PARTS))
     return -(-need // DIGEST_BLOCK) * DIGEST_BLOCK
-
-
-@dataclass
-class _Block:
-    digest: bytes
-    payload: bytes | bytearray | memoryview
-    length: int  # disk bytes covered
-    read: int  # bytes read from the source
 
 
 @dataclass
@@ -116,27 +106,6 @@ class UploadResult:
     etag: str
     checksum: str | None  # the object's composite SHA-256 ("<base64>-<parts>"), as the service confirmed it
     upload_id: str = field(default="")
-
-
-def _read_block(source: BlockSource, lo: int, hi: int, algo: Algorithm, gz: bool) -> _Block:
-    n = hi - lo
-    buf = bytearray(n)
-    view = memoryview(buf)
-    read = 0
-    for r in source.ranges(lo, hi):
-        if r.kind is Kind.ERROR:
-            raise IOFailure(f"{source.name}: bytes {r.start}..{r.end} map to an 'error' range; refusing to "
-                            "invent data")
-        if r.kind is Kind.DATA:
-            source.read_into(r.start, view[r.start - lo : r.end - lo])
-            read += r.length
-    if _ZEROS.startswith(view):
-        return _Block(algo.zero(n), zero_member(n) if gz else _ZEROS[:n], n, read)
-    return _Block(algo.block(view), gzip_member(view) if gz else buf, n, read)
-
-
-def _zero_block(source: BlockSource, lo: int, hi: int) -> bool:
-    return all(r.kind in ZEROS for r in source.ranges(lo, hi))
 
 
 class Uploader:
@@ -284,12 +253,10 @@ def upload(source: BlockSource, client: Any, target: S3Url, key: str, *, gz: boo
         "euca2kvm-encoding": "gzip" if gz else "none", "euca2kvm-part-size": str(psize),
         "euca2kvm-size": str(size)})
     up = Uploader(client, target, key, upload_id, stored)
-    bd = BlockDigest(algorithm)
-    plain = hashlib.sha256() if sha256 else None
-    pieces: list[bytes | bytearray | memoryview] = []
+    pieces: list[bytes | memoryview] = []
     filled = 0
     number = 0
-    total_read = object_size = 0
+    object_size = 0
 
     def flush() -> None:
         nonlocal pieces, filled, number, object_size
@@ -299,44 +266,32 @@ def upload(source: BlockSource, client: Any, target: S3Url, key: str, *, gz: boo
         pieces, filled = [], 0
         up.part(number, data)
 
-    def consume(blk: _Block) -> None:
-        nonlocal filled, total_read
-        bd.add(blk.digest)
-        if plain is not None:
-            plain.update(blk.payload)  # raw only: the payload is the disk's bytes
-        pieces.append(blk.payload)
-        filled += len(blk.payload)
-        total_read += blk.read
-        if on_read is not None and blk.read:
-            on_read(blk.read)
-        if progress is not None:
-            progress(blk.length)
+    def encode(view: memoryview | None, n: int) -> bytes | memoryview:
+        """A block's bytes in the object (on the worker that read them): a gzip member, or the bytes."""
+        if view is None:
+            return zero_member(n) if gz else ZEROS[:n]
+        return gzip_member(view) if gz else bytes(view)  # the view's buffer is reused: copy
+
+    def take(_index: int, payload: bytes | memoryview) -> None:
+        nonlocal filled
+        pieces.append(payload)
+        filled += len(payload)
         if filled >= psize:
             flush()
 
-    def blocks() -> Iterator[Future[_Block] | _Block]:
-        for lo in range(0, size, DIGEST_BLOCK):
-            hi = min(size, lo + DIGEST_BLOCK)
-            if _zero_block(source, lo, hi):
-                n = hi - lo
-                yield _Block(algorithm.zero(n), zero_member(n) if gz else _ZEROS[:n], n, 0)
-            else:
-                yield pool.submit(_read_block, source, lo, hi, algorithm, gz)
-
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="s3-read")
     try:
-        in_order(blocks(), max(1, workers) + EXTRA_INFLIGHT, consume)
+        res = copy_blocks(source, None, sha256=sha256, workers=workers, progress=progress, algorithm=algorithm,
+                          on_read=on_read, hook=BlockHook(encode, take))
         if pieces or number == 0:
             flush()
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(BaseException):  # the first failure is the one reported
             up.wait()
         raise
-    pool.shutdown(wait=True)
     up.wait()
     if before_complete is not None:
         before_complete()
     etag, checksum = up.complete(object_size)
-    return UploadResult(bd.hexdigest(), plain.hexdigest() if plain else None, size, object_size, number,
-                        up.uploaded, up.kept, total_read, up.bytes_uploaded, etag, checksum, upload_id)
+    assert res.digest is not None
+    return UploadResult(res.digest, res.sha256, size, object_size, number, up.uploaded, up.kept, res.bytes_read,
+                        up.bytes_uploaded, etag, checksum, upload_id)

@@ -6,57 +6,86 @@ window). Nothing is written locally; memory is one digest block plus a read chun
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
+from ..blocks import Kind, Range
 from ..errors import EXIT_FORMAT, EXIT_IO, EXIT_OK, EXIT_VERIFY, Euca2kvmError, FormatError, Interrupted
 from ..ids import GZIP_MAGIC
 from ..units import MiB
-from .digest import DIGEST_BLOCK, BlockDigest, algorithm_of
+from .copy import copy_blocks
+from .digest import algorithm_of
 from .s3 import EXT, S3Url, call, is_missing
 
 # Bytes asked of the response stream at a time (and compressed bytes fed to zlib at a time).
 READ_CHUNK = 1 * MiB
 # Largest inflated output zlib may hand back per call: bounds memory against gzip bombs.
 OUT_WINDOW = 4 * MiB
-_ZEROS = bytes(DIGEST_BLOCK)
+class _Stream:
+    """Disk bytes arriving in order as a block source (all DATA) of the recorded ``size``, for the one
+    digest fold (:func:`.copy.copy_blocks` with one worker reads it front to back); a stream that ends
+    early is short, one with bytes left over is longer than recorded: both FormatError."""
+
+    def __init__(self, chunks: Iterator[bytes], size: int, where: str) -> None:
+        self._chunks, self._size, self._name = chunks, size, where
+        self._pending = memoryview(b"")
+        self.pos = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def kinds(self) -> frozenset[Kind]:
+        return frozenset({Kind.DATA})
+
+    def ranges(self, lo: int, hi: int) -> Iterator[Range]:
+        if hi > lo:
+            yield Range(lo, hi - lo, Kind.DATA)
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        assert offset == self.pos, (offset, self.pos)  # one worker: blocks are read in order
+        got = 0
+        while got < len(view):
+            if not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    raise FormatError(f"holds {self.pos + got} bytes, fewer than the recorded {self._size}",
+                                      self._name)
+                self._pending = memoryview(chunk)
+            take = min(len(view) - got, len(self._pending))
+            view[got : got + take] = self._pending[:take]
+            self._pending = self._pending[take:]
+            got += take
+        self.pos += got
+
+    def check_end(self) -> None:
+        """FormatError if the stream holds more than the recorded size."""
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return
+            self._pending = memoryview(chunk)
+        raise FormatError(f"holds more than the recorded {self._size} bytes", self._name)
+
+    def close(self) -> None:
+        pass
 
 
-class _Fold:
-    """Disk bytes in order → the block digest; refuses more bytes than the recorded size."""
-
-    def __init__(self, digest: str, limit: int, where: str) -> None:
-        self.bd = BlockDigest(algorithm_of(digest))
-        self.block = bytearray()
-        self.size = 0
-        self.limit, self.where = limit, where
-
-    def feed(self, data: bytes | memoryview) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            raise FormatError(f"holds more than the recorded {self.limit} bytes", self.where)
-        view = memoryview(data)
-        while len(view):
-            take = min(len(view), DIGEST_BLOCK - len(self.block))
-            self.block += view[:take]
-            view = view[take:]
-            if len(self.block) == DIGEST_BLOCK:
-                self._flush()
-
-    def _flush(self) -> None:
-        if self.block:
-            if _ZEROS.startswith(self.block):  # a hole: its digest is known
-                self.bd.add_zero(len(self.block))
-            else:
-                self.bd.add(self.bd.algorithm.block(self.block))
-            self.block = bytearray()
-
-    def hexdigest(self) -> str:
-        self._flush()
-        return self.bd.hexdigest()
+def _digest(chunks: Iterator[bytes], size: int, want: str, where: str) -> str:
+    """The block digest of the disk bytes ``chunks`` (exactly ``size`` of them) through the one fold."""
+    stream = _Stream(chunks, size, where)
+    res = copy_blocks(stream, None, workers=1, name=where, algorithm=algorithm_of(want))
+    stream.check_end()
+    assert res.digest is not None
+    return res.digest
 
 
-def _inflate(chunks: Any, fold: _Fold, where: str) -> None:
-    """Concatenated gzip members from ``chunks`` into ``fold``."""
+def _inflate(chunks: Any, where: str) -> Iterator[bytes]:
+    """The bytes of the concatenated gzip members in ``chunks``, at most OUT_WINDOW at a time."""
     dec: Any = None
     members = 0
     for chunk in chunks:
@@ -71,9 +100,9 @@ def _inflate(chunks: Any, fold: _Fold, where: str) -> None:
                 members += 1
             try:
                 out = dec.decompress(pending, OUT_WINDOW)
-                fold.feed(out)
+                yield out
                 while dec.unconsumed_tail and not dec.eof:
-                    fold.feed(dec.decompress(dec.unconsumed_tail, OUT_WINDOW))
+                    yield dec.decompress(dec.unconsumed_tail, OUT_WINDOW)
             except zlib.error as e:
                 raise FormatError(f"gzip member {members} is corrupt: {e}", where) from e
             pending = dec.unused_data if dec.eof else b""
@@ -107,15 +136,9 @@ def check_entry(client: Any, target: S3Url, entry: dict[str, Any]) -> tuple[str,
             return "missing", "no such object", EXIT_IO
         return "unreadable", str(e), e.exit_code
     body = obj["Body"]
-    fold = _Fold(str(want), size, out)
     try:
         chunks = body.iter_chunks(READ_CHUNK)
-        if encoding == "gzip":
-            _inflate(chunks, fold, out)
-        else:
-            for chunk in chunks:
-                fold.feed(chunk)
-        got = fold.hexdigest()
+        got = _digest(_inflate(chunks, out) if encoding == "gzip" else chunks, size, str(want), out)
     except Interrupted:
         raise
     except FormatError as e:
@@ -126,8 +149,6 @@ def check_entry(client: Any, target: S3Url, entry: dict[str, Any]) -> tuple[str,
         return "unreadable", f"reading {out} failed: {type(e).__name__}: {e}", EXIT_IO
     finally:
         body.close()
-    if fold.size != size:
-        return "mismatch", f"{fold.size} bytes, recorded {size}", EXIT_VERIFY
     if got != want:
         return "mismatch", f"digest {got} != recorded {want}", EXIT_VERIFY
     return "ok", str(want), EXIT_OK
