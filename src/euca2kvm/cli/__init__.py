@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from .. import errors
 from ..errors import Euca2kvmError
-from .common import console_err, esc
+from .common import close_backends, console_err, esc
 from .console import LINE_BREAK, VisibleFormatter, visible
 
 EPILOG = errors.epilog()  # the one exit-code table, also the README's
@@ -144,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return errors.EXIT_SIGTERM
     except BrokenPipeError:
         return errors.EXIT_IO
+    finally:
+        close_backends()  # here, not in atexit: the connection outlives no reader and no interpreter state
 
 
 def run() -> None:

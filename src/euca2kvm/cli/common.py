@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import stat
@@ -128,6 +127,16 @@ def ceph_options() -> rbd_image.CephOptions:
                                  o.get("ceph_keyring"))
 
 
+# Ceph connections opened for this run's rbd: sources; closed by the command line's main after the
+# command returned (its worker threads joined), images first, then pools, then the connection.
+_open_clusters: list[Any] = []
+
+
+def close_backends() -> None:
+    while _open_clusters:
+        _open_clusters.pop().close()
+
+
 def add_rbd_volumes(d: Discovery, sources: list[str]) -> None:
     """The images of ``rbd:POOL`` sources as volumes (``rbd``, ``rbd-snapshot``) whose bytes come from
     their block source; ``del…`` and images not named like a volume are notes; watchers make a volume in use."""
@@ -135,7 +144,7 @@ def add_rbd_volumes(d: Discovery, sources: list[str]) -> None:
     from ..rbd import sources as rbd_sources
 
     cluster = rbd_image.Cluster(ceph_options())  # open for the rest of the run: the volumes read through it
-    atexit.register(cluster.close)
+    _open_clusters.append(cluster)  # closed by close_backends() when the command returns
     for src in dict.fromkeys(sources):
         for ref in rbd_sources.pool_images(cluster, rbd_names.pool_name(src)):
             if ref.deleted or not ID_RE.match(ref.image):
