@@ -12,7 +12,6 @@ from typing import Any
 from rich.table import Table
 
 from ..errors import UsageError
-from ..eucalyptus import san
 from ..eucalyptus.cloudinuse import HostState, host_state
 from ..eucalyptus.discovery import Discovery
 from ..eucalyptus.inventory import Inventory
@@ -27,6 +26,7 @@ from ..planning.instances import (
     free_bytes,
     plan_instance,
 )
+from ..planning.san import check_plans
 from ..units import human
 from .common import (
     SSH_SCHEME,
@@ -189,7 +189,7 @@ def make_plan(
         if not insts:
             raise UsageError(f"no instance with EBS volumes in the inventory from {inv.source}")
         plan.instances = [plan_instance(i, inv, d, outdir, fmt, host, sources, args.kernel) for i in insts]
-        san.check_plans(plan.instances, inv, force=getattr(args, "force", False))
+        check_plans(plan.instances, inv, force=getattr(args, "force", False))
         choose_instance_hardware(args, inv, plan.instances)
     else:
         if ids:
@@ -244,8 +244,19 @@ def choose_instance_hardware(args: argparse.Namespace, inv: Inventory, plans: li
         if boot is not None and boot.volume is not None and p.boot_verdict is not None:
             from ..kvm.guestfiles import warning_lines  # the boot disk's guest config against this hardware
 
-            p.warnings += [f"{inst.id}: {w}" for w in warning_lines(boot.volume.extent_map, p.hardware.disks[0].bus,
-                                                                     p.hardware.mac)]
+            vol, bus, hw_mac = boot.volume, p.hardware.disks[0].bus, p.hardware.mac
+            if vol.blocks_factory is None:
+                lines = warning_lines(vol.extent_map, bus, hw_mac)
+            else:  # a backend's volume (RBD) has no extent map: read through its block source
+                from ..blocks import BlockReader
+                from ..errors import Euca2kvmError
+
+                try:
+                    with BlockReader(vol.block_source()) as reader:
+                        lines = warning_lines(reader, bus, hw_mac)
+                except Euca2kvmError as e:
+                    lines = [f"guest configuration not checked: {e}"]
+            p.warnings += [f"{inst.id}: {w}" for w in lines]
 
 
 def build_parser(sub: Any) -> None:
