@@ -19,7 +19,6 @@ import shlex
 import stat
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..errors import FormatError, UsageError
 from ..ids import ID_RE
@@ -28,9 +27,6 @@ from ..units import GiB
 from .discovery import Volume
 from .inuse import SYS_BLOCK, Holder, holders
 from .inventory import Inventory, SanVolume
-
-if TYPE_CHECKING:  # the planner, imported by check_plans only: --device alone needs none of it
-    from .instances import InstancePlan
 
 KIND = "san"
 MOUNTINFO = "/proc/self/mountinfo"
@@ -159,24 +155,3 @@ def attach_hint(vid: str, sv: SanVolume | None) -> str:
             f"(iscsiadm -m discovery -t sendtargets -p PORTAL; iscsiadm -m node -T {iqn} -p PORTAL --login; "
             f"blockdev --setro /dev/sdX, the disk whose /dev/disk/by-path name ends in -iscsi-{sv.iqn}-lun-N; "
             f"PORTAL is the array's iSCSI address) and pass --device {vid}=/dev/sdX")
-
-
-def check_plans(plans: list[InstancePlan], inv: Inventory, force: bool) -> None:
-    """SAN disks of planned instances: a LUN not given with ``--device`` is a blocker saying what to attach;
-    a given device whose size disagrees with the cloud's record is a format blocker (exit 3), a larger one
-    lifted by ``--force``."""
-    from .instances import Blocker
-
-    for p in plans:
-        for disk in p.disks:
-            vid = disk.volume_id
-            sv = inv.san_volume(vid)
-            if disk.volume is None and sv is not None:
-                disk.blockers = [b for b in disk.blockers if b.kind != "missing-file"]
-                disk.blockers.append(Blocker("missing-file", attach_hint(vid, sv), vid))
-            elif disk.volume is not None and disk.volume.kind == KIND:
-                problem = size_problem(disk.volume, inv)
-                if problem is not None and not (problem[1] and force):
-                    disk.blockers.append(Blocker("format", problem[0], vid))
-                elif problem is not None:
-                    disk.warnings.append(problem[0])
