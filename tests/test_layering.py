@@ -57,6 +57,26 @@ def imports_of(path: Path, root: Path = SRC) -> Iterator[tuple[int, str]]:
                 yield node.lineno, f"{target}.{alias.name}"
 
 
+def missing_modules(root: Path = SRC) -> list[str]:
+    """Imports of package modules that do not exist (a module moved and an importer left behind)."""
+    mods = {module_name(p, root) for p in root.rglob("*.py")}
+    mods |= {module_name(d / "__init__.py", root) for d in [root, *root.rglob("*")] if d.is_dir()}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                name = module_name(path, root)
+                package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                names = [".".join(base + ([node.module] if node.module else []))]
+            found += [f"{path.relative_to(root.parent)}:{node.lineno}: no module {n}"
+                      for n in names if n.split(".")[0] == PKG and n not in mods]
+    return found
+
+
 def layer_of(module: str, root: Path = SRC) -> str | None:
     """The subpackage ``module`` belongs to, "" for a module at the package's base, None outside it."""
     parts = module.split(".")
@@ -125,6 +145,10 @@ def test_layers_import_only_downwards() -> None:
     assert violations() == []
 
 
+def test_every_imported_package_module_exists() -> None:
+    assert missing_modules() == []
+
+
 def test_lvm_has_no_import_circle() -> None:
     assert find_cycle(module_graph(SRC, f"{PKG}.lvm")) is None
 
@@ -150,6 +174,14 @@ def test_the_checker_sees_violations(tmp_path: Path, source: dict[str, str], bad
         (ok / layer).mkdir(parents=True)
     (ok / "kvm" / "a.py").write_text("from ..export import qemu_img\nfrom .. import errors\nimport os\n")
     assert violations(ok) == []
+
+
+def test_the_checker_sees_an_import_left_behind(tmp_path: Path) -> None:
+    root = tmp_path / PKG
+    (root / "eucalyptus").mkdir(parents=True)
+    (root / "eucalyptus" / "san.py").write_text("def f():\n    from .instances import Blocker\n")
+    (root / "eucalyptus" / "inventory.py").write_text("from . import san\nfrom .san import f\n")
+    assert [m.split(": ")[1] for m in missing_modules(root)] == [f"no module {PKG}.eucalyptus.instances"]
 
 
 def test_the_cycle_finder_sees_a_type_checking_circle(tmp_path: Path) -> None:
