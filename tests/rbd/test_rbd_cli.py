@@ -137,6 +137,10 @@ def test_export_instance_finds_rbd_volumes_through_the_inventory(ceph: cc.Cluste
     # only the host's own state may block (another run's loop device or PostgreSQL on this shared machine)
     assert not [b for b in plan["blockers"] if not b["forceable"] or b.get("volume_id")], plan["blockers"]
     assert [d["volume_id"] for i in plan["instances"] for d in i["disks"]] == [cc.FROM_SNAP]
+    # the RBD boot disk is read through its block source: inspected, and its guest configuration checked
+    (inst,) = plan["instances"]
+    assert inst["boot_verdict"] and not inst["boot_verdict"].startswith("unknown"), inst["boot_verdict"]
+    assert not [w for w in inst["warnings"] if "configuration not checked" in w], inst["warnings"]
     cli("export-instance", iid, "--inventory", str(f), "-o", str(out), *(["--force"] if plan["blockers"] else []))
     (disk,) = [d for i in plan["instances"] for d in i["disks"]]
     assert sha(Path(disk["output"])) == ceph.images[cc.FROM_SNAP]
