@@ -11,7 +11,9 @@ the image and of every parent, once a minute) leave the headers alone. A read-on
 Ranges come from the cluster's own extent query: ``rbd_diff_iterate2(from=NULL, include_parent=1,
 whole_object=0)`` lists the allocated extents of the image through its whole clone chain (parent
 data up to the overlap, copy-ups, writes beyond the overlap after a resize); everything else is a
-``HOLE``, never found by reading zeros. The list is taken once when the image is opened.
+``HOLE``, never found by reading zeros. The list is taken once when the image is opened, right
+after its identity (:mod:`.identity`: what a re-run and the after-copy check compare) and a
+re-check of its watchers. Closing waits for reads in flight, so a handle is never freed under one.
 """
 
 from __future__ import annotations
