@@ -164,7 +164,7 @@ def test_discovery_names_volumes_like_eucalyptus(lvm_fixtures: tuple[Path, dict[
     assert by_id["snap-5e6f7a8b"].kind == "snapshot"
     assert by_id["snap-5e6f7a8b"].size == truth["raw"][0]["size"]
     assert "vol-4708bf47Ab3dE9" not in by_id
-    assert any("vol-4708bf47Ab3dE9" in n and "interrupted" in n for n in d.notes)
+    assert any(n.path.endswith("/vol-4708bf47Ab3dE9") and "interrupted" in n.reason for n in d.notes)
     seed = discover([str(root / "seed")], check_in_use=False)
     assert [v.id for v in seed.volumes] == ["volume-1a2b3c4d"]
     dots = discover([str(root / "dots")], check_in_use=False)
