@@ -180,21 +180,23 @@ def _no_follow(path: str) -> LocalFile:
 
 
 @contextlib.contextmanager
-def qemu_nbd(path: str, fmt: str, connections: int) -> Iterator[tuple[str, NbdClient]]:
-    """Serve ``path`` read-only with qemu-nbd for ``connections`` clients.
+def qemu_nbd(path: str, fmt: str, connections: int, *, writable: bool = False,
+             client: type[NbdClient] = NbdClient) -> Iterator[tuple[str, NbdClient]]:
+    """Serve ``path`` with qemu-nbd for ``connections`` clients: read-only unless ``writable`` (the
+    delta passes of warm exports write changed blocks into a work copy this way).
 
-    Yields (socket path, first connection). The first connection proves qemu-nbd is ready and
-    keeps it alive (it exits after its last client leaves); it is closed last.
+    Yields (socket path, first connection, a ``client``). The first connection proves qemu-nbd is
+    ready and keeps it alive (it exits after its last client leaves); it is closed last.
     """
     # mode 0700: only we can connect; stale ones of dead runs are removed
     tmpdir = runtime_dir(RUNTIME_PREFIX, tempfile.gettempdir())
     sock = os.path.join(tmpdir, "nbd.sock")
-    argv = [qemu_nbd_binary(), "--read-only", f"--shared={connections}", f"--format={fmt}",
-            f"--socket={sock}", f"--cache={QEMU_NBD_CACHE}", f"--aio={QEMU_NBD_AIO}", path]
+    argv = [qemu_nbd_binary(), *([] if writable else ["--read-only"]), f"--shared={connections}",
+            f"--format={fmt}", f"--socket={sock}", f"--cache={QEMU_NBD_CACHE}", f"--aio={QEMU_NBD_AIO}", path]
     try:
         with procs.Service(argv, stop_grace=STOP_TIMEOUT, what="qemu-nbd",
                            hint=f"set ${ENV_QEMU_NBD} or install qemu-utils") as nbd:
-            first = _wait_ready(nbd, sock)
+            first = _wait_ready(nbd, sock, client)
             try:
                 yield sock, first
             except (ToolError, IOFailure) as e:
@@ -208,14 +210,14 @@ def qemu_nbd(path: str, fmt: str, connections: int) -> Iterator[tuple[str, NbdCl
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _wait_ready(nbd: procs.Service, sock: str) -> NbdClient:
+def _wait_ready(nbd: procs.Service, sock: str, client: type[NbdClient]) -> NbdClient:
     """The first connection, once qemu-nbd listens (ToolError if it exits or START_TIMEOUT passes)."""
 
     def connect() -> NbdClient | None:
         if not os.path.exists(sock):
             return None
         try:
-            return NbdClient(sock)
+            return client(sock)
         except ToolError as e:
             if not isinstance(e.__cause__, (ConnectionRefusedError, FileNotFoundError)):
                 raise

@@ -11,23 +11,16 @@ then SIGKILL) when the pass ends, after a FLUSH acknowledged that every write is
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import struct
-import tempfile
 import time
 from collections.abc import Iterator
 
-from .. import procs
 from ..errors import ToolError
-from ..safefs import RUNTIME_PREFIX, runtime_dir
 from . import nbdproto as proto
-from .imagedigest import ENV_QEMU_NBD, START_POLL, START_TIMEOUT, STOP_TIMEOUT, qemu_nbd_binary
+from .imagedigest import qemu_nbd
 from .nbdclient import NbdClient
 
 TFLAG_READ_ONLY = 1 << 1  # transmission flag: the server refuses writes
-# The image's own cache mode for the writes: through the page cache, flushed by FLUSH at the end.
-WRITE_CACHE = "writeback"
 
 
 class NbdWriter(NbdClient):
@@ -76,28 +69,7 @@ class NbdWriter(NbdClient):
 @contextlib.contextmanager
 def writable(path: str, fmt: str) -> Iterator[NbdWriter]:
     """``path`` served read-write by qemu-nbd to one connection (flushed before it is closed)."""
-    tmpdir = runtime_dir(RUNTIME_PREFIX, tempfile.gettempdir())
-    sock = os.path.join(tmpdir, "nbd.sock")
-    argv = [qemu_nbd_binary(), "--shared=1", f"--format={fmt}", f"--socket={sock}", f"--cache={WRITE_CACHE}", path]
-
-    def connect() -> NbdWriter | None:
-        if not os.path.exists(sock):
-            return None
-        try:
-            return NbdWriter(sock)
-        except ToolError as e:
-            if not isinstance(e.__cause__, (ConnectionRefusedError, FileNotFoundError)):
-                raise
-            return None
-
-    try:
-        with procs.Service(argv, stop_grace=STOP_TIMEOUT, what="qemu-nbd",
-                           hint=f"set ${ENV_QEMU_NBD} or install qemu-utils") as nbd:
-            client = nbd.wait_ready(connect, START_TIMEOUT, what="listen", poll=START_POLL)
-            try:
-                yield client
-                client.flush()
-            finally:
-                client.close()
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    with qemu_nbd(path, fmt, 1, writable=True, client=NbdWriter) as (_, client):
+        assert isinstance(client, NbdWriter)
+        yield client
+        client.flush()
