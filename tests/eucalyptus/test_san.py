@@ -216,3 +216,25 @@ def test_not_a_block_device_is_a_format_error(tmp_path: Path) -> None:
     cli("export", VID, "--device", f"not-an-id={f}", "-o", str(out), check=EXIT_USAGE)
     cli("export", VID, "--device", f"{VID}={f}", "--device", f"{VID}={f}", "-o", str(out), check=EXIT_USAGE)
     assert not out.exists()
+
+
+def test_rerun_after_another_lun_is_attached_at_the_same_node_exports_again(lun: tuple[str, Path],
+                                                                             tmp_path: Path) -> None:
+    """A node's size and times do not tell LUNs apart: the device number, the LUN's wwid (here: the loop
+    device's backing file) are part of the fingerprint, so a different LUN at the same path is exported
+    again, never answered with the previous LUN's image."""
+    dev, image = lun
+    out = outdir(tmp_path)
+    cli("export", VID, "--device", f"{VID}={dev}", "-o", str(out))
+    img = out / f"{VID}.raw"
+    assert sha(img) == sha(image)
+    first = json.loads((out / "manifest.json").read_text())["volumes"][0]["source"][0]
+    assert first["size"] == LUN_BYTES and first["rdev"] and first["backing_file"] == str(image)
+    other = tmp_path / "other.img"
+    other.write_bytes(os.urandom(LUN_BYTES))
+    subprocess.run(["losetup", "-d", dev], check=True, timeout=30)
+    subprocess.run(["losetup", "-r", dev, str(other)], check=True, timeout=30)  # same node, another LUN
+    cli("export", VID, "--device", f"{VID}={dev}", "-o", str(out))
+    assert sha(img) == sha(other)
+    cli("export", VID, "--device", f"{VID}={dev}", "-o", str(out))  # unchanged: reused
+    assert sha(img) == sha(other)

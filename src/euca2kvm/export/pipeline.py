@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -104,8 +105,42 @@ def fingerprint(paths: list[str]) -> list[dict[str, Any]]:
             st = os.stat(p)
         except OSError as e:
             raise IOFailure(f"cannot stat {p}: {e.strerror} (changed while exporting?)") from e
-        out.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-                    "ino": st.st_ino})
+        entry = {"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                 "ino": st.st_ino}
+        if stat.S_ISBLK(st.st_mode):
+            entry.update(_device_identity(p, st))
+        out.append(entry)
+    return out
+
+
+# sysfs attributes that name what is behind a block device node: a SAN LUN's world-wide id (the
+# partition's parent has it), a loop device's backing file. Short text files; more is not an identity.
+_DEVICE_ATTRS = ("device/wwid", "wwid", "../device/wwid", "loop/backing_file")
+_DEVICE_ATTR_MAX = 512
+
+
+def _device_identity(path: str, st: os.stat_result) -> dict[str, Any]:
+    """What tells one block device from another attached later at the same node: its size, its device
+    number and the LUN's wwid (or a loop device's backing file) — a node's times alone do not."""
+    out: dict[str, Any] = {"rdev": f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"}
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            out["size"] = os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise IOFailure(f"cannot read the size of {path}: {e.strerror}") from e
+    base = f"/sys/dev/block/{out['rdev']}"
+    for attr in _DEVICE_ATTRS:
+        key = attr.rsplit("/", 1)[-1]
+        if key in out:
+            continue
+        try:
+            with open(os.path.join(base, attr), "rb") as f:
+                out[key] = f.read(_DEVICE_ATTR_MAX).decode("utf-8", "replace").strip()
+        except OSError:
+            continue
     return out
 
 
