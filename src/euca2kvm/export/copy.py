@@ -213,6 +213,20 @@ def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
     return written
 
 
+def fill_block(source: BlockSource, lo: int, view: memoryview, runs: list[tuple[int, int]]) -> int:
+    """Read block ``[lo, lo + len(view))`` into ``view``: its DATA ``runs`` (from :func:`block_data`) read,
+    the rest zeroed; returns the bytes read (raises what ``read_into`` raises)."""
+    covered = 0
+    for boff, length in runs:
+        if boff > covered:
+            view[covered:boff] = ZEROS[: boff - covered]
+        source.read_into(lo + boff, view[boff : boff + length])
+        covered = boff + length
+    if covered < len(view):
+        view[covered:] = ZEROS[: len(view) - covered]
+    return sum(r[1] for r in runs)
+
+
 def _buffered_block(source: BlockSource, dest: _Dest | None, lo: int, hi: int, index: int,
                     runs: list[tuple[int, int]], buffers: BufferPool, keep: bool,
                     algo: Algorithm | None, hook: BlockHook | None = None) -> _Block:
@@ -222,15 +236,7 @@ def _buffered_block(source: BlockSource, dest: _Dest | None, lo: int, hi: int, i
     assert buf is not None
     try:
         view = memoryview(buf)[:n]
-        covered = 0
-        for boff, length in runs:
-            if boff > covered:
-                view[covered:boff] = ZEROS[: boff - covered]
-            source.read_into(lo + boff, view[boff : boff + length])
-            covered = boff + length
-        if covered < n:
-            view[covered:n] = ZEROS[: n - covered]
-        read = sum(r[1] for r in runs)
+        read = fill_block(source, lo, view, runs)
         zero = ZEROS.startswith(view)
         if zero:
             digest = algo.zero(n) if algo else b""

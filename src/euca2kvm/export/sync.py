@@ -41,8 +41,8 @@ from typing import Any
 from ..errors import FormatError, IOFailure, UsageError, VerifyError
 from ..outdir import OutDir
 from . import manifest, sidecar
-from .copy import block_data, copy_blocks
-from .digest import DIGEST_BLOCK, ZEROS, Algorithm, block_count
+from .copy import block_data, copy_blocks, fill_block
+from .digest import DIGEST_BLOCK, Algorithm, block_count
 from .pipeline import ExportOptions, Progress, Source, check_unchanged, content_digest, export_source, fingerprint
 from .pipeline import identity as source_ident
 from .warm import utc
@@ -191,10 +191,5 @@ def _read_block(src: Source, i: int, buf: memoryview, algo: Algorithm) -> tuple[
     lo = i * DIGEST_BLOCK
     hi = min(source.size, lo + DIGEST_BLOCK)
     view = buf[: hi - lo]
-    view[:] = ZEROS[: hi - lo]
-    got = 0
-    for boff, n in block_data(source, lo, hi, src.id):
-        source.read_into(lo + boff, view[boff : boff + n])
-        got += n
-    digest = algo.zero(hi - lo) if ZEROS.startswith(view) else algo.block(view)
-    return digest, view, got
+    got = fill_block(source, lo, view, block_data(source, lo, hi, src.id))
+    return algo.of(view), view, got
