@@ -207,7 +207,7 @@ def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
             for b in group:
                 if off + len(b) > start + n:
                     skip = max(0, start + n - off)
-                    _pwrite_all(fd, b[skip:], off + skip)
+                    pwrite_all(fd, b[skip:], off + skip)
                 off += len(b)
         written += end - start
     return written
@@ -301,7 +301,9 @@ def _write_error(e: OSError, length: int, offset: int) -> IOFailure:
     return IOFailure(f"write of {length} bytes at offset {offset} failed: {e.strerror}")
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+def pwrite_all(fd: int, data: memoryview, offset: int) -> int:
+    """Write all of ``data`` at ``offset`` (short writes continued); IOFailure naming the offset."""
+    total = len(data)
     while len(data):
         try:
             n = os.pwrite(fd, data, offset)
@@ -309,6 +311,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
             raise _write_error(e, len(data), offset) from e
         data = data[n:]
         offset += n
+    return total
 
 
 def copy_blocks(source: BlockSource, out_fd: int | None, *, sha256: bool = False,

@@ -41,7 +41,7 @@ from typing import Any
 from ..errors import FormatError, IOFailure, UsageError, VerifyError
 from ..outdir import OutDir
 from . import manifest, sidecar
-from .copy import block_data, copy_blocks, fill_block
+from .copy import block_data, copy_blocks, fill_block, pwrite_all
 from .digest import DIGEST_BLOCK, Algorithm, block_count
 from .pipeline import ExportOptions, Progress, Source, check_unchanged, content_digest, export_source, fingerprint
 from .pipeline import identity as source_ident
@@ -161,7 +161,7 @@ def _image_writer(od: OutDir, out: Path, size: int, fmt: str) -> Iterator[Callab
             raise FormatError(f"not a regular {size}-byte image (size {st.st_size}); export it again with "
                               "--overwrite", str(out))
         if fmt == "raw":
-            yield lambda at, view: _pwrite_all(fd, at, view)
+            yield lambda at, view: pwrite_all(fd, view, at)
             os.fdatasync(fd)
             return
         from .nbdwrite import writable
@@ -172,17 +172,6 @@ def _image_writer(od: OutDir, out: Path, size: int, fmt: str) -> Iterator[Callab
             yield nbd.write
     finally:
         os.close(fd)
-
-
-def _pwrite_all(fd: int, at: int, view: memoryview) -> int:
-    left = view
-    while left:
-        try:
-            n = os.pwrite(fd, left, at)
-        except OSError as e:
-            raise IOFailure(f"write of {len(left)} bytes at offset {at} of the image failed: {e.strerror}") from e
-        left, at = left[n:], at + n
-    return len(view)
 
 
 def _read_block(src: Source, i: int, buf: memoryview, algo: Algorithm) -> tuple[bytes, memoryview, int]:
