@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +66,31 @@ def third_party_pvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[
                        check=True, capture_output=True, timeout=QEMU_IMG_TIMEOUT_S)
         res[name] = {**info, "raw": raw}
     return res
+
+
+def _held_fixture_files() -> set[str]:
+    """Files under the shared fixture directories this process holds open."""
+    import lvmfix
+
+    roots = (str(os.environ.get(lvmfix.CACHE_ENV) or lvmfix.DEFAULT_CACHE) + "/",)
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(roots):
+            held.add(target)
+    return held
+
+
+@pytest.fixture(autouse=True)
+def _no_source_left_open(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves a shared fixture file open makes the in-use checks of every later test (which
+    run on this machine) see this process holding it: each test must close the sources it opens."""
+    before = _held_fixture_files()
+    yield
+    gc.collect()
+    leaked = _held_fixture_files() - before
+    if leaked:
+        pytest.fail(f"{request.node.nodeid} left fixture files open: {sorted(leaked)}", pytrace=False)
