@@ -120,20 +120,13 @@ class RemoteHost:
     def _gather(self) -> tuple[dict[str, str], dict[str, str], dict[str, list[str]], dict[str, list[str]]]:
         if self._facts is not None:
             return self._facts
-        _, out = self.conn.run(python_command(_PY, [], _SCRIPT))
-        fields = out.split(b"\0")
-        if fields and fields[-1] == b"":
-            fields.pop()
-        if len(fields) % 3:
-            raise FormatError("unexpected answer from the host's in-use listing", self.conn.name)
         loops: dict[str, str] = {}
         dms: dict[str, str] = {}
         held: dict[str, list[str]] = {}
         comm: dict[str, str] = {}
         ours: set[str] = set()
         fds: dict[str, list[str]] = {}  # target -> pids
-        for i in range(0, len(fields), 3):
-            tag, a, b = (x.decode("utf-8", "surrogateescape") for x in fields[i:i + 3])
+        for tag, a, b in self._triples(python_command(_PY, [], _SCRIPT), "in-use listing", "surrogateescape"):
             if tag == "L" and b:
                 dev = a.split("/", 1)[0]
                 loops[b.removesuffix(" (deleted)")] = f"/dev/{dev}"
@@ -150,6 +143,17 @@ class RemoteHost:
         opened = {t: [f"pid {p} ({comm.get(p, '?')})" for p in pids if p not in ours] for t, pids in fds.items()}
         self._facts = (loops, dms, held, {t: w for t, w in opened.items() if w})
         return self._facts
+
+    def _triples(self, command: str, what: str, errors: str) -> list[tuple[str, str, str]]:
+        """The NUL-separated (a, b, c) records a listing command prints on the host."""
+        _, out = self.conn.run(command)
+        fields = out.split(b"\0")
+        if fields and fields[-1] == b"":
+            fields.pop()
+        if len(fields) % 3:
+            raise FormatError(f"unexpected answer from the host's {what}", self.conn.name)
+        text = [x.decode("utf-8", errors) for x in fields]
+        return [(text[i], text[i + 1], text[i + 2]) for i in range(0, len(text), 3)]
 
     def loop_backings(self) -> dict[str, str]:
         return self._gather()[0]
@@ -169,15 +173,8 @@ class RemoteHost:
         return self.conn.name
 
     def processes(self) -> list[tuple[int, str, str]]:
-        _, out = self.conn.run(python_command(_PROCS_PY, [], _PROCS_SH))
-        fields = out.split(b"\0")
-        if fields and fields[-1] == b"":
-            fields.pop()
-        if len(fields) % 3:
-            raise FormatError("unexpected answer from the host's process listing", self.conn.name)
         found = []
-        for i in range(0, len(fields), 3):
-            pid, comm, argv0 = (x.decode("utf-8", "replace") for x in fields[i:i + 3])
+        for pid, comm, argv0 in self._triples(python_command(_PROCS_PY, [], _PROCS_SH), "process listing", "replace"):
             if pid.isdigit():
                 found.append((int(pid), comm.strip(), argv0))
         return found
