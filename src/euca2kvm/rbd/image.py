@@ -24,7 +24,7 @@ import errno
 import os
 import threading
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,40 +272,40 @@ class _Handle:
                 h.close()
         return out
 
-    def snapshots(self) -> list[tuple[str, int, bool]]:
+    def _listed(self, item: Any, count: Any, call: Callable[[Any, Any], int], what: str) -> tuple[Any, int, int]:
+        """A librbd listing into an array of ``item`` that grows while librbd answers ERANGE with the
+        count it needs (up to MAX_BATCH): (array, return code, count)."""
         n = FIRST_BATCH
         while True:
-            arr = (lib.SnapInfo * n)()
-            cnt = ctypes.c_int(n)
-            rc = self.lib.rbd_snap_list(self.h, arr, ctypes.byref(cnt))
+            arr = (item * n)()
+            cnt = count(n)
+            rc = call(arr, ctypes.byref(cnt))
             if rc == -errno.ERANGE and n < cnt.value <= MAX_BATCH:
                 n = cnt.value
                 continue
-            self._check(rc, "snapshot list")
-            try:
-                out = []
-                for s in arr[:rc]:
-                    prot = ctypes.c_int()
-                    self._check(self.lib.rbd_snap_is_protected(self.h, s.name, ctypes.byref(prot)), "snapshot")
-                    out.append((_s(s.name), int(s.size), bool(prot.value)))
-                return out
-            finally:
-                self.lib.rbd_snap_list_end(arr)
+            self._check(rc, what)
+            return arr, rc, cnt.value
+
+    def snapshots(self) -> list[tuple[str, int, bool]]:
+        arr, rc, _ = self._listed(lib.SnapInfo, ctypes.c_int, lambda a, c: self.lib.rbd_snap_list(self.h, a, c),
+                                  "snapshot list")
+        try:
+            out = []
+            for s in arr[:rc]:
+                prot = ctypes.c_int()
+                self._check(self.lib.rbd_snap_is_protected(self.h, s.name, ctypes.byref(prot)), "snapshot")
+                out.append((_s(s.name), int(s.size), bool(prot.value)))
+            return out
+        finally:
+            self.lib.rbd_snap_list_end(arr)
 
     def watchers(self) -> list[str]:
-        n = FIRST_BATCH
-        while True:
-            arr = (lib.Watcher * n)()
-            cnt = ctypes.c_size_t(n)
-            rc = self.lib.rbd_watchers_list(self.h, arr, ctypes.byref(cnt))
-            if rc == -errno.ERANGE and n < cnt.value <= MAX_BATCH:
-                n = cnt.value
-                continue
-            self._check(rc, "watchers")
-            try:
-                return [f"client.{w.id} at {_s(w.addr)} (cookie {w.cookie})" for w in arr[: cnt.value]]
-            finally:
-                self.lib.rbd_watchers_list_cleanup(arr, cnt.value)
+        arr, _, n = self._listed(lib.Watcher, ctypes.c_size_t,
+                                 lambda a, c: self.lib.rbd_watchers_list(self.h, a, c), "watchers")
+        try:
+            return [f"client.{w.id} at {_s(w.addr)} (cookie {w.cookie})" for w in arr[:n]]
+        finally:
+            self.lib.rbd_watchers_list_cleanup(arr, n)
 
     def extents(self, size: int) -> tuple[array[int], array[int]]:
         """Allocated extents through the clone chain, merged: (starts, ends), sorted."""
