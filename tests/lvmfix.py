@@ -608,3 +608,23 @@ if __name__ == "__main__":
         sys.exit("usage: python tests/lvmfix.py OUTDIR")
     truth = build_all(Path(sys.argv[1]))
     print(f"{len(truth['lvs'])} LVs in {len(truth['scenarios'])} scenarios -> {sys.argv[1]}/truth.json")
+
+
+# lvm2's default data offset: container byte DEFAULT_PE_START + n is the LV's byte n.
+DEFAULT_PE_START = MiB
+
+
+def seeded_overlay(d: Path, vid: str, seed: int, size: int = 12 * MiB, data: int = MiB) -> None:
+    """An overlay container ``d/vid`` made by the real lvm2 (the Eucalyptus names and tag), with ``data``
+    bytes of random data seeded by ``seed`` at 1 MiB into its LV."""
+    vg, lv = f"euca-ebs-storage-vg-{vid}", f"euca-{vid}"
+
+    def setup(lvm: Lvm, devs: list[str]) -> None:
+        lvm("pvcreate", *devs)
+        lvm("vgcreate", vg, *devs)
+        lvm("lvcreate", "--addtag", vid, "-n", lv, "-l", "100%FREE", vg)
+
+    with_lvm(d, {vid: size}, setup)
+    with open(d / vid, "r+b") as f:
+        f.seek(DEFAULT_PE_START + MiB)
+        f.write(random.Random(seed).randbytes(data))

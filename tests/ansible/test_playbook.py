@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,6 @@ from _env import missing, need_root, need_tools
 
 MiB = 1 << 20
 GiB = 1 << 30
-PE_START = MiB  # lvm2's default data offset: container byte PE_START + n is the LV's byte n
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
 INSTANCES = [f"i-a5b1e00{n}" for n in range(1, 5)]
@@ -37,17 +35,7 @@ def container(d: Path, vid: str, seed: int) -> None:
     """An overlay container made by the real lvm2 with 1 MiB of seeded random data in its LV."""
     import lvmfix
 
-    vg, lv = f"euca-ebs-storage-vg-{vid}", f"euca-{vid}"
-
-    def setup(lvm: Any, devs: list[str]) -> None:
-        lvm("pvcreate", *devs)
-        lvm("vgcreate", vg, *devs)
-        lvm("lvcreate", "--addtag", vid, "-n", lv, "-l", "100%FREE", vg)
-
-    lvmfix.with_lvm(d, {vid: 12 * MiB}, setup)
-    with open(d / vid, "r+b") as f:
-        f.seek(PE_START + MiB)
-        f.write(random.Random(seed).randbytes(MiB))
+    lvmfix.seeded_overlay(d, vid, seed)
 
 
 def instance(iid: str, vid: str) -> dict[str, Any]:

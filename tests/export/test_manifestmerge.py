@@ -5,7 +5,6 @@ entries are never read here, conflicts write nothing, hostile merged entries are
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from euca2kvm.errors import EXIT_FORMAT, EXIT_USAGE, EXIT_VERIFY
 from euca2kvm.export import manifestcheck
 
 MiB = 1 << 20
-PE_START = MiB  # lvm2's default data offset: container byte PE_START + n is the LV's byte n
 VOLS = ("vol-3e700001", "vol-3e700002", "vol-3e700003")
 
 
@@ -34,20 +32,10 @@ def cli(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
 
 
 def container(d: Path, vid: str, seed: int) -> None:
-    """An overlay container made by the real lvm2, with 1 MiB of seeded random data inside its LV."""
+    """An overlay container made by the real lvm2 with 1 MiB of seeded random data in its LV."""
     import lvmfix
 
-    vg, lv = f"euca-ebs-storage-vg-{vid}", f"euca-{vid}"
-
-    def setup(lvm: Any, devs: list[str]) -> None:
-        lvm("pvcreate", *devs)
-        lvm("vgcreate", vg, *devs)
-        lvm("lvcreate", "--addtag", vid, "-n", lv, "-l", "100%FREE", vg)
-
-    lvmfix.with_lvm(d, {vid: 12 * MiB}, setup)
-    with open(d / vid, "r+b") as f:
-        f.seek(PE_START + MiB)
-        f.write(random.Random(seed).randbytes(MiB))
+    lvmfix.seeded_overlay(d, vid, seed)
 
 
 @pytest.fixture(scope="module")
