@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/_env.py
 sys.path.insert(0, str(HERE))  # pg.py
 
-from pg import PgServer, available  # noqa: E402
+from pg import PgServer, available, shared_layout  # noqa: E402
 
 from _env import missing  # noqa: E402
 
@@ -31,14 +31,8 @@ def _server() -> PgServer:
 @pytest.fixture(scope="session")
 def pg_shared() -> Iterator[PgServer]:
     """Eucalyptus 4.1+ layout: eucalyptus_shared with eucalyptus_cloud / eucalyptus_storage schemas."""
-    srv = _server()
-    try:
-        srv.create_db("eucalyptus_shared")
-        srv.run_sql("eucalyptus_shared", CLOUD_SQL, schema="eucalyptus_cloud")
-        srv.run_sql("eucalyptus_shared", STORAGE_SQL, schema="eucalyptus_storage")
+    with shared_layout() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")

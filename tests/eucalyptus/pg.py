@@ -9,6 +9,7 @@ root). :meth:`PgServer.stop` is always called by the fixture finalizer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import random
@@ -16,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -124,3 +126,26 @@ class PgServer:
         auth = f"{ROLE}:{ROLE_PASSWORD}" if password else ROLE
         db = f"/{dbname}" if dbname else "/"
         return f"postgresql://{auth}@{host}:{self.port}{db}"
+
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+
+@contextlib.contextmanager
+def shared_layout() -> Iterator[PgServer]:
+    """A private server with the Eucalyptus 4.1+ layout (database eucalyptus_shared, schemas
+    eucalyptus_cloud and eucalyptus_storage) loaded from sql/; skips (fails when CI=true) when no
+    server can be started here. Stopped by its own pid when the block ends."""
+    from _env import missing
+
+    reason = available()
+    if reason is not None:
+        missing(reason)
+    srv = PgServer().start()
+    try:
+        srv.create_db("eucalyptus_shared")
+        srv.run_sql("eucalyptus_shared", (SQL_DIR / "cloud.sql").read_text(), schema="eucalyptus_cloud")
+        srv.run_sql("eucalyptus_shared", (SQL_DIR / "storage.sql").read_text(), schema="eucalyptus_storage")
+        yield srv
+    finally:
+        srv.stop()

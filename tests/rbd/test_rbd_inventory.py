@@ -11,13 +11,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from tests.eucalyptus.pg import PgServer, available
+from tests.eucalyptus.pg import PgServer, shared_layout
 
-from _env import missing
 from euca2kvm.eucalyptus.db import read_inventory_db
 from euca2kvm.eucalyptus.inventory import Inventory
 
-SQL = Path(__file__).resolve().parent.parent / "eucalyptus" / "sql"
 SCHEMA = Path(__file__).resolve().parents[2] / "src" / "euca2kvm" / "schemas" / "inventory.schema.json"
 # CephRbdInfo's table as Eucalyptus 4.x creates it (columns of com.eucalyptus.blockstorage.ceph.entities.CephRbdInfo).
 CEPH_SQL = """
@@ -35,17 +33,8 @@ INSERT INTO ceph_rbd_info (id, metadata_perm_uuid, cluster_name, ceph_user, ceph
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PgServer]:
-    reason = available()
-    if reason is not None:
-        missing(reason)
-    srv = PgServer().start()
-    try:
-        srv.create_db("eucalyptus_shared")
-        srv.run_sql("eucalyptus_shared", (SQL / "cloud.sql").read_text(), schema="eucalyptus_cloud")
-        srv.run_sql("eucalyptus_shared", (SQL / "storage.sql").read_text(), schema="eucalyptus_storage")
+    with shared_layout() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_inventory_reads_ceph_pools_and_user(pg: PgServer) -> None:

@@ -13,29 +13,18 @@ from pathlib import Path
 import pytest
 
 import sshd
-from _env import missing
 from euca2kvm.errors import EXIT_USAGE
 
 EUCA_TESTS = Path(__file__).resolve().parent.parent / "eucalyptus"
 sys.path.insert(0, str(EUCA_TESTS))  # pg.py, the private PostgreSQL of the inventory tests
 
-from pg import ROLE_PASSWORD, PgServer, available  # noqa: E402
+from pg import ROLE_PASSWORD, PgServer, shared_layout  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def clc_db() -> Iterator[PgServer]:
-    reason = available()
-    if reason is not None:
-        missing(reason)
-    srv = PgServer().start()
-    try:
-        srv.create_db("eucalyptus_shared")
-        srv.run_sql("eucalyptus_shared", (EUCA_TESTS / "sql" / "cloud.sql").read_text(), schema="eucalyptus_cloud")
-        srv.run_sql("eucalyptus_shared", (EUCA_TESTS / "sql" / "storage.sql").read_text(),
-                    schema="eucalyptus_storage")
+    with shared_layout() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def inventory(*args: str, check: int = 0) -> subprocess.CompletedProcess[str]:
