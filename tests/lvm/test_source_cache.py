@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from _env import missing, need_tools
 from euca2kvm.lvm.source import LocalFile
 
 MiB = 1 << 20
@@ -20,8 +20,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def resident(path: Path) -> int:
     """Pages of ``path`` in the page cache (util-linux fincore)."""
-    if shutil.which("fincore") is None:
-        pytest.skip("fincore (util-linux) missing")
+    need_tools("fincore")
     out = subprocess.run(["fincore", "-n", "-b", "-o", "PAGES", str(path)], capture_output=True, text=True,
                          check=True, timeout=30).stdout
     return int(out.split()[0])
@@ -36,7 +35,7 @@ def cached_file(path: Path, size: int) -> bytes:
         os.fsync(f.fileno())
     assert path.read_bytes() == data
     if resident(path) < size // PAGE // 2:
-        pytest.skip("the page cache does not keep this file (memory pressure)")
+        missing("the page cache does not keep this file (memory pressure)")
     return data
 
 
