@@ -34,13 +34,11 @@ from _env import need_root, need_tools
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "eucalyptus"))  # pg.py, as tests/eucalyptus/conftest.py does
-from pg import PgServer, available  # noqa: E402
+from pg import PgServer, shared_layout  # noqa: E402
 
-from _env import missing  # noqa: E402
 from euca2kvm.kvm.guestfacts import fingerprint, parse_public_keys  # noqa: E402
 from refdigest import file_sha256 as sha256  # noqa: E402
 
-SQL = HERE.parent / "eucalyptus" / "sql"
 INSTANCE = "i-3f2a91c0"
 VOLUME = "vol-c1a0d001"
 MAC = "d0:0d:3f:2a:91:c0"  # what the CLC recorded (Eucalyptus makes it from the instance id)
@@ -123,19 +121,10 @@ def guest() -> Provisioned:
 
 @pytest.fixture(scope="module")
 def database(guest: Provisioned) -> Iterator[PgServer]:
-    reason = available()
-    if reason is not None:
-        missing(reason)
-    srv = PgServer().start()
-    try:
-        srv.create_db("eucalyptus_shared")
-        srv.run_sql("eucalyptus_shared", (SQL / "cloud.sql").read_text(), schema="eucalyptus_cloud")
-        srv.run_sql("eucalyptus_shared", (SQL / "storage.sql").read_text(), schema="eucalyptus_storage")
+    with shared_layout() as srv:
         user_data = CLOUD_USER_DATA.format(key=guest.public_key)  # what the instance was launched with
         srv.run_sql("eucalyptus_shared", instance_sql(guest.public_key, user_data))
         yield srv
-    finally:
-        srv.stop()
 
 
 def boot_json(p: subprocess.CompletedProcess[str]) -> dict[str, Any]:
