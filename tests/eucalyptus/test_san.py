@@ -8,7 +8,6 @@ a regular file or a device of the wrong size is a format error (exit 3), a large
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from euca2kvm.errors import EXIT_FORMAT, EXIT_IN_USE, EXIT_USAGE
 from euca2kvm.eucalyptus import san
 from euca2kvm.eucalyptus.db import read_inventory_db
 from euca2kvm.eucalyptus.inventory import Inventory
+from refdigest import file_sha256 as sha
 from test_schemas import errors as schema_errors
 
 MiB = 1 << 20
@@ -45,8 +45,6 @@ def cli(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
     return p
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def outdir(tmp_path: Path) -> Path:

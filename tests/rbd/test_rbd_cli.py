@@ -7,7 +7,6 @@ checks that every RADOS object of the pool is unchanged after each test."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from tests.rbd import cluster as cc
 
 from _env import need_tools
 from euca2kvm.errors import EXIT_IN_USE, EXIT_USAGE
+from refdigest import file_sha256 as sha
 
 MiB = 1 << 20
 # Exports of these few-MiB images take a second or two; minutes mean a hang.
@@ -38,12 +38,6 @@ def cli(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
     return p
 
 
-def sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(4 * MiB):
-            h.update(b)
-    return h.hexdigest()
 
 
 def outdir(tmp_path: Path) -> Path:
