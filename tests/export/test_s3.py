@@ -338,16 +338,22 @@ def test_bad_targets_fail_cleanly(server: Server, volumes: dict[str, Any], tmp_p
     assert not list(tmp_path.iterdir())
 
 
+def dense_upload(server: Server, volumes: dict[str, Any], prefix: str) -> subprocess.Popen[str]:
+    """The dense volume's export to ``prefix`` started in the background (stderr kept), for tests that act
+    on it mid-upload."""
+    return subprocess.Popen([sys.executable, "-m", "euca2kvm", "export", "vol-dd000001", "--source",
+                             str(volumes["dir"]), "-o", f"s3://{BUCKET}/{prefix}", "--s3-endpoint", server.url,
+                             "--s3-part-size", str(PART_MIB)], env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def test_ctrl_c_leaves_a_resumable_upload_and_overwrite_starts_again(server: Server, volumes: dict[str, Any]) -> None:
     c = server.client()
     prefix = "sigint"
     key = f"{prefix}/vol-dd000001.raw.gz"
     server.delay = SLOW_PART
     try:
-        p = subprocess.Popen([sys.executable, "-m", "euca2kvm", "export", "vol-dd000001", "--source",
-                              str(volumes["dir"]), "-o", f"s3://{BUCKET}/{prefix}", "--s3-endpoint", server.url,
-                              "--s3-part-size", str(PART_MIB)], env=env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+        p = dense_upload(server, volumes, prefix)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None:
             ups = c.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", [])
@@ -378,10 +384,7 @@ def test_source_written_during_upload_is_never_completed(server: Server, volumes
     container = volumes["dir"] / "vol-dd000001"
     server.delay = SLOW_PART
     try:
-        p = subprocess.Popen([sys.executable, "-m", "euca2kvm", "export", "vol-dd000001", "--source",
-                              str(volumes["dir"]), "-o", f"s3://{BUCKET}/{prefix}", "--s3-endpoint", server.url,
-                              "--s3-part-size", str(PART_MIB)], env=env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+        p = dense_upload(server, volumes, prefix)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None:
             if c.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads"):
