@@ -39,12 +39,23 @@ from __future__ import annotations
 import errno
 import os
 
-from .units import MiB
+from .units import KiB, MiB
 
-# 4 MiB per preadv: 1 MiB and 16 MiB were no better on a cold file here (0.59-3.4x and 0.82-1.34x
-# of 4 MiB in four runs), 1 MiB costs 4x the system calls, and 4 MiB is the block digest's block
-# (DIGEST_BLOCK): each read is one digest block and one buffer of the copy's per-worker pool.
+# 4 MiB per read request: 1 MiB and 16 MiB were no better on a cold file here (0.59-3.4x and
+# 0.82-1.34x of 4 MiB in four runs), and 4 MiB is the block digest's block (DIGEST_BLOCK): each
+# request is one digest block and one buffer of the copy's per-worker pool. A request is made of
+# system calls of at most SYSCALL_BYTES.
 READ_CHUNK = 4 * MiB
+
+# At most 512 KiB per read or write system call on a local file. ``bench/bench_syscall.py --size 2G
+# --runs 3`` (a page-cached file copied with a BLAKE3 of each 4 MiB block, two threads, the same
+# 4 MiB buffers; medians, wall / system seconds): one call of 4 MiB per block 3.96 / 4.33, one
+# preadv/pwritev of eight 512 KiB iovecs 2.42 / 2.36, eight calls of 512 KiB 1.91 / 1.84, of 256 KiB
+# 2.47 / 2.66 (an earlier round: 2.1, 4.8-5.2, 1.1-1.3, 1.1-1.5 s). The kernel's copy to and from
+# the page cache costs by the size of the call, not of the buffer; 512 KiB is this CPU's L2. The
+# 2 GiB export went from 5.85 to 2.4 s (system time 6.4 to 2.3 s). Cold reads are led by the
+# kernel's readahead window (8 MiB here, doubled by :func:`advise`), not by the call size.
+SYSCALL_BYTES = 512 * KiB
 
 # errno values that mean "this descriptor takes no advice" (a pipe, a socket; a file system that
 # does not implement fadvise): advice is optional, reading still works.

@@ -193,3 +193,48 @@ def test_buffer_path_without_digest_copies_exactly(tmp_path: Path, layout: tuple
     with open(out, "wb") as f:
         f.truncate(emap.size)
         assert copy_blocks(LvmSource(emap), f.fileno(), workers=2).digest == blkdigest(expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3 * 512 * 1024)), min_size=1, max_size=6))
+def test_write_groups_cap_each_call_and_write_every_byte(spec: list[tuple[int, int]]) -> None:
+    """Writes are cut into calls of at most SYSCALL_BYTES (and IOV_MAX buffers) of contiguous bytes,
+    and together they write every piece's bytes at its offset, each byte once."""
+    from euca2kvm.export.copy import IOV_MAX, _write_groups
+    from euca2kvm.readahead import SYSCALL_BYTES
+
+    rng = random.Random(len(spec))
+    pieces, pos = [], 0
+    for gap, length in spec:
+        pos += gap * 4096
+        pieces.append((pos, memoryview(rng.randbytes(length))))
+        pos += length
+    expected, got = bytearray(pos), bytearray(pos)
+    for off, view in pieces:
+        expected[off : off + len(view)] = view
+    total = 0
+    for start, group in _write_groups(pieces):
+        size = sum(len(b) for b in group)
+        assert 0 < size <= SYSCALL_BYTES and len(group) <= IOV_MAX
+        got[start : start + size] = b"".join(group)
+        total += size
+    assert total == sum(len(v) for _, v in pieces) and got == expected
+
+
+def test_local_reads_larger_than_one_call_are_exact(tmp_path: Path) -> None:
+    """A read of several SYSCALL_BYTES pieces at an odd offset is exact, and short only at EOF."""
+    from euca2kvm.lvm.source import LocalFile
+    from euca2kvm.readahead import SYSCALL_BYTES
+
+    data = random.Random(7).randbytes(3 * SYSCALL_BYTES + 12345)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    f = LocalFile(str(p))
+    try:
+        buf = bytearray(2 * SYSCALL_BYTES + 777)
+        assert f.pread_into(4099, memoryview(buf)) == len(buf) and bytes(buf) == data[4099 : 4099 + len(buf)]
+        tail = bytearray(SYSCALL_BYTES * 2)
+        n = f.pread_into(len(data) - 100, memoryview(tail))
+        assert n == 100 and bytes(tail[:100]) == data[-100:]
+    finally:
+        f.close()

@@ -5,7 +5,8 @@ Work is cut into digest blocks (4 MiB). A block whose ranges are all ZERO or HOL
 read nor written: its digest is known. Other blocks are shared with the source by reflink
 (FICLONERANGE, btrfs/XFS; when the source offers ``file_runs``, remembered when unsupported) and
 read only to be hashed, or read with ``read_into`` into a per-worker buffer, hashed and written
-from it with one ``pwritev`` per contiguous span.
+from it with one ``pwritev`` per contiguous span, in system calls of at most
+``readahead.SYSCALL_BYTES`` (the reason is measured there).
 
 Sources are never mapped: a page of a mapping beyond the end of a file that shrank meanwhile
 raises SIGBUS, which kills the process (exit 135, the partial output left behind) and which
@@ -38,6 +39,7 @@ from typing import Any
 
 from ..blocks import BlockSource, Kind
 from ..errors import IOFailure
+from ..readahead import SYSCALL_BYTES
 from ..units import KiB
 from .digest import DEFAULT, DIGEST_BLOCK, ZEROS, Algorithm, BlockDigest
 from .inorder import fold_plain, in_order
@@ -185,31 +187,45 @@ def _block_job(source: BlockSource, dest: _Dest, lo: int, hi: int, index: int, r
     return _buffered_block(source, dest, lo, hi, index, runs, buffers, keep, algo, hook)
 
 
+def _write_groups(pieces: list[tuple[int, memoryview]]) -> Iterator[tuple[int, list[memoryview]]]:
+    """(offset, buffers) for one ``pwritev`` each: pieces contiguous on disk, at most
+    :data:`SYSCALL_BYTES` and :data:`IOV_MAX` buffers per call (a piece larger than that is split)."""
+    start = -1
+    group: list[memoryview] = []
+    size = 0
+    for off, view in pieces:
+        pos = 0
+        while pos < len(view):
+            if group and (off + pos != start + size or size == SYSCALL_BYTES or len(group) == IOV_MAX):
+                yield start, group
+                group, size = [], 0
+            if not group:
+                start = off + pos
+            part = view[pos : pos + SYSCALL_BYTES - size]
+            group.append(part)
+            size += len(part)
+            pos += len(part)
+    if group:
+        yield start, group
+
+
 def _pwritev_pieces(fd: int, pieces: list[tuple[int, memoryview]]) -> int:
-    """Write (offset, bytes) pieces, one pwritev per run of pieces that are contiguous on disk."""
+    """Write (offset, bytes) pieces, one pwritev per group of :func:`_write_groups`."""
     written = 0
-    k = 0
-    while k < len(pieces):
-        start = pieces[k][0]
-        group = [pieces[k][1]]
-        end = start + len(pieces[k][1])
-        k += 1
-        while k < len(pieces) and pieces[k][0] == end and len(group) < IOV_MAX:
-            group.append(pieces[k][1])
-            end += len(pieces[k][1])
-            k += 1
+    for start, group in _write_groups(pieces):
+        length = sum(len(b) for b in group)
         try:
             n = os.pwritev(fd, group, start)
         except OSError as e:
-            raise _write_error(e, end - start, start) from e
-        if n < end - start:  # short write: finish piece by piece
+            raise _write_error(e, length, start) from e
+        if n < length:  # short write: finish piece by piece
             off = start
             for b in group:
                 if off + len(b) > start + n:
                     skip = max(0, start + n - off)
                     pwrite_all(fd, b[skip:], off + skip)
                 off += len(b)
-        written += end - start
+        written += length
     return written
 
 
@@ -306,7 +322,7 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> int:
     total = len(data)
     while len(data):
         try:
-            n = os.pwrite(fd, data, offset)
+            n = os.pwrite(fd, data[:SYSCALL_BYTES], offset)
         except OSError as e:
             raise _write_error(e, len(data), offset) from e
         data = data[n:]

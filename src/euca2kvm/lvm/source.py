@@ -65,14 +65,21 @@ class LocalFile:
         return os.lseek(self.fd, 0, os.SEEK_END)  # st_size is 0 for block devices
 
     def pread_into(self, offset: int, view: memoryview) -> int:
-        try:
-            n = os.preadv(self.fd, [view], offset)
-        except OSError as e:
-            raise IOFailure(f"read of {len(view)} bytes at offset {offset} of {self.path} failed: "
-                            f"{e.strerror}") from e
-        if self.drop_behind and n > 0:
-            readahead.release(self.fd, offset, n)
-        return n
+        """Read ``view`` at ``offset`` in calls of at most :data:`readahead.SYSCALL_BYTES`; short only at EOF."""
+        got = 0
+        while got < len(view):
+            piece = view[got : got + readahead.SYSCALL_BYTES]
+            try:
+                n = os.preadv(self.fd, [piece], offset + got)
+            except OSError as e:
+                raise IOFailure(f"read of {len(piece)} bytes at offset {offset + got} of {self.path} failed: "
+                                f"{e.strerror}") from e
+            if n == 0:
+                break
+            got += n
+        if self.drop_behind and got > 0:
+            readahead.release(self.fd, offset, got)
+        return got
 
     def data_ranges(self, lo: int, hi: int) -> list[tuple[int, int]]:
         span = self._span
