@@ -55,14 +55,14 @@ def copy(src: str, out: Path, size: int, mode: str, piece: int, threads: int = 2
             if mode == "iov":
                 os.preadv(sfd, views, lo)
             else:
-                for q, v in zip(range(0, BLOCK, piece), views):
+                for q, v in zip(range(0, BLOCK, piece), views, strict=True):
                     os.preadv(sfd, [v], lo + q)
             blake3.blake3(buf).digest()
             with wlock:
                 if mode == "iov":
                     os.pwritev(ofd, views, lo)
                 else:
-                    for q, v in zip(range(0, BLOCK, piece), views):
+                    for q, v in zip(range(0, BLOCK, piece), views, strict=True):
                         os.pwrite(ofd, v, lo + q)
 
     os.sync()
