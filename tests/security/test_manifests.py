@@ -11,6 +11,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,34 @@ def test_load_refuses_links_fifos_directories_and_oversize(tmp_path: Path) -> No
             manifest.load(d)
         if trap is not None:
             assert not trap.close(), "a FIFO manifest was opened"
+
+
+# A fresh interpreter records entries one by one, as a batch does, and reads its manifest back; then
+# the file is replaced by a hostile one of the same shape, which must still be refused.
+OWN_WRITES = """
+import json, os, sys
+from pathlib import Path
+from euca2kvm.errors import FormatError
+from euca2kvm.export import manifest
+out, e = Path(sys.argv[1]), json.loads(sys.argv[2])
+for i in range(3):
+    manifest.record(out, {**e, "id": f"vol-{i}", "output": str(out / f"vol-{i}.raw")}, fsync=False)
+    assert len(manifest.load(out)["volumes"]) == i + 1
+assert "jsonschema" not in sys.modules, "own writes were validated"
+raw = (out / manifest.MANIFEST).read_bytes()
+(out / manifest.MANIFEST).write_bytes(raw.replace(b'"size": 8388608', b'"size": "8388608"', 1))
+try:
+    manifest.load(out)
+except FormatError:
+    print("refused")
+"""
+
+
+def test_own_writes_read_back_unvalidated_and_other_bytes_still_refused(tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-c", OWN_WRITES, str(tmp_path), json.dumps(entry())],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stdout.split() == ["refused"]
 
 
 # -- through the CLI ---------------------------------------------------------------------------------

@@ -63,7 +63,10 @@ def build_parser(sub: Any) -> None:
                    help="skip verification: no block digest is computed (of the source, nor of a converted image "
                         "read back); the manifest records verified=false and no digest")
     p.add_argument("--overwrite", action="store_true", help="export again even when an output still verifies")
-    p.add_argument("--fsync", action="store_true", help="flush each image to stable storage before renaming it")
+    p.add_argument("--fsync", action="store_true",
+                   help="flush each image to stable storage before renaming it, and the manifest after recording "
+                        "it (without: both are replaced atomically, a killed run leaves no half file; after a "
+                        "power loss a re-run exports again what did not reach the disk)")
     p.add_argument("--drop-behind", action="store_true",
                    help="drop the source bytes read from the page cache behind the reader: about a quarter faster "
                         "on a cold source here, and a large export no longer pushes other data out of the cache; "
@@ -148,9 +151,8 @@ def do_export(args: argparse.Namespace) -> int:
     fmt = output_format(args.format, compress=args.compress, vmdk_subformat=args.vmdk_subformat)
     if args.warm and args.sync:
         raise UsageError("--warm (while the instance runs) and --sync (after it stopped) are separate passes")
-    if (args.warm and not args.verify) or ((args.warm or args.sync) and args.output.startswith("s3://")):
-        raise UsageError("--warm needs block digests (no --no-verify); --warm and --sync need a local OUTDIR "
-                         "(not s3://)")
+    if args.warm and not args.verify:
+        raise UsageError("--warm needs block digests (no --no-verify)")
     opts = ExportOptions(fmt=fmt, sha256=args.sha256, verify=args.verify, workers=args.workers,
                          fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args),
                          warm=args.warm or args.sync)
@@ -200,7 +202,7 @@ def after_export(entry: dict[str, Any], outdir: Path, args: argparse.Namespace |
         summary.pop("serial")
         summary["screenshot"] = str(shot) if shot is not None else None
         entry["boot_test"] = summary
-    manifest.record(outdir, entry)
+    manifest.record(outdir, entry, fsync=args.fsync)
     if args.boot_test and not entry["boot_test"]["ok"]:
         raise VerifyError(f"exported image did not boot: {res.summary()}")
 

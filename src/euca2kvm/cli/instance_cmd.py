@@ -200,7 +200,7 @@ def do_export_instance(args: argparse.Namespace) -> int:
                 if reused and any(entry.get(k) != v for k, v in fields.items()):
                     # an earlier run's output, still verified, of an instance whose seed changed since
                     entry = {**entry, **fields}
-                    manifest.record(outdir, entry)
+                    manifest.record(outdir, entry, fsync=opts.fsync)
                 return entry, reused
 
             return Job(d.name, d.size or 0, run, label=f"{d.volume_id} ({d.device or '-'})")

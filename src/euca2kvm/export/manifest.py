@@ -116,12 +116,17 @@ def load(outdir: Path, name: str = MANIFEST) -> dict[str, Any]:
     return data
 
 
-def record(outdir: Path, entry: dict[str, Any]) -> None:
+def record(outdir: Path, entry: dict[str, Any], fsync: bool = True) -> None:
     """Add or replace (by ``output``) one entry, atomically.
 
     The read-modify-write runs under the output directory's inter-process lock, so concurrent
     runs (and threads) never lose each other's entries; the new manifest is written under a unique
-    O_EXCL temporary name, fsynced with its directory, and renamed over the old one.
+    O_EXCL temporary name and renamed over the old one, so a killed run leaves the old manifest or
+    the new one, never half of one. ``fsync``: flushed with its directory first, so that it survives
+    a power loss too. An export asks for that only with ``--fsync``, as for its images: on ext4 the
+    manifest's flush commits the journal with the image just published, hundreds of ms per volume,
+    under the lock every other job's publish waits for; and an image or record lost by a power loss
+    is found by the next run's resume check (the digest is compared) and exported again.
     """
     with OutDir(outdir) as od, od.lock():
         data = load(outdir)
@@ -130,4 +135,6 @@ def record(outdir: Path, entry: dict[str, Any]) -> None:
         vols.sort(key=lambda v: (str(v.get("id")), str(v.get("output"))))
         data["volumes"] = vols
         data["format"], data["version"] = FORMAT, VERSION
-        od.write_file(MANIFEST, json.dumps(data, indent=2, sort_keys=True) + "\n", fsync=True)
+        raw = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        od.write_file(MANIFEST, raw, fsync=fsync)
+        manifestcheck.written(raw)

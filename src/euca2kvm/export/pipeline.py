@@ -347,7 +347,8 @@ def _export(src: Source, outdir: Path, opts: ExportOptions, progress: Progress |
             work.fsync(IMAGE)
         entry = manifest_entry(src, outdir.resolve() / out.name, opts, res, source_state, estimate,
                                time.monotonic() - started, work.stat(IMAGE).st_blocks * 512)
-        commit = (lambda: manifest.record(outdir, entry)) if warm is None else warm.commit(od, out.name, entry)
+        commit = ((lambda: manifest.record(outdir, entry, fsync=opts.fsync)) if warm is None
+                  else warm.commit(od, out.name, entry))
         od.publish(work, IMAGE, out.name, commit=commit, fsync=opts.fsync)
     return entry, False
 
