@@ -238,3 +238,38 @@ def test_local_reads_larger_than_one_call_are_exact(tmp_path: Path) -> None:
         assert n == 100 and bytes(tail[:100]) == data[-100:]
     finally:
         f.close()
+
+
+@pytest.mark.parametrize("sha256", [False, True])
+def test_sequential_source_is_read_by_one_thread_in_disk_order(
+        tmp_path: Path, layout: tuple[ExtentMap, bytes], sha256: bool) -> None:
+    """A source that asks for one reader (local files) is read by one thread, front to back, while
+    the workers hash and write: the same bytes and digests as parallel readers, and no deadlock
+    when the plain sha256 keeps blocks for the in-order consumer."""
+    import threading
+
+    emap, expected = layout
+    reads: list[tuple[int, int]] = []
+
+    class Recording(LvmSource):
+        def read_into(self, offset: int, view: memoryview) -> None:
+            reads.append((threading.get_ident(), offset))
+            super().read_into(offset, view)
+
+    results = {}
+    for sequential in (True, False):
+        reads.clear()
+        out = tmp_path / f"seq-{sequential}.raw"
+        out.write_bytes(os.urandom(emap.size))  # garbage, truncated below
+        with open(out, "r+b") as f:
+            f.truncate(0)
+            f.truncate(emap.size)
+            results[sequential] = copy_blocks(Recording(emap, sequential=sequential), f.fileno(), workers=3,
+                                              sha256=sha256)
+        assert out.read_bytes() == expected
+        if sequential:
+            offsets = [o for _, o in reads]
+            assert len({t for t, _ in reads}) == 1 and offsets == sorted(offsets)
+    assert results[True].digest == results[False].digest == blkdigest(expected)
+    if sha256:
+        assert results[True].sha256 == results[False].sha256 == hashlib.sha256(expected).hexdigest()

@@ -243,16 +243,34 @@ def fill_block(source: BlockSource, lo: int, view: memoryview, runs: list[tuple[
     return sum(r[1] for r in runs)
 
 
+def _read_block(source: BlockSource, lo: int, hi: int, runs: list[tuple[int, int]],
+                buffers: BufferPool) -> tuple[bytearray, int]:
+    """A buffer holding block ``[lo, hi)`` and the bytes read for it (the buffer is given back on error)."""
+    buf = buffers.get()
+    try:
+        return buf, fill_block(source, lo, memoryview(buf)[: hi - lo], runs)
+    except BaseException:
+        buffers.put(buf)
+        raise
+
+
+def _filled_job(source: BlockSource, dest: _Dest, lo: int, hi: int, index: int, filled: tuple[bytearray, int],
+                buffers: BufferPool, keep: bool, algo: Algorithm | None, hook: BlockHook | None) -> _Block:
+    return _buffered_block(source, dest, lo, hi, index, [], buffers, keep, algo, hook, filled)
+
+
 def _buffered_block(source: BlockSource, dest: _Dest | None, lo: int, hi: int, index: int,
                     runs: list[tuple[int, int]], buffers: BufferPool, keep: bool,
-                    algo: Algorithm | None, hook: BlockHook | None = None) -> _Block:
-    """Read the block's DATA into a buffer, hash it and write its non-zero grains from there."""
+                    algo: Algorithm | None, hook: BlockHook | None = None,
+                    filled: tuple[bytearray, int] | None = None) -> _Block:
+    """Read the block's DATA into a buffer (or take the one ``filled`` by the reader), hash it and
+    write its non-zero grains from there."""
     n = hi - lo
-    buf: bytearray | None = buffers.get()
+    buf: bytearray | None
+    buf, read = filled if filled is not None else _read_block(source, lo, hi, runs, buffers)
     assert buf is not None
     try:
         view = memoryview(buf)[:n]
-        read = fill_block(source, lo, view, runs)
         zero = ZEROS.startswith(view)
         if zero:
             digest = algo.zero(n) if algo else b""
@@ -347,7 +365,9 @@ def copy_blocks(source: BlockSource, out_fd: int | None, *, sha256: bool = False
     workers = max(1, workers)
     size = source.size
     label = name or source.name
-    buffers = BufferPool(workers + EXTRA_INFLIGHT if sha256 else workers)
+    sequential = getattr(source, "sequential", False)  # an optional hint: one reader, front to back
+    # Kept blocks wait for the consumer; a sequential reader holds one more buffer than the workers.
+    buffers = BufferPool(workers + EXTRA_INFLIGHT if sha256 else workers + (1 if sequential else 0))
     dest = _Dest(out_fd)
     bd = BlockDigest(algorithm)
     algo = algorithm if digest or sha256 else None
@@ -370,12 +390,22 @@ def copy_blocks(source: BlockSource, out_fd: int | None, *, sha256: bool = False
         if progress is not None:
             progress(blk.hi - blk.lo)
 
+    def may_clone() -> bool:  # the condition under which _block_job tries sharing blocks
+        return dest.can_clone and not sha256 and hook is None and getattr(source, "file_runs", None) is not None
+
     def blocks() -> Iterator[Future[_Block] | _Block]:
         for index, lo in enumerate(range(0, size, DIGEST_BLOCK)):
             hi = min(size, lo + DIGEST_BLOCK)
             runs = block_data(source, lo, hi, label)
-            if runs and workers == 1:  # no hand-off at all: each one costs a wake-up of another thread
+            if runs and (workers == 1 or (sequential and may_clone())):
+                # No hand-off: one worker (each hand-off costs a wake-up of another thread), or a
+                # sequential source whose blocks may still be shared with the destination (_block_job
+                # tries; the first failure turns it off): this thread reads, and only it.
                 yield _block_job(source, dest, lo, hi, index, runs, buffers, sha256, algo, hook)
+            elif runs and sequential:
+                # This thread reads, in disk order; the workers hash and write what it read.
+                filled = _read_block(source, lo, hi, runs, buffers)
+                yield pool.submit(_filled_job, source, dest, lo, hi, index, filled, buffers, sha256, algo, hook)
             elif runs:
                 yield pool.submit(_block_job, source, dest, lo, hi, index, runs, buffers, sha256, algo, hook)
             else:  # all zeros or holes: known digest, nothing to read or write, no hand-off to a worker

@@ -139,11 +139,20 @@ class LvmSource:
     threads (positional reads).
     """
 
-    def __init__(self, emap: ExtentMap, name: str = "LV", opener: FileOpener | None = None) -> None:
+    def __init__(self, emap: ExtentMap, name: str = "LV", opener: FileOpener | None = None,
+                 sequential: bool | None = None) -> None:
+        """``sequential``: read by one thread front to back (see :attr:`sequential`); None: when every
+        file is local."""
         self.emap = emap
         self.name = name
         self.size = emap.size
         self._opener = opener
+        # The mover's hint (an optional BlockSource attribute): one reader thread, front to back, the
+        # hashing and writing on the other workers. The kernel's readahead streams a local file for
+        # one sequential reader and several readers of one file defeat its detection (readahead.py);
+        # remote files want several requests in flight instead.
+        self.sequential = (opener is None and all(opener_for(p) is None for p in emap.paths())
+                           if sequential is None else sequential)
         self._files: dict[str, ByteFile] = {}
         self._lock = threading.Lock()
 
@@ -251,4 +260,4 @@ def fd_source(fd: int, size: int, name: str) -> LvmSource:
     read-only descriptor), e.g. to digest an output just written."""
     path = f"/proc/self/fd/{fd}"
     return LvmSource(ExtentMap(size, [LinearMapper(0, size, path, 0)] if size else []), name,
-                     lambda p: LocalFile(p, name=name))
+                     lambda p: LocalFile(p, name=name), sequential=True)
