@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +56,30 @@ def test_version_loads_no_command() -> None:
 def test_version_still_prints_the_version() -> None:
     p = subprocess.run([sys.executable, "-m", "euca2kvm", "--version"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.startswith("euca2kvm ") and len(p.stdout.split()) == 2
+
+
+# A raw export of two local containers (--all) into a fresh OUTDIR: what it must never load. The
+# manifest it reads back before recording the second volume is its own (no schema validator); the
+# in-use check starts no process where there is no tgtd; nothing of the conversion path is loaded.
+EXPORT_NEVER = ("jsonschema", "euca2kvm.export.nbd", "euca2kvm.export.served", "euca2kvm.export.qemu_img",
+                "euca2kvm.export.imagedigest")
+
+
+def test_raw_export_loads_no_validator_process_runner_or_conversion(tmp_path: Path) -> None:
+    from lvmwriter import Mda, build_pv, linear_lv, vg_text
+
+    vols, mib = ["vol-5a0e0001", "vol-5a0e0002"], 8
+    (tmp_path / "src").mkdir()
+    for i, vol in enumerate(vols):  # uuids differ per container: two VGs, two PVs
+        text = vg_text(f"vg-{vol}", f"StartV-0000-1111-2222-3333-4444-55555{i}", 1,
+                       [("pv0", f"Start{i}-yyyy-yyyy-yyyy-yyyy-yyyy-yyyyyy", 2048, mib // 4)],
+                       linear_lv(f"euca-{vol}", f"StartL-0000-1111-2222-3333-4444-55555{i}", mib // 4, tags=f'"{vol}"'))
+        with open(tmp_path / "src" / vol, "wb") as f:
+            f.write(build_pv(1 << 20, f"Start{i}" + "y" * 26, [Mda(4096, 64 * 1024, text=text)], 1 << 20))
+            f.write(os.urandom(mib << 20))
+    out = tmp_path / "out"
+    mods = loaded("from euca2kvm.cli import main\n"
+                  f"assert main(['export', '--all', '-s', {str(tmp_path / 'src')!r}, '-o', {str(out)!r}]) == 0")
+    never = EXPORT_NEVER + (() if shutil.which("tgtadm") else ("euca2kvm.procs",))
+    assert heavy(mods, never) == []
+    assert sorted(v["id"] for v in json.loads((out / "manifest.json").read_text())["volumes"]) == vols

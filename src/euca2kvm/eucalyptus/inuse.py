@@ -19,8 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .. import procs
-
 SYS_BLOCK = "/sys/block"
 PROC = "/proc"
 # /proc can list thousands of processes with thousands of descriptors; the scan is linear and
@@ -179,6 +177,8 @@ def tgtadm_show(tgtadm: str | None = None) -> tuple[int, str] | None:
     exe = tgtadm or shutil.which("tgtadm")
     if exe is None:
         return None
+    from .. import procs  # here: only a host with tgtd pays for the process runner's imports
+
     res = procs.run([exe, *TGTADM_SHOW], timeout=TGTADM_TIMEOUT_S, ok=None, max_stdout=MAX_TGTADM_OUTPUT,
                     what="tgtadm")
     return res.status, res.stdout.decode("utf-8", "replace") if res.status == 0 else res.stderr[:300]
