@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Page-cache behaviour of local source files: drop-behind releases what was read, only when asked."""
+"""Page-cache behaviour of local source files: what is dropped behind the reader in each mode."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from _env import missing, need_tools
-from euca2kvm.lvm.source import LocalFile
+from euca2kvm.lvm.source import DropBehind, LocalFile
 
 MiB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -47,24 +47,53 @@ def read_all(f: LocalFile, size: int) -> bytes:
     return bytes(buf)
 
 
-@pytest.mark.parametrize("drop", [True, False])
-def test_drop_behind_releases_what_was_read_and_only_then(tmp_path: Path, drop: bool) -> None:
+@pytest.mark.parametrize("mode", [DropBehind.ALL, DropBehind.KEEP, DropBehind.UNCACHED])
+def test_drop_behind_modes_on_a_cached_file(tmp_path: Path, mode: DropBehind) -> None:
+    """A file cached before the read: ALL drops it, KEEP and UNCACHED (the default) leave it cached."""
     path = tmp_path / "src.img"
     data = cached_file(path, 8 * MiB + 4096)
-    f = LocalFile(str(path), drop_behind=drop)
+    f = LocalFile(str(path), drop_behind=mode)
     try:
         assert read_all(f, len(data)) == data
     finally:
         f.close()
     pages = resident(path)
-    if drop:
+    if mode is DropBehind.ALL:
         assert pages == 0
     else:
         assert pages >= len(data) // PAGE // 2
 
 
-@pytest.mark.parametrize("drop", [True, False])
-def test_export_drop_behind_option(tmp_path: Path, drop: bool) -> None:
+def test_default_drops_only_what_it_brought_in(tmp_path: Path) -> None:
+    """Half a file cached by another reader before the export: that half stays cached, the half
+    this read brought in is dropped behind it."""
+    path = tmp_path / "src.img"
+    data = cached_file(path, 16 * MiB)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert resident(path) == 0
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead past what "the other reader" reads
+        assert os.pread(fd, 8 * MiB, 0) == data[: 8 * MiB]
+    finally:
+        os.close(fd)
+    if resident(path) != 8 * MiB // PAGE:
+        missing("the page cache does not keep this file (memory pressure)")
+    f = LocalFile(str(path))  # the default mode
+    try:
+        if f.drop_behind is not DropBehind.UNCACHED:
+            pytest.fail("the default should drop only what was not cached")
+        assert read_all(f, len(data)) == data
+        state = f._cache_state
+    finally:
+        f.close()
+    if state is None:
+        missing("this kernel has no cachestat(2)")
+    assert resident(path) == 8 * MiB // PAGE
+
+
+@pytest.mark.parametrize("option", ["--drop-behind", "--keep-cache", None])
+def test_export_page_cache_options(tmp_path: Path, option: str | None) -> None:
     vols = tmp_path / "volumes"
     vols.mkdir()
     src = vols / "snap-0dd0b0b1"
@@ -73,8 +102,8 @@ def test_export_drop_behind_option(tmp_path: Path, drop: bool) -> None:
     out.mkdir()
     (out / "snap-0dd0b0b1.raw").write_bytes(os.urandom(MiB))  # garbage under the final name
     p = subprocess.run([sys.executable, "-m", "euca2kvm", "export", "snap-0dd0b0b1", "--source", str(vols), "-o",
-                        str(out), *(["--drop-behind"] if drop else [])], capture_output=True, text=True, timeout=120)
+                        str(out), *([option] if option else [])], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert (out / "snap-0dd0b0b1.raw").read_bytes() == data
     pages = resident(src)
-    assert pages == 0 if drop else pages >= len(data) // PAGE // 2
+    assert pages == 0 if option == "--drop-behind" else pages >= len(data) // PAGE // 2

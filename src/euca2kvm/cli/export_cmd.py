@@ -67,11 +67,13 @@ def build_parser(sub: Any) -> None:
                    help="flush each image to stable storage before renaming it, and the manifest after recording "
                         "it (without: both are replaced atomically, a killed run leaves no half file; after a "
                         "power loss a re-run exports again what did not reach the disk)")
-    p.add_argument("--drop-behind", action="store_true",
-                   help="drop the source bytes read from the page cache behind the reader: about a quarter faster "
-                        "on a cold source here, and a large export no longer pushes other data out of the cache; "
-                        "but pages other processes had cached (a running instance's disk with --warm) are dropped "
-                        "too (default off)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--drop-behind", action="store_true",
+                       help="drop every source byte read from the page cache behind the reader, also pages other "
+                            "processes had cached (default: drop only what was not cached before the export read "
+                            "it, where the kernel can tell — Linux 6.5 and later — else nothing)")
+    cache.add_argument("--keep-cache", action="store_true",
+                       help="drop nothing: the source stays in the page cache after the export")
     p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                    help=f"volumes in parallel (1-{MAX_JOBS}, default 1)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
@@ -156,10 +158,10 @@ def do_export(args: argparse.Namespace) -> int:
     opts = ExportOptions(fmt=fmt, sha256=args.sha256, verify=args.verify, workers=args.workers,
                          fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args),
                          warm=args.warm or args.sync)
-    if args.drop_behind:
-        from ..lvm.source import set_drop_behind
+    if args.drop_behind or args.keep_cache:
+        from ..lvm.source import DropBehind, set_drop_behind
 
-        set_drop_behind(True)
+        set_drop_behind(DropBehind.ALL if args.drop_behind else DropBehind.KEEP)
     # IDs first: an unknown ID or a file that is no volume leaves no output directory behind
     d, named = resolve_volumes(list(dict.fromkeys(args.ids)), args.source, quiet=args.json)
     if args.all:

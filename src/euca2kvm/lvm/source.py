@@ -14,6 +14,7 @@ are asked for, and a short read is never zeros.
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import stat
@@ -25,30 +26,41 @@ from ..blocks import ByteFile, FileOpener, Kind, Range, merged, opener_for
 from ..errors import IOFailure
 from .extents import ExtentMap, LinearMapper
 
-# Whether local source files opened from now on drop what they read from the page cache
-# (``export --drop-behind``, see :func:`set_drop_behind`). Off by default: the kernel cannot tell
-# which cached pages this process brought in, so dropping would also evict pages other processes
-# cached (a running instance's disk during a warm pass, a controller's working set).
-_DROP_BEHIND = False
+
+class DropBehind(enum.Enum):
+    """What a local source file drops from the page cache behind its reader (``readahead.release``)."""
+
+    KEEP = "keep"  # nothing: the source stays cached (export --keep-cache)
+    UNCACHED = "uncached"  # what was not cached before this process first read the file (the default)
+    ALL = "all"  # everything read (export --drop-behind)
 
 
-def set_drop_behind(on: bool) -> None:
-    """Make :class:`LocalFile` objects opened from now on release each range they read from the page
-    cache (:func:`~euca2kvm.readahead.release`): the fastest cold read measured here (about a quarter
-    off a 512 MiB cold export), at the cost of a page-cached source no longer being cached."""
+# The mode of local source files opened from now on (see :func:`set_drop_behind`). The default
+# leaves the page cache as the export found it: what other processes had cached (a running
+# instance's disk during a warm pass, a controller's working set) stays, what the export brought
+# in goes, which is also the fastest cold read measured here (readahead.py). Without cachestat(2)
+# (Linux < 6.5) the cache state cannot be told and UNCACHED keeps everything.
+_DROP_BEHIND = DropBehind.UNCACHED
+
+
+def set_drop_behind(mode: DropBehind) -> None:
+    """Set what :class:`LocalFile` objects opened from now on drop from the page cache behind the reader."""
     global _DROP_BEHIND
-    _DROP_BEHIND = on
+    _DROP_BEHIND = mode
 
 
 class LocalFile:
     """A local source file or block device, read-only (a :class:`~euca2kvm.blocks.ByteFile`)."""
 
     def __init__(self, path: str, follow: bool = True, name: str | None = None,
-                 drop_behind: bool | None = None) -> None:
+                 drop_behind: DropBehind | None = None) -> None:
         """``follow=False`` refuses a symbolic link at ``path`` (O_NOFOLLOW); ``name``: for messages;
-        ``drop_behind``: release what is read from the page cache (None: as :func:`set_drop_behind` says)."""
+        ``drop_behind``: what to drop from the page cache behind the reader (None: as
+        :func:`set_drop_behind` says)."""
         self.path = name or path
         self.drop_behind = _DROP_BEHIND if drop_behind is None else drop_behind
+        self._cache_state: tuple[int, bytearray] | None = None  # readahead.cached_grains before the first read
+        self._first_read = threading.Lock() if self.drop_behind is DropBehind.UNCACHED else None
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
         except OSError as e:
@@ -66,6 +78,8 @@ class LocalFile:
 
     def pread_into(self, offset: int, view: memoryview) -> int:
         """Read ``view`` at ``offset`` in calls of at most :data:`readahead.SYSCALL_BYTES`; short only at EOF."""
+        if self._first_read is not None:
+            self._take_cache_state()
         got = 0
         while got < len(view):
             piece = view[got : got + readahead.SYSCALL_BYTES]
@@ -77,9 +91,35 @@ class LocalFile:
             if n == 0:
                 break
             got += n
-        if self.drop_behind and got > 0:
-            readahead.release(self.fd, offset, got)
+        if got > 0 and self.drop_behind is not DropBehind.KEEP:
+            self._release(offset, got)
         return got
+
+    def _take_cache_state(self) -> None:
+        """Before the first read (UNCACHED): which parts of the file are cached (by others) now."""
+        lock = self._first_read
+        if lock is not None:
+            with lock:
+                if self._first_read is not None:
+                    self._cache_state = readahead.cached_grains(self.fd, self.size())
+                    self._first_read = None
+
+    def _release(self, offset: int, n: int) -> None:
+        if self.drop_behind is DropBehind.ALL:
+            readahead.release(self.fd, offset, n)
+            return
+        state = self._cache_state
+        if state is None:
+            return  # the cache state is unknown: drop nothing
+        grain, cached = state
+        end = offset + n
+        g = offset // grain
+        while g * grain < end and g < len(cached):
+            if not cached[g]:
+                a = max(offset, g * grain)
+                b = min(end, (g + 1) * grain)
+                readahead.release(self.fd, a, b - a)
+            g += 1
 
     def data_ranges(self, lo: int, hi: int) -> list[tuple[int, int]]:
         span = self._span
