@@ -47,11 +47,12 @@ def _free_port() -> int:
 
 
 class Server:
-    """The moto server of this module, with a count of UploadPart calls it served."""
+    """The moto server of this module, with a count of the UploadPart and UploadPartCopy calls it served."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.part_puts = 0
+        self.part_copies = 0
         self.delay = 0.0
         self.lock = threading.Lock()
 
@@ -81,8 +82,18 @@ def server() -> Iterator[Server]:
             time.sleep(srv.delay)
         return original(self, *a, **kw)
 
+    original_copy = S3Backend.upload_part_copy
+
+    def counting_copy(self: Any, *a: Any, **kw: Any) -> Any:
+        with srv.lock:
+            srv.part_copies += 1
+        if srv.delay:
+            time.sleep(srv.delay)
+        return original_copy(self, *a, **kw)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(S3Backend, "upload_part", counting)
+        mp.setattr(S3Backend, "upload_part_copy", counting_copy)
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         moto.start()
         try:

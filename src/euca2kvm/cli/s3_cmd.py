@@ -5,6 +5,7 @@ and the per-volume loop of object-storage targets (:mod:`euca2kvm.export.s3`).""
 from __future__ import annotations
 
 import argparse
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -73,11 +74,19 @@ def run_s3_exports(vols: list[Volume], opts: ExportOptions, args: argparse.Names
     with Reporter(args.json, sum(v.size for v in vols), cancel) as rep:
         for vol in vols:
             try:
-                check_exportable(vol, args.force, rep)
+                check_exportable(vol, args.force, rep, warm=args.warm)
                 advance = rep.start(vol.id, vol.size)
-                entry, reused = export_to_s3(volume_source(vol), client, target, opts, encoding=args.s3_encoding,
-                                             part_size=args.s3_part_size * MiB, progress=advance,
-                                             on_read=advance.read)
+                if opts.warm:  # --warm or --sync: a warm migration pass (export/s3sync.py)
+                    from ..export.s3sync import s3_export_pass
+
+                    entry, reused = s3_export_pass(functools.partial(volume_source, vol), client, target, opts,
+                                                   args.sync,
+                                                   encoding=args.s3_encoding, part_size=args.s3_part_size * MiB,
+                                                   progress=advance, on_read=advance.read)
+                else:
+                    entry, reused = export_to_s3(volume_source(vol), client, target, opts,
+                                                 encoding=args.s3_encoding, part_size=args.s3_part_size * MiB,
+                                                 progress=advance, on_read=advance.read)
                 rep.done(vol.id, entry, reused)
             except KeyboardInterrupt:
                 # The upload stays in progress: the next run resumes it from its stored parts.

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import FormatError, IOFailure, UsageError
-from . import manifest, manifestcheck
+from . import manifest, manifestcheck, sidecar
 
 ENCODINGS = ("gzip", "none")  # gzip'd raw (sparse-friendly), or the raw bytes as they are
 EXT = {"gzip": "raw.gz", "none": "raw"}
@@ -240,3 +240,36 @@ def object_name(ident: str, encoding: str) -> str:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# ------------------------------------------------------------------ a warm object's sidecar
+
+
+def put_blocks(client: Any, target: S3Url, object_name_: str, car: sidecar.Sidecar,
+               parts: list[sidecar.Part]) -> dict[str, str]:
+    """Store ``<object>.blocks`` (the digests and the parts table, :mod:`.sidecar`) beside the object;
+    the entry's ``blocks`` field (its name under the prefix and sha256)."""
+    name = sidecar.name_for(object_name_)
+    body = sidecar.encode_with_parts(car, parts)
+    call(target.url(name), client.put_object, Bucket=target.bucket, Key=target.key(name), Body=body,
+         ContentType="application/octet-stream", ChecksumAlgorithm="SHA256", ChecksumSHA256=sha256_b64(body))
+    return {"file": name, "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def load_blocks(client: Any, target: S3Url, field: object, size: int) -> tuple[sidecar.Sidecar, list[sidecar.Part]]:
+    """The sidecar object an entry's ``blocks`` field names: read bounded, checked against the sha256
+    the entry records (FormatError, exit 3, otherwise: never trusted)."""
+    name, sha = sidecar.field_of(field, target.url())
+    url = target.url(name)
+    bound = sidecar.max_bytes_with_parts(size)
+    obj = call(url, client.get_object, Bucket=target.bucket, Key=target.key(name))
+    body = obj["Body"]
+    try:
+        if int(obj.get("ContentLength", 0)) > bound:
+            raise FormatError(f"block-digest object larger than the {bound} bytes a {size}-byte disk's can be", url)
+        raw = body.read(bound + 1)
+    finally:
+        body.close()
+    if len(raw) > bound or hashlib.sha256(raw).hexdigest() != sha:
+        raise FormatError("block-digest object does not match the sha256 its manifest entry records", url)
+    return sidecar.parse_with_parts(raw, size, url)

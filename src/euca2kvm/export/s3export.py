@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import IOFailure
 from .pipeline import ExportOptions, Source, check_unchanged, fingerprint, identity
-from .s3 import S3Url, call, is_missing, load_manifest, now, object_name, record
+from .s3 import S3Url, call, is_missing, load_manifest, now, object_name, put_blocks, record
 from .s3upload import PART_SIZE, Progress, upload
 
 
@@ -32,8 +32,16 @@ def _reusable(client: Any, target: S3Url, prev: dict[str, Any] | None, key: str,
 
 def export_to_s3(src: Source, client: Any, target: S3Url, opts: ExportOptions, *, encoding: str = "gzip",
                  part_size: int = PART_SIZE, progress: Progress | None = None,
-                 on_read: Progress | None = None) -> tuple[dict[str, Any], bool]:
-    """Upload ``src`` as ``prefix/<id>.raw[.gz]`` and record it; (manifest entry, reused)."""
+                 on_read: Progress | None = None, warm: bool = False) -> tuple[dict[str, Any], bool]:
+    """Upload ``src`` as ``prefix/<id>.raw[.gz]`` and record it; (manifest entry, reused).
+
+    ``warm``: a first warm pass (:mod:`.s3sync`): never a reuse, the source may be written while it
+    is read (only its size, inode and LVM metadata must hold), and the per-block digests and the
+    parts' byte ranges are stored as ``<object>.blocks`` beside the object; the entry says
+    ``"consistent": false``."""
+    from .warm import WarmPass
+
+    wp = WarmPass(opts.algorithm) if warm else None
     name = object_name(src.id, encoding)
     key = target.key(name)
     url = target.url(name)
@@ -41,7 +49,8 @@ def export_to_s3(src: Source, client: Any, target: S3Url, opts: ExportOptions, *
     files = sorted(src.files)
     try:
         previous = next((v for v in load_manifest(client, target)["volumes"] if v.get("output") == url), None)
-        if not opts.overwrite and _reusable(client, target, previous, key, src, source.size, encoding, files):
+        if not opts.overwrite and not warm and _reusable(client, target, previous, key, src, source.size, encoding,
+                                                         files):
             assert previous is not None
             if progress is not None:
                 progress(source.size)
@@ -53,9 +62,10 @@ def export_to_s3(src: Source, client: Any, target: S3Url, opts: ExportOptions, *
                          workers=opts.workers, overwrite=opts.overwrite, sha256=opts.sha256,
                          algorithm=opts.algorithm, progress=progress, on_read=on_read,
                          # a source that changed while it was read is never completed into an object
-                         before_complete=lambda: check_unchanged(src, state))
+                         before_complete=lambda: check_unchanged(src, state, warm=warm),
+                         on_block=wp.add if wp is not None else None, layout=warm)
         except IOFailure as e:
-            check_unchanged(src, state, e)
+            check_unchanged(src, state, e, warm=warm)
             raise
     finally:
         source.close()
@@ -71,5 +81,12 @@ def export_to_s3(src: Source, client: Any, target: S3Url, opts: ExportOptions, *
         entry["checksum_sha256"] = res.checksum
     if res.sha256:
         entry["sha256"] = res.sha256
+    if wp is not None:
+        from .sidecar import Sidecar
+
+        car = Sidecar(wp.algorithm, res.size, wp.digests)
+        if car.folded() != res.digest:
+            raise AssertionError("the sidecar's digests do not fold to the upload's digest")
+        entry.update(wp.fields(time.time()), blocks=put_blocks(client, target, name, car, res.layout))
     record(client, target, entry)
     return entry, False

@@ -45,12 +45,15 @@ from ..units import MiB
 from .copy import BlockHook, copy_blocks
 from .digest import DEFAULT, DIGEST_BLOCK, ZEROS, Algorithm
 from .s3 import S3Url, call
+from .sidecar import Part
 
 # Default part size: large enough that per-request overhead is noise on a fast link, small enough
 # that parts in flight stay a small memory budget. A multiple of the digest block.
 PART_SIZE = 32 * MiB
 # S3 refuses parts under 5 MiB (but the last); parts are whole digest blocks, so 8 MiB is the least.
 MIN_PART_SIZE = 8 * MiB
+# The service's own least part (all but the last): a delta pass's re-encoded part must reach it.
+S3_MIN_PART = 5 * MiB
 # S3 allows 10,000 parts; the part size grows with the disk so that a 16 TiB volume fits, with
 # room for gzip's few bytes of overhead per member on incompressible data.
 MAX_PARTS = 9000
@@ -75,6 +78,19 @@ def gzip_member(data: bytes | bytearray | memoryview, level: int = GZIP_LEVEL) -
     bytes for the same input, so a resumed upload produces the same parts."""
     c = zlib.compressobj(level, zlib.DEFLATED, 31)
     return c.compress(data) + c.flush()
+
+
+def encode_block(view: memoryview | None, n: int, gz: bool) -> bytes | memoryview:
+    """A block's bytes in the object: a gzip member, or the bytes (None: ``n`` zero bytes). The same
+    bytes for the same block, so parts made again (a resume, a delta pass) are the same parts."""
+    if view is None or ZEROS.startswith(view):
+        return zero_member(n) if gz else ZEROS[:n]
+    return gzip_member(view) if gz else bytes(view)  # the view's buffer is reused: copy
+
+
+def metadata(gz: bool, part_size: int, size: int) -> dict[str, str]:
+    return {"euca2kvm-encoding": "gzip" if gz else "none", "euca2kvm-part-size": str(part_size),
+            "euca2kvm-size": str(size)}
 
 
 def part_size_for(size: int, wanted: int = PART_SIZE) -> int:
@@ -106,6 +122,7 @@ class UploadResult:
     etag: str
     checksum: str | None  # the object's composite SHA-256 ("<base64>-<parts>"), as the service confirmed it
     upload_id: str = field(default="")
+    layout: list[Part] = field(default_factory=list)  # where each part lies (asked for: ``layout=True``)
 
 
 class Uploader:
@@ -117,7 +134,7 @@ class Uploader:
         self.stored = stored
         self.done: dict[int, dict[str, Any]] = {}
         self.digests: dict[int, bytes] = {}
-        self.uploaded = self.kept = self.bytes_uploaded = 0
+        self.uploaded = self.kept = self.copied = self.bytes_uploaded = self.bytes_copied = 0
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=UPLOADS_IN_FLIGHT, thread_name_prefix="s3-part")
         self._pending: list[Future[None]] = []
@@ -141,6 +158,47 @@ class Uploader:
         except BaseException:
             self._slots.release()
             raise
+
+    def copy(self, number: int, part: Part, etag: str) -> None:
+        """Part ``number`` copied server-side (UploadPartCopy) from ``part``'s byte range of this key's
+        current object, which must still be the one of ETag ``etag``; a stored part that already holds
+        it is kept."""
+        checksum = base64.b64encode(part.sha256).decode("ascii")
+        self.digests[number] = part.sha256
+        old = self.stored.get(number)
+        if old is not None and old.size == part.length and (
+                old.checksum == checksum if old.checksum else old.etag == part.md5.hex()):
+            self.done[number] = {"PartNumber": number, "ETag": f'"{old.etag}"', "ChecksumSHA256": checksum}
+            self.kept += 1
+            return
+        self._check_pending()
+        self._slots.acquire()
+        try:
+            self._pending.append(self._pool.submit(self._copy, number, part, etag, checksum))
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _copy(self, number: int, part: Part, etag: str, checksum: str) -> None:
+        try:
+            resp = call(f"{self.url} part {number} (copy)", self.client.upload_part_copy, Bucket=self.target.bucket,
+                        Key=self.key, UploadId=self.upload_id, PartNumber=number,
+                        CopySource={"Bucket": self.target.bucket, "Key": self.key},
+                        CopySourceRange=f"bytes={part.offset}-{part.offset + part.length - 1}",
+                        CopySourceIfMatch=f'"{etag}"')
+            res = resp.get("CopyPartResult", {})
+            got = res.get("ChecksumSHA256")
+            petag = str(res.get("ETag", "")).strip('"')
+            if got is not None and got != checksum:
+                raise VerifyError(f"{self.url} part {number}: the copied range has SHA-256 {got}, not {checksum}")
+            if got is None and "-" not in petag and petag != part.md5.hex():
+                raise VerifyError(f"{self.url} part {number}: the copied range has ETag {petag}, not the part's MD5")
+            with self._lock:
+                self.done[number] = {"PartNumber": number, "ETag": f'"{petag}"', "ChecksumSHA256": checksum}
+                self.copied += 1
+                self.bytes_copied += part.length
+        finally:
+            self._slots.release()
 
     def _send(self, number: int, data: bytes, checksum: str) -> None:
         try:
@@ -238,10 +296,12 @@ def list_parts(client: Any, target: S3Url, key: str, upload_id: str) -> dict[int
 def upload(source: BlockSource, client: Any, target: S3Url, key: str, *, gz: bool, part_size: int = PART_SIZE,
            workers: int = 4, overwrite: bool = False, sha256: bool = False, algorithm: Algorithm = DEFAULT,
            progress: Progress | None = None, on_read: Progress | None = None,
-           before_complete: Callable[[], None] | None = None) -> UploadResult:
+           before_complete: Callable[[], None] | None = None,
+           on_block: Callable[[int, bytes], None] | None = None, layout: bool = False) -> UploadResult:
     """Stream ``source`` into the object ``key`` (see the module docstring). ``before_complete`` runs
     once every part is stored and may raise: the object is then never completed (the upload stays
-    in progress, to be resumed)."""
+    in progress, to be resumed). ``on_block`` gets each block's digest in order; ``layout``: the
+    result says where each part lies (a warm pass's sidecar, :mod:`.s3sync`)."""
     if Kind.ERROR in source.kinds():
         raise FormatError(f"{source.name}: has 'error' ranges; reading them fails under device-mapper too, "
                           "refusing to export invented bytes")
@@ -249,31 +309,30 @@ def upload(source: BlockSource, client: Any, target: S3Url, key: str, *, gz: boo
         raise UsageError("--sha256 is offered for raw s3 uploads only (the block digest is always recorded)")
     size = source.size
     psize = part_size_for(size, part_size)
-    upload_id, stored = open_upload(client, target, key, overwrite, {
-        "euca2kvm-encoding": "gzip" if gz else "none", "euca2kvm-part-size": str(psize),
-        "euca2kvm-size": str(size)})
+    upload_id, stored = open_upload(client, target, key, overwrite, metadata(gz, psize, size))
     up = Uploader(client, target, key, upload_id, stored)
     pieces: list[bytes | memoryview] = []
     filled = 0
     number = 0
     object_size = 0
+    first = 0
+    parts: list[Part] = []
 
     def flush() -> None:
         nonlocal pieces, filled, number, object_size
         number += 1
         data = b"".join(pieces)
+        if layout:
+            parts.append(Part(first, object_size, len(data), hashlib.sha256(data).digest(),
+                              hashlib.md5(data).digest()))
         object_size += len(data)
         pieces, filled = [], 0
         up.part(number, data)
 
-    def encode(view: memoryview | None, n: int) -> bytes | memoryview:
-        """A block's bytes in the object (on the worker that read them): a gzip member, or the bytes."""
-        if view is None:
-            return zero_member(n) if gz else ZEROS[:n]
-        return gzip_member(view) if gz else bytes(view)  # the view's buffer is reused: copy
-
-    def take(_index: int, payload: bytes | memoryview) -> None:
-        nonlocal filled
+    def take(index: int, payload: bytes | memoryview) -> None:
+        nonlocal filled, first
+        if not pieces:
+            first = index
         pieces.append(payload)
         filled += len(payload)
         if filled >= psize:
@@ -281,7 +340,8 @@ def upload(source: BlockSource, client: Any, target: S3Url, key: str, *, gz: boo
 
     try:
         res = copy_blocks(source, None, sha256=sha256, workers=workers, progress=progress, algorithm=algorithm,
-                          on_read=on_read, hook=BlockHook(encode, take))
+                          on_read=on_read, on_block=on_block,
+                          hook=BlockHook(lambda view, n: encode_block(view, n, gz), take))
         if pieces or number == 0:
             flush()
     except BaseException:
@@ -294,4 +354,4 @@ def upload(source: BlockSource, client: Any, target: S3Url, key: str, *, gz: boo
     etag, checksum = up.complete(object_size)
     assert res.digest is not None
     return UploadResult(res.digest, res.sha256, size, object_size, number, up.uploaded, up.kept, res.bytes_read,
-                        up.bytes_uploaded, etag, checksum, upload_id)
+                        up.bytes_uploaded, etag, checksum, upload_id, parts)

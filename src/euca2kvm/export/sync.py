@@ -106,7 +106,7 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                 manifest.record(outdir, marked)
                 buf = bytearray(DIGEST_BLOCK)
                 for i in changed:
-                    d, view, got = _read_block(src, i, memoryview(buf), algo)
+                    d, view, got = read_block(src, i, memoryview(buf), algo)
                     if final and d != new[i]:
                         raise IOFailure(f"{src.id}: block {i} (bytes {i * DIGEST_BLOCK}..) changed during the sync; "
                                         "is the instance still running? Stop it and run --sync again")
@@ -174,7 +174,7 @@ def _image_writer(od: OutDir, out: Path, size: int, fmt: str) -> Iterator[Callab
         os.close(fd)
 
 
-def _read_block(src: Source, i: int, buf: memoryview, algo: Algorithm) -> tuple[bytes, memoryview, int]:
+def read_block(src: Source, i: int, buf: memoryview, algo: Algorithm) -> tuple[bytes, memoryview, int]:
     """Block ``i`` of the source read whole into ``buf``: (its digest, its bytes, bytes read)."""
     source = src.blocks
     lo = i * DIGEST_BLOCK

@@ -68,6 +68,11 @@ class WarmPass:
                 for c in readers:
                     c.close()
 
+    def fields(self, ended: float) -> dict[str, Any]:
+        """What a first warm pass's entry records besides the export's fields (not its sidecar)."""
+        return {"consistent": False, "warm": {"started_at": utc(self.started), "ended_at": utc(ended),
+                                              "seconds": round(ended - self.started, 3), "passes": 1}}
+
     def commit(self, od: OutDir, image_name: str, entry: dict[str, Any]) -> Callable[[], None]:
         """What publishing the image runs under the directory lock: the sidecar, then the entry."""
         ended = time.time()
@@ -77,9 +82,7 @@ class WarmPass:
 
         def run() -> None:
             entry["blocks"] = sidecar.write(od, sidecar.name_for(image_name), car)
-            entry["consistent"] = False
-            entry["warm"] = {"started_at": utc(self.started), "ended_at": utc(ended),
-                             "seconds": round(ended - self.started, 3), "passes": 1}
+            entry.update(self.fields(ended))
             entry.pop("sync_in_progress", None)
             manifest.record(od.path, entry)
 
