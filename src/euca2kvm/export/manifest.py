@@ -136,5 +136,5 @@ def record(outdir: Path, entry: dict[str, Any], fsync: bool = True) -> None:
         data["volumes"] = vols
         data["format"], data["version"] = FORMAT, VERSION
         raw = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        manifestcheck.written(raw)  # before the rename: a job reading it at once needs no validator either
         od.write_file(MANIFEST, raw, fsync=fsync)
-        manifestcheck.written(raw)

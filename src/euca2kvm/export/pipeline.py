@@ -205,14 +205,16 @@ def preflight(source: BlockSource, opts: ExportOptions, outdir: Path) -> int:
     return need
 
 
-def reusable(entry: dict[str, Any] | None, out: Path, src: Source, opts: ExportOptions) -> bool:
-    """True when ``out`` is a finished export of exactly this source that still verifies."""
+def reusable(entry: dict[str, Any] | None, out: Path, src: Source, opts: ExportOptions,
+             state: list[dict[str, Any]] | None = None) -> bool:
+    """True when ``out`` is a finished export of exactly this source that still verifies; ``state``:
+    the source's :func:`fingerprint` if the caller took it already."""
     if entry is None or not out.exists() or not entry.get("digest") or entry.get("consistent") is False:
         return False  # an image of a warm pass is never a finished export
     # Entries written before identities were recorded have none: exported again.
     if (entry.get("format") != opts.fmt.name or entry.get("size") != src.blocks.size
             or entry.get("identity") != identity(src)
-            or entry.get("source") != fingerprint(src.files)):
+            or entry.get("source") != (fingerprint(src.files) if state is None else state)):
         return False
     try:
         found = content_digest(out, opts.fmt.name, entry["digest"], opts.workers, src.blocks.size)
@@ -313,12 +315,14 @@ def _export(src: Source, outdir: Path, opts: ExportOptions, progress: Progress |
     check_size(opts.fmt, source.size, src.id)
     out = manifest.output_path(outdir, src.id, opts.fmt.ext)
     previous = next((v for v in manifest.load(outdir)["volumes"] if v.get("output") == str(out.resolve())), None)
-    if not opts.overwrite and reusable(previous, out, src, opts):
+    # Taken once: what the resume check compares with the manifest, and what the copy must find unchanged
+    # after it (a source changed while an existing output is digested is caught after the copy).
+    source_state = fingerprint(src.files)
+    if not opts.overwrite and reusable(previous, out, src, opts, source_state):
         assert previous is not None
         if progress is not None:
             progress(source.size)
         return previous, True
-    source_state = fingerprint(src.files)
     estimate = preflight(source, opts, outdir)
     started = time.monotonic()
     warm = warm_pass(opts) if opts.warm else None
