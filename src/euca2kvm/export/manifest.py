@@ -7,7 +7,8 @@
      "volumes": [{"id", "vg", "lv", "size", "digest", "output", "format", "files", ...}]}
 
 Entries are keyed by ``output``: re-exporting a volume replaces its entry, other entries stay.
-The file is replaced atomically, so a crash never leaves half a manifest.
+The file is replaced atomically, so a killed run never leaves half a manifest (nor, when the
+export flushes it, ``--fsync``, does a power loss: see :func:`record`).
 """
 
 from __future__ import annotations
