@@ -71,6 +71,8 @@ def test_convert_compare_info_map_measure(src: tuple[Path, bytes], tmp_path: Pat
     assert (info["format"], info["virtual-size"]) == (fmt, 3 * MiB)
     extents = qemu_img.map(str(out), fmt=fmt)
     assert sum(e["length"] for e in extents) == 3 * MiB
+    with pytest.raises(ToolError):  # more output than the caller accepts
+        qemu_img.map(str(out), fmt=fmt, max_stdout=16)
     if fmt == "qcow2":
         middle = [e for e in extents if e["start"] < 2 * MiB and e["start"] + e["length"] > MiB]
         assert middle and not any(e["data"] for e in middle)

@@ -8,7 +8,12 @@ Both go through the one block-digest fold, :func:`.copy.copy_blocks`, so an expo
 check and ``verify`` compute the same thing the same way:
 
 - ``raw`` images are a :func:`~euca2kvm.lvm.source.file_source` (holes are never read).
-- Other formats are served read-only by ``qemu-nbd`` on a socket in a private (0700) temporary
+- Other formats whose ``qemu-img map`` places every guest range in the file itself or reports it
+  as zeros (qcow2, sparse vmdk, vpc, vdi without compression or encryption: what qemu-img
+  convert writes) are read from the file at those offsets (:mod:`.imagemap`): the bytes qemu
+  would serve, without a process copying them into a socket. Measured on a page-cached 512 MiB
+  qcow2 (three interleaved runs): 0.74-0.80 s CPU in all, against 1.0-1.1 s through qemu-nbd.
+- The rest are served read-only by ``qemu-nbd`` on a socket in a private (0700) temporary
   directory and read as an :class:`NbdSource` through :class:`.nbdclient.NbdClient`: one
   connection asks for block status, so 4 MiB blocks made only of zero ranges are never read
   (their digest is known); the other blocks are read and hashed by several connections in
@@ -49,10 +54,11 @@ from dataclasses import dataclass
 from .. import procs
 from ..blocks import Kind, Range
 from ..errors import FormatError, IOFailure, ToolError, UnsupportedError, UsageError, VerifyError
-from ..lvm.source import LocalFile, file_source
+from ..lvm.extents import ExtentMap, Mapper
+from ..lvm.source import LocalFile, LvmSource, file_source
 from ..safefs import RUNTIME_PREFIX, runtime_dir
 from ..units import SECTOR, GiB
-from . import qemu_img
+from . import imagemap, qemu_img
 from .copy import DEFAULT_WORKERS, ProgressFn, copy_blocks
 from .digest import DEFAULT, Algorithm
 from .imagerefs import RefusedImage, check_info, refuse_references
@@ -156,7 +162,12 @@ def image_digest(path: str, fmt: str | None = None, *, sha256: bool = False, wor
         raise ToolError(f"qemu-img info reported no virtual size for {path}")
     if size is not None and not size <= vsize < size + SECTOR:
         raise VerifyError(f"{path} holds a disk of {vsize} bytes, not {size}")
-    result = _digest_nbd(os.path.abspath(path), fmt, sha256, workers, progress, algorithm, size)
+    apath = os.path.abspath(path)
+    mappers = imagemap.file_mappers(apath, fmt, vsize)
+    if mappers is not None:
+        result = _digest_mapped(apath, mappers, vsize, sha256, workers, progress, algorithm, size)
+    else:
+        result = _digest_nbd(apath, fmt, sha256, workers, progress, algorithm, size)
     if result.size != (vsize if size is None else size):
         raise ToolError(f"qemu-nbd exported {result.size} bytes of {path}, qemu-img info says {vsize}")
     return result
@@ -182,6 +193,22 @@ def _digest_raw(path: str, sha256: bool, workers: int, progress: ProgressFn | No
         res = copy_blocks(source, None, sha256=sha256, workers=workers, progress=progress, algorithm=algorithm)
     if res.digest is None:
         raise AssertionError("copy_blocks hashes unless told not to")
+    return DigestResult(res.digest, res.sha256, res.size)
+
+
+def _digest_mapped(path: str, mappers: list[Mapper], vsize: int, sha256: bool, workers: int,
+                   progress: ProgressFn | None, algorithm: Algorithm, size: int | None) -> DigestResult:
+    """Digest the image's guest bytes read from the file where qemu-img map puts them (:mod:`.imagemap`)."""
+    limit = vsize if size is None else size
+    with LvmSource(ExtentMap(limit, imagemap.head(mappers, limit)), path, opener=_no_follow) as source:
+        res = copy_blocks(source, None, sha256=sha256, workers=workers, progress=progress, algorithm=algorithm)
+    if limit < vsize:
+        with LvmSource(ExtentMap(vsize, mappers), path, opener=_no_follow) as whole:
+            tail = bytearray(vsize - limit)
+            whole.read_into(limit, memoryview(tail))
+        if any(tail):
+            raise VerifyError(f"{path}: bytes past the disk's {limit} bytes are not zeros")
+    assert res.digest is not None
     return DigestResult(res.digest, res.sha256, res.size)
 
 

@@ -45,7 +45,8 @@ def binary() -> str:
 
 
 def _run(args: Sequence[str], *, timeout: float | None = QUICK_TIMEOUT, stall_timeout: float | None = None,
-         progress_cb: ProgressCallback | None = None, ok: Sequence[int] | None = (0,)) -> tuple[int, bytes]:
+         progress_cb: ProgressCallback | None = None, ok: Sequence[int] | None = (0,),
+         max_stdout: int = MAX_STDOUT) -> tuple[int, bytes]:
     """Run ``qemu-img args`` through :func:`procs.run`; (exit status, stdout).
 
     ``timeout`` bounds the whole run, ``stall_timeout`` the time between two stdout writes
@@ -58,12 +59,12 @@ def _run(args: Sequence[str], *, timeout: float | None = QUICK_TIMEOUT, stall_ti
                 progress_cb(float(m.group(1)))
 
     res = procs.run([binary(), *args], timeout=timeout, stall_timeout=stall_timeout, ok=ok,
-                    max_stdout=MAX_STDOUT, on_output=progress, hint=f"set ${ENV_BINARY} or install qemu-utils")
+                    max_stdout=max_stdout, on_output=progress, hint=f"set ${ENV_BINARY} or install qemu-utils")
     return res.status, res.stdout
 
 
-def _json(args: Sequence[str]) -> Any:
-    _, out = _run([*args, "--output", "json"])
+def _json(args: Sequence[str], max_stdout: int = MAX_STDOUT) -> Any:
+    _, out = _run([*args, "--output", "json"], max_stdout=max_stdout)
     try:
         return json.loads(out)
     except ValueError as e:
@@ -187,9 +188,11 @@ def info(path: str, *, fmt: str | None = None, image_opts: bool = False) -> dict
     return result
 
 
-def map(path: str, *, fmt: str | None = None, image_opts: bool = False) -> list[dict[str, Any]]:
-    """``qemu-img map --output json``: ``[{start, length, data, zero, present, depth, offset?}]``."""
-    result = _json(["map", *_source(path, fmt, image_opts)])
+def map(path: str, *, fmt: str | None = None, image_opts: bool = False,
+        max_stdout: int = MAX_STDOUT) -> list[dict[str, Any]]:
+    """``qemu-img map --output json``: ``[{start, length, data, zero, present, depth, offset?}]``
+    (ToolError when it prints more than ``max_stdout`` bytes)."""
+    result = _json(["map", *_source(path, fmt, image_opts)], max_stdout)
     if not isinstance(result, list):
         raise ToolError(f"qemu-img map printed an unexpected result: {str(result)[:200]}")
     return result
