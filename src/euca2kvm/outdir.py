@@ -207,6 +207,18 @@ class OutDir:
                 _fsync_dir(self.fd)
         return path
 
+    def flush(self, name: str) -> None:
+        """Flush the regular file ``name`` (never through a symlink) and OUTDIR to stable storage."""
+        _check_name(name)
+        fd = open_regular(name, os.O_RDONLY, dir_fd=self.fd, shown=self.path / name)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise IOFailure(f"cannot flush {self.path / name}: {e.strerror}") from e
+        finally:
+            os.close(fd)
+        _fsync_dir(self.fd)
+
     # -- private work directories and publishing ------------------------------------------------
 
     @contextlib.contextmanager

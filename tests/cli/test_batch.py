@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from _env import need_tools
 from cli.test_progress_tty import lines, run_in_pty
 from euca2kvm.errors import EXIT_SIGINT
 from lvmwriter import Mda, build_pv, linear_lv, vg_text
@@ -145,9 +147,9 @@ def test_export_instance_records_each_disk_once_with_its_domain(tmp_path: Path,
     calls: list[dict[str, Any]] = []
     real = manifest.record
 
-    def counting(outdir: Path, entry: dict[str, Any]) -> None:
+    def counting(outdir: Path, entry: dict[str, Any], fsync: bool = True) -> None:
         calls.append(entry)
-        real(outdir, entry)
+        real(outdir, entry, fsync)
 
     monkeypatch.setattr(manifest, "record", counting)
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # main() installs its own
@@ -166,3 +168,22 @@ def test_export_instance_records_each_disk_once_with_its_domain(tmp_path: Path,
     assert cli.main([*args, "--no-seed"]) == 0  # reused, but the seed is gone: one record per disk says so
     assert Counter(e["output"] for e in calls) == per_output and all(e["seed"] is None for e in calls)
     assert all(e["seed"] is None for e in json.loads((out / "manifest.json").read_text())["volumes"])
+
+
+@pytest.mark.parametrize("flags", [(), ("--fsync",)])
+def test_a_batch_flushes_its_manifest_once_unless_each_volume_is_flushed(tmp_path: Path,
+                                                                         flags: tuple[str, ...]) -> None:
+    """Per volume the manifest is only replaced atomically (its flush would commit the journal with the
+    image, under the directory lock); the batch flushes it once at its end. --fsync flushes each."""
+    need_tools("strace")
+    d, _ = make(tmp_path, 8)
+    out, log = tmp_path / "out", tmp_path / "strace.log"
+    p = subprocess.run(["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", str(log),
+                        sys.executable, "-m", "euca2kvm", "export", "--all", "-s", str(d), "-o", str(out),
+                        "--jobs", "2", *flags], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert sorted(e["id"] for e in json.loads((out / "manifest.json").read_text())["volumes"]) == list(VOLS)
+    calls = [line for line in log.read_text().splitlines() if "sync(" in line and "= 0" in line]
+    manifests = [c for c in calls if "manifest.json" in c]
+    assert len(manifests) == (len(VOLS) if flags else 1), calls
+    assert any(f"<{out}>" in c for c in calls), calls  # the directory too: the rename is durable

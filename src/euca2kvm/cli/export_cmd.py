@@ -239,6 +239,8 @@ def run_exports(vols: list[Volume], outdir: Path, opts: ExportOptions, force: bo
             return Job(vol.id, vol.size, run, check)
 
         outcome = run_batch([job(v) for v in vols], rep, jobs)
+    if outcome.entries and not opts.fsync:  # recorded unflushed (manifest.record): flushed once, here
+        manifest.flush(outdir)
     if outcome.errors and len(vols) > 1:
         console_err.print(f"{len(outcome.errors)} of {len(vols)} volume(s) failed")
     return outcome.exit_code

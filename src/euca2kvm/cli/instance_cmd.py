@@ -207,6 +207,8 @@ def do_export_instance(args: argparse.Namespace) -> int:
 
         jobs = [(p, d) for p in plan.instances for d in p.disks]
         outcome = run_batch([job(p, d) for p, d in jobs], rep, args.jobs)
+        if outcome.entries:  # recorded unflushed (manifest.record): flushed once, here
+            manifest.flush(outdir)
         if outcome.errors:
             console_err.print(
                 f"{len(outcome.errors)} of {len(jobs)} disk(s) failed; no domain written for their instances"

@@ -124,10 +124,11 @@ def record(outdir: Path, entry: dict[str, Any], fsync: bool = True) -> None:
     runs (and threads) never lose each other's entries; the new manifest is written under a unique
     O_EXCL temporary name and renamed over the old one, so a killed run leaves the old manifest or
     the new one, never half of one. ``fsync``: flushed with its directory first, so that it survives
-    a power loss too. An export asks for that only with ``--fsync``, as for its images: on ext4 the
-    manifest's flush commits the journal with the image just published, hundreds of ms per volume,
-    under the lock every other job's publish waits for; and an image or record lost by a power loss
-    is found by the next run's resume check (the digest is compared) and exported again.
+    a power loss too. An export asks for that per volume only with ``--fsync``, as for its images: on
+    ext4 the manifest's flush commits the journal with the image just published, hundreds of ms per
+    volume, under the lock every other job's publish waits for. Without, a batch calls :func:`flush`
+    once at its end; an image or record a power loss took before is found by the next run's resume
+    check (the digest is compared) and exported again.
     """
     with OutDir(outdir) as od, od.lock():
         data = load(outdir)
@@ -139,3 +140,11 @@ def record(outdir: Path, entry: dict[str, Any], fsync: bool = True) -> None:
         raw = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
         manifestcheck.written(raw)  # before the rename: a job reading it at once needs no validator either
         od.write_file(MANIFEST, raw, fsync=fsync)
+
+
+def flush(outdir: Path) -> None:
+    """Flush ``OUTDIR/manifest.json`` and the directory to stable storage, if there is one: once at the
+    end of a batch whose entries were recorded without (see :func:`record`)."""
+    with OutDir(outdir) as od:
+        if od.lstat(MANIFEST) is not None:
+            od.flush(MANIFEST)
