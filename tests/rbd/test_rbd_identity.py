@@ -108,7 +108,7 @@ def test_identity_moves_with_every_write(rw: tuple[cc.Cluster, Cluster], monkeyp
         _write(c, name, [(20 * MiB, b"y" * 4096)])  # into a hole: a new object
         third = img.recheck()
         assert third["rbd_objects"]["count"] == 4 and third != second
-        monkeypatch.setattr(rbd_identity, "STAT_THREADS", 2)  # 4 objects: stats from 2 threads
+        monkeypatch.setattr(rbd_identity, "STATS_IN_FLIGHT", 2)  # header + 4 objects through a window of 2
         assert img.recheck() == third
     c.rbd("resize", "--size", "32M", f"{POOL}/{name}")
     with cl.pool(POOL).open(name) as img:

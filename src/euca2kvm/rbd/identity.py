@@ -18,11 +18,12 @@ Why each part:
   the data objects only.
 * So the data objects themselves are what detects writes: every write to an object raises its
   RADOS version (kept by the OSD, exact), and a write into a hole creates an object, which changes
-  the list. One ``rados_stat`` per object of the image itself (parents are snapshots: immutable, and
-  named by id in the parent spec), STAT_THREADS at a time. Measured on this machine (memstore OSD,
-  load 7-8), one after the other: 64 objects (256 MiB) in 0.35 s. ``rados_aio_stat`` would overlap
-  the round trips in one thread, but its completions never completed here (librados 16.2.15
-  through ctypes), so threads with a blocking ``rados_stat`` each are used.
+  the list. One stat per object of the image itself (parents are snapshots: immutable, and
+  named by id in the parent spec), and of the header: asynchronous (``rados_aio_stat``), up to
+  STATS_IN_FLIGHT at once on the pool's context from one thread, each version taken from its own
+  completion (``rados_aio_get_version``). Measured on this machine (memstore OSD, load 6-7, 257
+  objects of a 1 GiB image, 3 rounds): 13-23 ms, against 54-88 ms with four threads each doing
+  blocking ``rados_stat`` calls; an identity is taken twice per export.
 
 Fancy striping (stripe unit other than the object size) maps bytes to objects differently;
 Eucalyptus never creates it, and such an image is identified without its object list (noted in
@@ -34,7 +35,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IOFailure
@@ -48,9 +49,10 @@ if TYPE_CHECKING:
 # object once with whole_object=1).
 MAX_OBJECTS = 16 << 20
 HEADER_PREFIX = "rbd_header."
-# Object stats are round trips, not work: 4 in flight cut the wait about 4x (the mover's default
-# worker count; the OSD side is a metadata lookup each).
-STAT_THREADS = 4
+# Object stats are round trips, not work (a metadata lookup each on the OSD): this many in flight
+# make the stats of a 1 GiB image (256 objects) one wait; more only lengthen the OSD's queue for
+# other clients (librados' own throttle, objecter_inflight_ops, is 1024).
+STATS_IN_FLIGHT = 256
 
 
 def _b(s: str) -> bytes:
@@ -101,48 +103,54 @@ def _own_objects(h: _Handle, size: int, obj_size: int) -> list[int]:
     return objs
 
 
-class _Objects:
-    """A private pool context for stats, so that ``rados_get_last_version`` is this thread's answer."""
-
-    def __init__(self, h: _Handle, pool_id: int) -> None:
-        self.lib, self.spec = h.lib, h.spec
-        self.io = ctypes.c_void_p()
-        rc = self.lib.rados_ioctx_create2(h.pool.cluster._h, pool_id, ctypes.byref(self.io))
-        if rc < 0:
-            raise IOFailure(f"{h.spec}: cannot open its pool for object stats: {strerror(rc)}")
-
-    def version(self, oid: str) -> int:
-        """The object's RADOS version; 0 when it does not exist."""
-        size, mtime = ctypes.c_uint64(), ctypes.c_int64()
-        rc = self.lib.rados_stat(self.io, _b(oid), ctypes.byref(size), ctypes.byref(mtime))
-        if rc == -errno.ENOENT:
-            return 0
-        if rc < 0:
-            raise IOFailure(f"{self.spec}: stat of object {oid}: {strerror(rc)}")
-        return int(self.lib.rados_get_last_version(self.io))
-
-    def close(self) -> None:
-        if self.io:
-            self.lib.rados_ioctx_destroy(self.io)
-            self.io = ctypes.c_void_p()
-
-
-def _versions(h: _Handle, pool_id: int, oids: list[str]) -> list[int]:
-    """Each object's version, STAT_THREADS stats in flight (each thread on a pool context of its own,
-    as ``rados_get_last_version`` answers per context)."""
-    def run(part: list[str]) -> list[int]:
-        objs = _Objects(h, pool_id)
-        try:
-            return [objs.version(o) for o in part]
-        finally:
-            objs.close()
-
-    if len(oids) < 2 * STAT_THREADS:
-        return run(oids)
+def _versions(h: _Handle, oids: list[str]) -> list[int]:
+    """Each object's RADOS version (0 when it does not exist), by asynchronous stats on the image's
+    pool context, STATS_IN_FLIGHT at a time; every stat issued is waited for before its buffers go
+    (also on an error or an interrupt: librados writes into them when it completes)."""
+    lb = h.lib
     out = [0] * len(oids)
-    with ThreadPoolExecutor(STAT_THREADS, thread_name_prefix="rbd-stat") as ex:
-        for k, got in enumerate(ex.map(run, [oids[k::STAT_THREADS] for k in range(STAT_THREADS)])):
-            out[k::STAT_THREADS] = got
+    names = [_b(o) for o in oids]  # alive until every stat completed
+    sizes = (ctypes.c_uint64 * STATS_IN_FLIGHT)()
+    mtimes = (ctypes.c_int64 * STATS_IN_FLIGHT)()
+    pending: deque[tuple[int, ctypes.c_void_p]] = deque()
+    failed: list[str] = []
+
+    def finish() -> None:
+        k, c = pending.popleft()
+        try:
+            lb.rados_aio_wait_for_complete(c)
+            rc = lb.rados_aio_get_return_value(c)
+            if rc >= 0:
+                out[k] = int(lb.rados_aio_get_version(c))
+            elif rc != -errno.ENOENT:
+                failed.append(f"stat of object {oids[k]}: {strerror(rc)}")
+        finally:
+            lb.rados_aio_release(c)
+
+    try:
+        for k, name in enumerate(names):
+            if len(pending) == STATS_IN_FLIGHT:
+                finish()  # the oldest: its slot k % STATS_IN_FLIGHT is free again
+            if failed:
+                break
+            c = ctypes.c_void_p()
+            rc = lb.rados_aio_create_completion2(None, None, ctypes.byref(c))
+            if rc < 0:
+                failed.append(f"cannot create a completion: {strerror(rc)}")
+                break
+            slot = k % STATS_IN_FLIGHT
+            rc = lb.rados_aio_stat(h.pool.io, name, c, ctypes.addressof(sizes) + 8 * slot,
+                                   ctypes.addressof(mtimes) + 8 * slot)
+            if rc < 0:
+                lb.rados_aio_release(c)
+                failed.append(f"stat of object {oids[k]}: {strerror(rc)}")
+                break
+            pending.append((k, c))
+    finally:
+        while pending:
+            finish()
+    if failed:
+        raise IOFailure(f"{h.spec}: {failed[0]}")
     return out
 
 
@@ -159,23 +167,20 @@ def image_identity(h: _Handle) -> dict[str, Any]:
     pool_id = int(h.lib.rados_ioctx_get_id(h.pool.io))
     plain = (_u64(h, h.lib.rbd_get_stripe_unit, "stripe unit") == info.obj_size
              and _u64(h, h.lib.rbd_get_stripe_count, "stripe count") == 1)
-    objs = _Objects(h, pool_id)
-    try:
-        out: dict[str, Any] = {
-            "rbd_pool_id": pool_id, "rbd_pool": h.pool.name, "rbd_image_id": image_id, "rbd_size": info.size,
-            "rbd_parent": parent, "rbd_overlap": overlap, "rbd_modify_ts": ts.tv_sec * 10**9 + ts.tv_nsec,
-            "rbd_header_version": objs.version(HEADER_PREFIX + image_id), "rbd_objects": None,
-        }
-        if plain:
-            prefix = _s(info.block_name_prefix)
-            digest = hashlib.sha256()
-            nums = _own_objects(h, info.size, info.obj_size)
-            for n, v in zip(nums, _versions(h, pool_id, [f"{prefix}.{n:016x}" for n in nums]), strict=True):
-                digest.update(b"%d:%d;" % (n, v))
-            out["rbd_objects"] = {"count": len(nums), "versions_sha256": digest.hexdigest()}
-        return out
-    finally:
-        objs.close()
+    prefix = _s(info.block_name_prefix)
+    nums = _own_objects(h, info.size, info.obj_size) if plain else []
+    versions = _versions(h, [HEADER_PREFIX + image_id, *(f"{prefix}.{n:016x}" for n in nums)])
+    out: dict[str, Any] = {
+        "rbd_pool_id": pool_id, "rbd_pool": h.pool.name, "rbd_image_id": image_id, "rbd_size": info.size,
+        "rbd_parent": parent, "rbd_overlap": overlap, "rbd_modify_ts": ts.tv_sec * 10**9 + ts.tv_nsec,
+        "rbd_header_version": versions[0], "rbd_objects": None,
+    }
+    if plain:
+        digest = hashlib.sha256()
+        for n, v in zip(nums, versions[1:], strict=True):
+            digest.update(b"%d:%d;" % (n, v))
+        out["rbd_objects"] = {"count": len(nums), "versions_sha256": digest.hexdigest()}
+    return out
 
 
 def new_watchers(h: _Handle, expected: list[str] | None) -> list[str]:

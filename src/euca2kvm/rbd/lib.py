@@ -79,11 +79,15 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "rados_connect": (c_int, [c_void_p]),
     "rados_shutdown": (None, [c_void_p]),
     "rados_ioctx_create": (c_int, [c_void_p, c_char_p, P(c_void_p)]),
-    "rados_ioctx_create2": (c_int, [c_void_p, c_int64, P(c_void_p)]),
     "rados_ioctx_destroy": (None, [c_void_p]),
     "rados_ioctx_get_id": (c_int64, [c_void_p]),
-    "rados_stat": (c_int, [c_void_p, c_char_p, P(c_uint64), P(ctypes.c_int64)]),
-    "rados_get_last_version": (c_uint64, [c_void_p]),
+    # asynchronous stats (identity.py): the size and mtime pointers are raw addresses into arrays
+    "rados_aio_create_completion2": (c_int, [c_void_p, c_void_p, P(c_void_p)]),
+    "rados_aio_stat": (c_int, [c_void_p, c_char_p, c_void_p, c_void_p, c_void_p]),
+    "rados_aio_wait_for_complete": (c_int, [c_void_p]),
+    "rados_aio_get_return_value": (c_int, [c_void_p]),
+    "rados_aio_get_version": (c_uint64, [c_void_p]),
+    "rados_aio_release": (None, [c_void_p]),
     # librbd (read-only calls only)
     "rbd_list": (c_int, [c_void_p, c_char_p, P(c_size_t)]),
     "rbd_open_read_only": (c_int, [c_void_p, c_char_p, P(c_void_p), c_char_p]),
