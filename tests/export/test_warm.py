@@ -385,4 +385,6 @@ def test_bench_warm_smoke(tmp_path: Path) -> None:
                         "--json", str(res)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
     med = json.loads(res.read_text())["median"]
-    assert med["bytes_written"] == med["changed_bytes"] == BLOCK and all(med[k] > 0 for k in med)
+    # (a raw image's --sync verifies within its digest pass: no separate verify seconds)
+    assert med["bytes_written"] == med["changed_bytes"] == BLOCK and all(med[k] > 0 for k in med
+                                                                          if k != "sync_verify_s")

@@ -13,11 +13,15 @@ instance is stopped (in-use checks back on), run :func:`delta_pass`:
 3. the changed blocks are read again (a few, usually page-cached), digested and written in place
    into the published raw image (whole blocks, ``pwrite``), which is then flushed;
 4. the source is checked as after any export (size, inode, LVM metadata; ``--sync`` also its times:
-   nothing may write it any more), the whole image is verified (its block digest, read back) against
-   the new per-block digests (``--sync --no-verify`` skips this second full read and records
-   ``"verified": false``: the rewritten blocks were digested as they were written, the others are
-   trusted to be what the earlier passes wrote), and the entry records the new sidecar, the digest, ``"consistent":
-   true`` for ``--sync`` (false for another warm pass) and what the pass read and wrote.
+   nothing may write it any more), the whole image is verified, and the entry records the new
+   sidecar, the digest, ``"consistent": true`` for ``--sync`` (false for another warm pass) and what
+   the pass read and wrote. ``--sync`` of a raw image verifies in the digest pass itself: each block
+   of the image is read beside the source's and compared byte for byte (:class:`_AgainstImage`; a
+   ``memcmp``, not a second digest pass); a block that differs though its digest did not change (the
+   image damaged) fails (exit 6), the rewritten blocks are read back. Other formats, and warm delta
+   passes that rewrote blocks, digest the whole image again afterwards. ``--sync --no-verify`` reads
+   only the source and records ``"verified": false``: the rewritten blocks were digested as they
+   were written, the others are trusted to be what the earlier passes wrote.
 
 Raw images are written with ``pwrite``, other uncompressed formats (qcow2, vmdk...) through
 ``qemu-nbd`` in write mode (:mod:`.nbdwrite`), both in place: the published image is the work
@@ -33,16 +37,19 @@ import contextlib
 import dataclasses
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..blocks import BlockSource, Kind, Range
 from ..errors import FormatError, IOFailure, UsageError, VerifyError
 from ..outdir import OutDir
+from ..readahead import SYSCALL_BYTES
 from . import manifest, sidecar
 from .copy import block_data, copy_blocks, fill_block, pwrite_all
-from .digest import DIGEST_BLOCK, Algorithm, block_count
+from .digest import DIGEST_BLOCK, ZEROS, Algorithm, block_count
 from .pipeline import ExportOptions, Progress, Source, check_unchanged, content_digest, export_source, fingerprint
 from .pipeline import identity as source_ident
 from .warm import utc
@@ -91,13 +98,22 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
     def took(i: int, d: bytes) -> None:
         new[i] = d
 
-    res = copy_blocks(source, None, workers=opts.workers, name=src.id, algorithm=algo,
-                      progress=progress, on_read=on_read, on_block=took)
-    changed = [i for i, d in enumerate(new) if d != car.digests[i]]
     cur = list(car.digests)
     written = reread = 0
+    # --sync of a raw image: the image is compared with the source in the digest pass (one pass)
+    one_pass = final and opts.verify and fmt == "raw"
     with OutDir(outdir) as od, od.work(out.name):  # the claim: no other run writes this output meanwhile
-        with _image_writer(od, out, size, fmt) as write:
+        with _image_writer(od, out, size, fmt) as (write, image_fd):
+            against = _AgainstImage(source, image_fd) if one_pass and image_fd is not None else None
+            res = copy_blocks(against or source, None, workers=opts.workers, name=src.id, algorithm=algo,
+                              progress=progress, on_read=on_read, on_block=took)
+            changed = [i for i, d in enumerate(new) if d != car.digests[i]]
+            damaged = sorted(against.differ.difference(changed)) if against is not None else []
+            if damaged:  # the image differs where neither the source nor the sidecar says it changed
+                manifest.record(outdir, {**entry, "consistent": False, "sync_in_progress": True})
+                raise VerifyError(f"{src.id}: {out} differs from the source in block {damaged[0]} (bytes "
+                                  f"{damaged[0] * DIGEST_BLOCK}..), which its block digests say it holds; "
+                                  "export it again with --warm --overwrite")
             if changed:
                 for i in changed:
                     cur[i] = sidecar.UNKNOWN
@@ -113,13 +129,17 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                     cur[i] = d
                     written += write(i * DIGEST_BLOCK, view)
                     reread += got
+                    if against is not None and not against.same(i * DIGEST_BLOCK, view):  # read back
+                        manifest.record(outdir, {**entry, "consistent": False, "sync_in_progress": True})
+                        raise VerifyError(f"{src.id}: block {i} of {out} does not read back as written; export "
+                                          "it again with --overwrite")
         check_unchanged(src, state, warm=not final)
         car = sidecar.Sidecar(algo, size, cur)
         digest = car.folded()
         if final and digest != res.digest:
             raise AssertionError("a final pass whose blocks all match folds to the source's digest")
         checked = time.time()
-        if opts.verify and (changed or final):
+        if opts.verify and (changed or final) and against is None:
             found = content_digest(out, fmt, digest, opts.workers, size)
             if found != digest:  # never left recorded as consistent
                 manifest.record(outdir, {**entry, "consistent": False, "sync_in_progress": True})
@@ -135,7 +155,8 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
         done.update(digest=digest, consistent=final, warm=warm, source=fingerprint(src.files),
                     delta={"at": utc(ended), "since": warm_before.get("ended_at"), "final": final,
                            "blocks": len(car.digests), "blocks_changed": len(changed),
-                           "bytes_read": res.bytes_read + reread, "bytes_written": written,
+                           "bytes_read": (against.read if against else res.bytes_read) + reread,
+                           "bytes_written": written,
                            "seconds": round(ended - started, 3), "verify_seconds": round(ended - checked, 3)})
         if changed:
             done["blocks"] = sidecar.write(od, sidecar.name_for(out.name), car)
@@ -147,9 +168,11 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
 
 
 @contextlib.contextmanager
-def _image_writer(od: OutDir, out: Path, size: int, fmt: str) -> Iterator[Callable[[int, memoryview], int]]:
+def _image_writer(od: OutDir, out: Path, size: int, fmt: str
+                  ) -> Iterator[tuple[Callable[[int, memoryview], int], int | None]]:
     """Writes of guest bytes into the published image: ``pwrite`` for raw, qemu-nbd for the rest;
-    flushed to the image before this returns. The image must be a regular file, never a link."""
+    flushed to the image before this returns; and the raw image's descriptor (to read it). The image
+    must be a regular file, never a link."""
     try:
         fd = os.open(out.name, (os.O_RDWR if fmt == "raw" else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=od.fd)
@@ -161,7 +184,7 @@ def _image_writer(od: OutDir, out: Path, size: int, fmt: str) -> Iterator[Callab
             raise FormatError(f"not a regular {size}-byte image (size {st.st_size}); export it again with "
                               "--overwrite", str(out))
         if fmt == "raw":
-            yield lambda at, view: pwrite_all(fd, view, at)
+            yield (lambda at, view: pwrite_all(fd, view, at)), fd
             os.fdatasync(fd)
             return
         from .nbdwrite import writable
@@ -169,7 +192,7 @@ def _image_writer(od: OutDir, out: Path, size: int, fmt: str) -> Iterator[Callab
         with writable(str(out), fmt) as nbd:
             if nbd.size < size:
                 raise FormatError(f"image holds {nbd.size} bytes, the disk {size}", str(out))
-            yield nbd.write
+            yield nbd.write, None
     finally:
         os.close(fd)
 
@@ -182,3 +205,75 @@ def read_block(src: Source, i: int, buf: memoryview, algo: Algorithm) -> tuple[b
     view = buf[: hi - lo]
     got = fill_block(source, lo, view, block_data(source, lo, hi, src.id))
     return algo.of(view), view, got
+
+
+class _AgainstImage:
+    """The source as the mover reads it (all DATA: ZERO and HOLE ranges read as zeros), each read also
+    compared byte for byte with the raw image at the same offset: the whole image is verified in the
+    digest pass, against the source itself, at the cost of one more read and a ``memcmp`` per block
+    instead of a second digest pass. ``differ`` collects the blocks where they differ; ``read`` counts
+    the bytes read from the source (its holes not included)."""
+
+    def __init__(self, source: BlockSource, image_fd: int) -> None:
+        self._src, self._fd = source, image_fd
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.differ: set[int] = set()
+        self.read = 0
+
+    @property
+    def name(self) -> str:
+        return self._src.name
+
+    @property
+    def size(self) -> int:
+        return self._src.size
+
+    def kinds(self) -> frozenset[Kind]:
+        return frozenset({Kind.DATA})
+
+    def ranges(self, lo: int, hi: int) -> Iterator[Range]:
+        if hi > lo:
+            yield Range(lo, hi - lo, Kind.DATA)
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        got = 0
+        for r in self._src.ranges(offset, offset + len(view)):
+            part = view[r.start - offset : r.end - offset]
+            if r.kind is Kind.DATA:
+                self._src.read_into(r.start, part)
+                got += len(part)
+            elif r.kind is Kind.ERROR:
+                raise IOFailure(f"{self._src.name}: bytes {r.start}..{r.end} are an 'error' range")
+            else:
+                part[:] = ZEROS[: len(part)]
+        same = self.same(offset, view)
+        with self._lock:
+            self.read += got
+            if not same:
+                self.differ.add(offset // DIGEST_BLOCK)
+
+    def same(self, offset: int, view: memoryview) -> bool:
+        """Whether the image holds ``view`` at ``offset`` (at most one digest block)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = bytearray(DIGEST_BLOCK)
+        img = memoryview(buf)[: len(view)]
+        pos = 0
+        while pos < len(img):
+            try:
+                n = os.preadv(self._fd, [img[pos : pos + SYSCALL_BYTES]], offset + pos)
+            except OSError as e:
+                raise IOFailure(f"read of the image at offset {offset + pos} failed: {e.strerror}") from e
+            if n == 0:
+                raise IOFailure(f"the image ends at offset {offset + pos}, before the disk's {self.size} bytes")
+            pos += n
+        return buf.startswith(view)  # a memcmp; comparing memoryviews goes element by element
+
+    def abort(self) -> None:
+        stop = getattr(self._src, "abort", None)
+        if stop is not None:
+            stop()
+
+    def close(self) -> None:
+        pass
