@@ -144,6 +144,8 @@ def test_warm_then_sync_uploads_only_changed_parts(server: Server, container: di
     new_parts = parts_of(server, prefix, e)
     sent = sum(p.length for p in holding(new_parts, changed, count))
     assert e["bytes_uploaded"] == e["delta"]["bytes_written"] == sent <= uploads * (2 * BLOCK + 64 * 1024)
+    print(f"\n{encoding}: sync of {len(changed)} changed blocks uploaded {uploads} of {len(parts)} parts, "
+          f"{e['bytes_uploaded']} of {e['object_size']} bytes; {e['bytes_copied']} copied server-side")
     head = server.client().head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
     assert head["ChecksumSHA256"].split("-")[0] == e["checksum_sha256"].split("-")[0]
 
