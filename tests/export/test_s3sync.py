@@ -263,3 +263,8 @@ def test_part_shrunk_below_the_least_part_takes_the_next_in(server: Server, cont
     assert new_parts[1].length >= 5 * MiB and e["consistent"] is True
     assert counts(server) == (before[0] + 1, before[1] + len(parts) - 2)
     assert decoded(server, key) == lv_bytes(container)
+    write_blocks(container, [7])  # and a sync without the read-back of the whole object
+    run(server, container, prefix, "gzip", "--sync", "--no-verify")
+    (e,) = entries(server, prefix)
+    assert e["consistent"] is True and e["verified"] is False and e["delta"]["blocks_changed"] == 1
+    assert decoded(server, key) == lv_bytes(container)

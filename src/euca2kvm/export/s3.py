@@ -5,7 +5,7 @@ A volume is uploaded as one object ``prefix/<safe_name(id)>.raw`` (plain bytes) 
 ``prefix/<safe_name(id)>.raw.gz`` (gzip'd raw, the default: a concatenation of gzip members, one
 per 4 MiB block, as Eucalyptus stores its own snapshot objects, so holes cost about 4 KiB per
 4 MiB and euca2kvm's gzip snapshot reader reads it back) by a multipart upload streamed from the
-block source (:mod:`.s3parts`): nothing is staged on local disk. ``prefix/manifest.json`` is the
+block source (:mod:`.s3upload`): nothing is staged on local disk. ``prefix/manifest.json`` is the
 same manifest format as a local export's (``output`` is the object's ``s3://`` URL) and is
 written last, after the object is complete and its checksums checked, so an entry always names a
 complete object.
@@ -13,9 +13,10 @@ complete object.
 Errors: a malformed URL, missing credentials or a bucket that does not exist are usage errors
 (exit 2); access denied, an unreachable endpoint or any other failed request is an I/O error
 (exit 5). An interrupted upload (a failure, SIGKILL, Ctrl-C) is left in progress on purpose: the
-next run resumes it (see :mod:`.s3parts`); ``--overwrite`` aborts it and starts again. A site that
-gives up on a volume removes its leftover parts with ``aws s3api abort-multipart-upload`` or a
-bucket lifecycle rule (AbortIncompleteMultipartUpload).
+next run resumes it (see :mod:`.s3upload`); ``--overwrite`` aborts it and starts again. A site
+that gives up on a volume removes its leftover parts with ``aws s3api abort-multipart-upload`` or
+a bucket lifecycle rule (AbortIncompleteMultipartUpload). Warm migration passes (``--warm``,
+``--sync``: changed parts uploaded, the rest copied server-side) are :mod:`.s3sync`.
 
 This module imports boto3 only when a client is made: ``pip install 'euca2kvm[s3]'``.
 """

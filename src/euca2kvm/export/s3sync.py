@@ -118,6 +118,9 @@ def delta_pass(src: Source, client: Any, target: S3Url, name: str, entry: dict[s
         raise IOFailure(f"{src.id}: the source was resized or its LVM metadata changed since the warm pass "
                         f"(size {entry.get('size')} -> {size}); export it again with --warm --overwrite")
     car, parts = load_blocks(client, target, entry["blocks"], size)
+    if sum(p.length for p in parts) != entry.get("object_size"):
+        raise FormatError(f"the parts table of {entry['blocks'].get('file')} covers {sum(p.length for p in parts)} "
+                          f"bytes, the object {entry.get('object_size')}; export it again with --warm --overwrite", url)
     etag = str(entry.get("etag", ""))
     head = call(url, client.head_object, Bucket=target.bucket, Key=key)
     if str(head.get("ETag", "")).strip('"') != etag or int(head.get("ContentLength", -1)) != entry.get("object_size"):
