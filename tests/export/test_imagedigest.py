@@ -280,65 +280,6 @@ def test_aborted_digest_stops_qemu_nbd(source: tuple[Path, bytes], tmp_path: Pat
     assert len(no_stray_qemu_nbd) == 1  # the autouse fixture checks the process and the directory
 
 
-# Parallel readers of the fault test: several requests in flight, as when an export is verified.
-FAULT_READERS = 3
-FAULT_PASSES = 3
-
-
-def _qemu_nbd_faults(img: Path) -> int:
-    """Minor page faults qemu-nbd takes to serve every byte of ``img`` again once warmed up, in
-    4 MiB reads on FAULT_READERS connections (the fewest of FAULT_PASSES passes: the order in
-    which parallel requests free their buffers varies)."""
-    with imagedigest.qemu_nbd(str(img), "qcow2", FAULT_READERS + 1) as (sock, first):
-        pids = subprocess.run(["pgrep", "-f", sock], capture_output=True, text=True).stdout.split()
-        assert len(pids) == 1
-
-        def faults() -> int:
-            stat = Path(f"/proc/{pids[0]}/stat").read_text()
-            return int(stat[stat.rindex(")") + 2 :].split()[7])  # field 10, minflt
-
-        readers = [NbdClient(sock) for _ in range(FAULT_READERS)]
-
-        def read(k: int) -> None:
-            buf = memoryview(bytearray(4 * MiB))
-            for off in range(k * 4 * MiB, first.size, FAULT_READERS * 4 * MiB):
-                readers[k].read_into(off, buf)
-
-        def read_all() -> None:
-            threads = [threading.Thread(target=read, args=(k,)) for k in range(FAULT_READERS)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-
-        read_all()  # glibc's and qemu's warm-up take fresh pages either way
-        counts = []
-        for _ in range(FAULT_PASSES):
-            before = faults()
-            read_all()
-            counts.append(faults() - before)
-        for c in readers:
-            c.close()
-        return min(counts)
-
-
-# MiB of the fault test's image: a few dozen requests per pass.
-FAULT_IMAGE_MIB = 64
-
-
-def test_qemu_nbd_reuses_its_request_buffers_unless_the_user_says_otherwise(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    raw = tmp_path / "dense.raw"
-    raw.write_bytes(random.Random(7).randbytes(FAULT_IMAGE_MIB * MiB))
-    img = tmp_path / "dense.qcow2"
-    _qemu("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(img))
-    reused = _qemu_nbd_faults(img)
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")  # the user's setting wins: fresh buffers again
-    fresh = _qemu_nbd_faults(img)
-    assert fresh > FAULT_IMAGE_MIB * MiB // (4 * KiB) * 3 // 4  # a fresh page for nearly every byte read
-    assert reused < fresh // 2  # measured: a fifth to an eighth
-
-
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         image_digest(str(tmp_path / "missing.qcow2"))

@@ -63,7 +63,6 @@ from .copy import DEFAULT_WORKERS, ProgressFn, copy_blocks
 from .digest import DEFAULT, Algorithm
 from .imagerefs import RefusedImage, check_info, refuse_references
 from .nbdclient import NbdClient
-from .nbdproto import MAX_REQUEST
 
 ENV_QEMU_NBD = "QEMU_NBD"
 # Formats digested through qemu-nbd. Others qemu knows (luks, dmg...) need secrets or are not
@@ -93,15 +92,11 @@ QEMU_NBD_CACHE = "writeback"
 # AIO backend: "threads" works with every cache mode and filesystem ("native" needs O_DIRECT);
 # io_uring measured slower here (median 1.95 s against 1.4 s).
 QEMU_NBD_AIO = "threads"
-# glibc malloc settings for qemu-nbd. It allocates a bounce buffer per request and frees it after
-# the reply; with several requests in flight the freed 4 MiB buffers were trimmed from the heap, so
-# every request took fresh pages (a page fault and a page clear per 4 KiB, more CPU than its
-# copies). With requests up to the NBD maximum served from the heap and the heap kept, the buffers
-# of the few requests in flight are reused: 512 MiB of a page-cached qcow2 read by three 4 MiB
-# readers, qemu-nbd took 28 k page faults and 0.47 s CPU instead of 132 k and 0.94 s; digesting
-# it (image_digest, 4 readers), 0.39-0.44 s instead of 0.80-0.84 s (three interleaved runs). The
-# memory kept is what was in flight (connections x request size), which qemu-nbd touched anyway.
-QEMU_NBD_MALLOC = {"glibc.malloc.mmap_threshold": MAX_REQUEST, "glibc.malloc.trim_threshold": 2 * MAX_REQUEST}
+# qemu-nbd allocates a bounce buffer per request and, with several in flight, glibc gives each one
+# fresh pages (a fault and a clear per 4 KiB: half of qemu-nbd's CPU here). Raising glibc's mmap
+# and trim thresholds (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_) halved its CPU (0.94 to
+# 0.47 s for 512 MiB in 4 MiB reads) but its peak RSS went from 25 MiB to 100-150 MiB whatever
+# the thresholds, over a job's 64 MiB: not done. Images qemu stores as they are skip qemu-nbd.
 
 
 @dataclass
@@ -231,7 +226,7 @@ def qemu_nbd(path: str, fmt: str, connections: int, *, writable: bool = False,
     argv = [qemu_nbd_binary(), *([] if writable else ["--read-only"]), f"--shared={connections}",
             f"--format={fmt}", f"--socket={sock}", f"--cache={QEMU_NBD_CACHE}", f"--aio={QEMU_NBD_AIO}", path]
     try:
-        with procs.Service(argv, stop_grace=STOP_TIMEOUT, what="qemu-nbd", env=malloc_env(QEMU_NBD_MALLOC),
+        with procs.Service(argv, stop_grace=STOP_TIMEOUT, what="qemu-nbd",
                            hint=f"set ${ENV_QEMU_NBD} or install qemu-utils") as nbd:
             first = _wait_ready(nbd, sock, client)
             try:
@@ -245,19 +240,6 @@ def qemu_nbd(path: str, fmt: str, connections: int, *, writable: bool = False,
                 first.close()  # before qemu-nbd is stopped
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def malloc_env(settings: dict[str, int]) -> dict[str, str]:
-    """Environment for a child with glibc malloc ``settings`` (tunable names), through their
-    ``MALLOC_*_`` variables: one ``GLIBC_TUNABLES`` string loses all but its first setting on its
-    way through a glibc program (the parent-death wrapper) on Debian 12's glibc 2.36. A variable
-    the environment already sets is left as the user set it. Other C libraries ignore them."""
-    out: dict[str, str] = {}
-    for name, value in settings.items():
-        var = f"MALLOC_{name.rsplit('.', 1)[-1].upper()}_"
-        if var not in os.environ:
-            out[var] = str(value)
-    return out
 
 
 def _wait_ready(nbd: procs.Service, sock: str, client: type[NbdClient]) -> NbdClient:
