@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """One digest for every path: a converted export records the digest the raw export records, which is
 what ``verify`` computes and what the output converted back to raw by qemu-img hashes to (ground
-truth, by the documented recipe); a verified qcow2 export reads its source about once; and a qcow2
-damaged after conversion fails verification (exit 6) with nothing published."""
+truth, by the documented recipe); a verified qcow2 export reads its source about once; a qcow2
+damaged after conversion fails verification (exit 6) with nothing published; the NBD server's
+read-ahead reads each block once and its failures reach only the request that needs the block."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import os
 import random
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +22,18 @@ import pytest
 
 from _env import need_tools
 from euca2kvm import blocks
-from euca2kvm.errors import EXIT_VERIFY, VerifyError
-from euca2kvm.export import pipeline
+from euca2kvm.errors import EXIT_VERIFY, IOFailure, VerifyError
+from euca2kvm.export import pipeline, qemu_img
+from euca2kvm.export.digest import DEFAULT
 from euca2kvm.export.formats import output_format
 from euca2kvm.export.imagedigest import image_digest
+from euca2kvm.export.nbd import serve
+from euca2kvm.export.nbdclient import NbdClient
 from euca2kvm.export.pipeline import ExportOptions, Source, export_source
+from euca2kvm.export.served import Served
 from euca2kvm.lvm.extents import ExtentMap, FillMapper, Kind, LinearMapper, StripedMapper
 from euca2kvm.lvm.source import LvmSource
-from refdigest import file_blkdigest
+from refdigest import blkdigest, file_blkdigest
 
 MiB = 1 << 20
 Fixtures = tuple[Path, dict[str, Any]]
@@ -121,3 +129,66 @@ def test_qcow2_damaged_after_conversion_fails_verification(tmp_path: Path, monke
     assert sorted(os.listdir(out)) in (["dense.qcow2"], ["dense.qcow2", "manifest.json"])
     if (out / "manifest.json").exists():
         assert json.loads((out / "manifest.json").read_text())["volumes"] == []
+
+
+class _Watched:
+    """A block source recording which thread reads which offsets, failing reads inside ``bad``."""
+
+    def __init__(self, inner: LvmSource, bad: tuple[int, int] | None = None) -> None:
+        self.inner, self.bad = inner, bad
+        self.name, self.size = inner.name, inner.size
+        self.reads: list[tuple[str, int]] = []
+
+    def kinds(self) -> frozenset[Kind]:
+        return self.inner.kinds()
+
+    def ranges(self, lo: int, hi: int) -> Iterator[blocks.Range]:
+        return self.inner.ranges(lo, hi)
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        self.reads.append((threading.current_thread().name, offset))
+        if self.bad is not None and offset < self.bad[1] and offset + len(view) > self.bad[0]:
+            raise IOFailure(f"{self.name}: read error at {offset}")
+        self.inner.read_into(offset, view)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_read_ahead_reads_each_block_once_and_stops_with_the_server(tmp_path: Path) -> None:
+    need_tools("qemu-img")
+    source, whole = dense_source(tmp_path)
+    watched = _Watched(source)
+    served = Served(watched, DEFAULT)
+    out = tmp_path / "o.qcow2"
+    with serve(watched, served=served) as srv:
+        qemu_img.convert(srv.uri, str(out), "qcow2")
+        assert served.hexdigest() == blkdigest(whole)
+    assert served.bytes_read == blocks.data_bytes(source) and served.rereads == 0
+    assert {name for name, _ in watched.reads} >= {"nbd-read-ahead"}  # blocks were read before qemu asked
+    assert not [t for t in threading.enumerate() if t.name == "nbd-read-ahead"]
+    assert srv.failures == []
+    back = tmp_path / "back.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(out), str(back)], check=True, timeout=120)
+    assert back.read_bytes() == whole
+
+
+def test_failed_read_ahead_fails_only_the_request_that_needs_the_block(tmp_path: Path) -> None:
+    source, whole = dense_source(tmp_path)
+    watched = _Watched(source, bad=(4 * MiB + 100, 4 * MiB + 101))  # inside block 1
+    served = Served(watched, DEFAULT)
+    with serve(watched, served=served) as srv, NbdClient(srv.sock_path) as c:
+        buf = bytearray(MiB)
+        c.read_into(0, memoryview(buf))  # block 0: block 1 is read ahead, and fails there
+        assert buf == whole[:MiB]
+        deadline = time.monotonic() + 10
+        while not any(name == "nbd-read-ahead" for name, _ in watched.reads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        c.read_into(3 * MiB, memoryview(buf))  # still block 0
+        assert buf == whole[3 * MiB : 4 * MiB]
+        with pytest.raises(IOFailure):
+            c.read_into(4 * MiB, memoryview(buf))  # block 1: this request reads it again and fails
+        assert len(srv.read_failures) == 1
+        c.read_into(8 * MiB, memoryview(buf))  # the connection still serves
+        assert buf == whole[8 * MiB : 9 * MiB]
+    assert srv.failures == []

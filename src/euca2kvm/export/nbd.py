@@ -178,6 +178,7 @@ class NbdServer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        self.served.close()
         self._cleanup_path()
 
     def _cleanup_path(self) -> None:

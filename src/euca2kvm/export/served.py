@@ -13,10 +13,18 @@ asked for all of it is read again: :attr:`Served.bytes_read` counts every read, 
 benchmarks can hold it to the data bytes.
 
 Without an algorithm (``--no-verify``) each request reads just its DATA ranges.
+
+With an algorithm, one thread reads (and hashes) the next block while the connection sends
+the current one: when a request first touches block ``i``, block ``i + 1`` is loaded in the
+background, so qemu's next requests find it cached instead of waiting for its read and hash.
+:meth:`Served.close` stops that thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +38,14 @@ from .digest import DIGEST_BLOCK, Algorithm, BlockDigest, block_count
 # blocks read the source exactly once (read ratio 1.0), and the process peaked at 50, 59 and
 # 67 MB RSS for 2, 4 and 6 blocks: 3 keeps a straggler's block and the job under 64 MiB.
 CACHE_BLOCKS = 3
+# Blocks read ahead of qemu's requests, within the CACHE_BLOCKS (2 blocks already read the source
+# once, and the job stays under 64 MiB). One keeps a reader a block ahead of the requests: serving
+# a 512 MiB dense source to qemu-img convert -O qcow2, its pages evicted before each run, six
+# interleaved runs on a loaded machine: median 2.02 s against 2.51 s without (faster in 5 of 6),
+# the same CPU (1.35 s against 1.42 s); 116 of its 128 blocks were read by the read-ahead thread.
+READ_AHEAD = 1
+
+log = logging.getLogger(__name__)
 
 ReadFn = Callable[[int], None]
 
@@ -45,6 +61,10 @@ class Served:
         self.bytes_read = 0  # bytes read from the source, re-reads included
         self.rereads = 0  # blocks read a second time (evicted too early)
         self._cache_blocks = max(1, cache_blocks)
+        self._ahead: set[int] = set()  # blocks read ahead that no request has touched yet
+        self._ahead_q: queue.Queue[int | None] = queue.Queue(maxsize=READ_AHEAD)
+        self._reader: threading.Thread | None = None
+        self._closed = False
         self._lock = threading.Lock()
         self._cache: OrderedDict[int, bytearray] = OrderedDict()
         self._loading: dict[int, threading.Event] = {}
@@ -76,16 +96,24 @@ class Served:
         for i in range(offset // DIGEST_BLOCK, (end - 1) // DIGEST_BLOCK + 1):
             lo = i * DIGEST_BLOCK
             blk = self._block(i)
+            assert blk is not None
             out.append(memoryview(blk)[max(offset, lo) - lo : min(end, lo + len(blk)) - lo])
         return out
 
-    def _block(self, i: int) -> bytearray:
+    def _block(self, i: int, ahead: bool = False) -> bytearray | None:
+        """Block ``i``, read on its first touch; ``ahead`` (the read-ahead thread): None when it
+        was digested already (evicted: only a request may read it again)."""
         while True:
             with self._lock:
                 buf = self._cache.get(i)
                 if buf is not None:
+                    if not ahead and i in self._ahead:  # first touch of a block read ahead
+                        self._ahead.discard(i)
+                        self._read_ahead(i + 1)
                     self._cache.move_to_end(i)
                     return buf
+                if ahead and (i in self._done or self._closed):
+                    return None
                 ev = self._loading.get(i)
                 mine = ev is None
                 if ev is None:
@@ -102,11 +130,56 @@ class Served:
                     self._take(i, digest)
                 self._cache[i] = buf
                 while len(self._cache) > self._cache_blocks:
-                    self._cache.popitem(last=False)
+                    old, _ = self._cache.popitem(last=False)
+                    self._ahead.discard(old)
+                if ahead:
+                    self._ahead.add(i)
+                else:
+                    self._read_ahead(i + 1)
         finally:
             with self._lock:
                 self._loading.pop(i).set()
         return buf
+
+    def _read_ahead(self, i: int) -> None:
+        """Have the reader thread load block ``i`` unless it is there or coming (holds the lock)."""
+        if (i >= self._blocks or i in self._cache or i in self._loading or i in self._done or self._closed
+                or not READ_AHEAD):
+            return
+        lo = i * DIGEST_BLOCK
+        if not block_data(self.source, lo, min(self.source.size, lo + DIGEST_BLOCK), self.source.name):
+            return  # zeros: qemu never asks for it and its digest is known
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._reader_loop, name="nbd-read-ahead", daemon=True)
+            self._reader.start()
+        with contextlib.suppress(queue.Full):  # else the reader is behind: a request reads it itself
+            self._ahead_q.put_nowait(i)
+
+    def _reader_loop(self) -> None:
+        while True:
+            i = self._ahead_q.get()
+            if i is None:
+                return
+            try:
+                self._block(i, ahead=True)
+            except Exception as e:  # the request that needs it reads it again and reports the error
+                log.debug("read-ahead of block %d failed: %s", i, e)
+
+    def close(self) -> None:
+        """Stop the read-ahead thread (waits for a read in progress) and drop the cached blocks."""
+        with self._lock:
+            self._closed = True
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            while True:  # make room for the stop marker: queued read-aheads are not needed any more
+                try:
+                    self._ahead_q.get_nowait()
+                except queue.Empty:
+                    break
+            self._ahead_q.put(None)
+            reader.join()
+        with self._lock:
+            self._cache.clear()
 
     def _load(self, i: int) -> tuple[bytearray, bytes]:
         assert self.algorithm is not None
@@ -141,6 +214,7 @@ class Served:
             with self._lock:
                 if self._next >= self._blocks:
                     self._cache.clear()  # qemu is done: the verification that follows needs the memory
+                    self._ahead.clear()
                     return self._bd.hexdigest()
                 i = self._next
                 if i in self._done:  # cannot happen: a taken digest is folded or pending
