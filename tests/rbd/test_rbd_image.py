@@ -17,6 +17,7 @@ from tests.rbd import cluster as cc
 from euca2kvm.blocks import BlockSource, Kind
 from euca2kvm.errors import EXIT_IO, EXIT_TOOL, EXIT_USAGE, Euca2kvmError
 from euca2kvm.rbd import lib
+from euca2kvm.rbd import sources as rbd_sources
 from euca2kvm.rbd.image import CephOptions, Cluster
 
 MiB = 1 << 20
@@ -95,6 +96,17 @@ def test_facts_show_chain_snapshots_and_watchers(ceph: cc.Cluster) -> None:
         assert [p.image for p in d.chain] == [cc.DEL_SNAP, cc.DEL_PARENT]
         assert pool.facts(cc.SNAP).snapshots == [(f"sp-on-{cc.SNAP}", 64 * MiB, True)]
         assert pool.facts(cc.WATCHED).watchers and not pool.facts(cc.VOL).watchers
+
+
+def test_pool_listing_reads_facts_in_parallel_like_one_by_one(ceph: cc.Cluster,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rbd_sources, "FACT_THREADS", 3)  # fewer threads than images: each thread opens several
+    with Cluster(opts(ceph, ro=True)) as cl:
+        refs = rbd_sources.pool_images(cl, cc.POOL)
+        pool = cl.pool(cc.POOL)
+        assert [r.image for r in refs] == pool.names() and len(refs) > 3
+        assert [r.facts for r in refs] == [pool.facts(r.image) for r in refs]
+        assert len(cl._pools) == 1 and not pool.handles  # one context for the pool, every facts handle closed
 
 
 def test_parallel_reads_are_right(ceph: cc.Cluster) -> None:

@@ -134,6 +134,7 @@ class Cluster:
             self.lib.rados_shutdown(self._h)
             raise
         self._pools: dict[str, Pool] = {}
+        self._pools_lock = threading.Lock()  # facts are read from several threads (sources.pool_images)
 
     def _conf(self, opts: CephOptions) -> None:
         rc = self.lib.rados_conf_read_file(self._h, _b(opts.conf))
@@ -149,9 +150,10 @@ class Cluster:
                 raise IOFailure(f"Ceph option {k}={v} refused: {strerror(rc)}")
 
     def pool(self, name: str) -> Pool:
-        if name not in self._pools:
-            self._pools[name] = Pool(self, name)
-        return self._pools[name]
+        with self._pools_lock:  # one context per pool, even when parents are looked up in parallel
+            if name not in self._pools:
+                self._pools[name] = Pool(self, name)
+            return self._pools[name]
 
     def close(self) -> None:
         """Close every image still open, the pools, then the connection (librados' threads stop here,

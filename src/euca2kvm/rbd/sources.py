@@ -9,12 +9,16 @@ caller, which knows Eucalyptus' id rules. Nothing here writes: listing and facts
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .image import Cluster, ImageFacts, Pool, RbdImage
 
 # Eucalyptus renames an image it cannot remove (it still has clones) to "del" + 8 characters + "-" + name.
 DELETED_RE = re.compile(r"^del[0-9A-Za-z]{8}-")
+# An image's facts are round trips, not work (open, parent chain, snapshots, watchers: 10-20 ms each
+# on this machine's cluster); a pool of hundreds of volumes is read this many images at a time.
+FACT_THREADS = 8
 
 
 @dataclass
@@ -43,5 +47,12 @@ class RbdRef:
 
 
 def pool_images(cluster: Cluster, pool: str) -> list[RbdRef]:
+    """Every image of ``pool`` with its facts, FACT_THREADS images at a time (librbd is thread-safe;
+    ctypes drops the GIL while it waits), in the pool's name order."""
     p = cluster.pool(pool)
-    return [RbdRef(p, name, p.facts(name)) for name in p.names()]
+    names = p.names()
+    if len(names) < 2:
+        return [RbdRef(p, name, p.facts(name)) for name in names]
+    with ThreadPoolExecutor(min(FACT_THREADS, len(names)), thread_name_prefix="rbd-facts") as ex:
+        facts = list(ex.map(p.facts, names))
+    return [RbdRef(p, name, f) for name, f in zip(names, facts, strict=True)]
