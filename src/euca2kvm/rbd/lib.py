@@ -81,7 +81,7 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "rados_ioctx_create": (c_int, [c_void_p, c_char_p, P(c_void_p)]),
     "rados_ioctx_destroy": (None, [c_void_p]),
     "rados_ioctx_get_id": (c_int64, [c_void_p]),
-    # asynchronous stats (identity.py): the size and mtime pointers are raw addresses into arrays
+    # asynchronous stats (identity.py): only the version is used, the size and mtime pointers are NULL
     "rados_aio_create_completion2": (c_int, [c_void_p, c_void_p, P(c_void_p)]),
     "rados_aio_stat": (c_int, [c_void_p, c_char_p, c_void_p, c_void_p, c_void_p]),
     "rados_aio_wait_for_complete": (c_int, [c_void_p]),
