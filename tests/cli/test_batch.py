@@ -178,12 +178,14 @@ def test_a_batch_flushes_its_manifest_once_unless_each_volume_is_flushed(tmp_pat
     need_tools("strace")
     d, _ = make(tmp_path, 8)
     out, log = tmp_path / "out", tmp_path / "strace.log"
-    p = subprocess.run(["strace", "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", str(log),
+    # -ff: one log per thread, so two threads' calls never print as "<unfinished ...>" / "resumed" halves
+    p = subprocess.run(["strace", "-ff", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", str(log),
                         sys.executable, "-m", "euca2kvm", "export", "--all", "-s", str(d), "-o", str(out),
                         "--jobs", "2", *flags], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert sorted(e["id"] for e in json.loads((out / "manifest.json").read_text())["volumes"]) == list(VOLS)
-    calls = [line for line in log.read_text().splitlines() if "sync(" in line and "= 0" in line]
+    lines = [line for f in tmp_path.glob("strace.log.*") for line in f.read_text().splitlines()]
+    calls = [line for line in lines if "sync(" in line and "= 0" in line]
     manifests = [c for c in calls if "manifest.json" in c]
     assert len(manifests) == (len(VOLS) if flags else 1), calls
     assert any(f"<{out}>" in c for c in calls), calls  # the directory too: the rename is durable
