@@ -189,6 +189,21 @@ def sha256_b64(data: bytes | memoryview) -> str:
 # ------------------------------------------------------------------ the manifest object
 
 
+def object_bytes(obj: dict[str, Any], bound: int, url: str, what: str) -> bytes:
+    """The body of a ``get_object`` answer, at most ``bound`` bytes (FormatError, exit 3, beyond:
+    whatever its ContentLength says, the bytes are counted)."""
+    body = obj["Body"]
+    try:
+        if int(obj.get("ContentLength", 0)) > bound:
+            raise FormatError(f"{what} larger than {bound} bytes", url)
+        raw: bytes = body.read(bound + 1)
+    finally:
+        body.close()
+    if len(raw) > bound:
+        raise FormatError(f"{what} larger than {bound} bytes", url)
+    return raw
+
+
 def load_manifest(client: Any, target: S3Url, required: bool = False) -> dict[str, Any]:
     """``prefix/manifest.json`` (an empty manifest when there is none, unless ``required``: then
     IOFailure), bounded and schema-checked like a local one."""
@@ -202,15 +217,7 @@ def load_manifest(client: Any, target: S3Url, required: bool = False) -> dict[st
         if is_missing(e):
             raise IOFailure(f"no {manifest.MANIFEST} at {target.url()}") from e
         raise
-    body = obj["Body"]
-    try:
-        if int(obj.get("ContentLength", 0)) > MAX_MANIFEST_BYTES:
-            raise FormatError(f"manifest larger than {MAX_MANIFEST_BYTES} bytes", url)
-        raw = body.read(MAX_MANIFEST_BYTES + 1)
-    finally:
-        body.close()
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise FormatError(f"manifest larger than {MAX_MANIFEST_BYTES} bytes", url)
+    raw = object_bytes(obj, MAX_MANIFEST_BYTES, url, "manifest")
     data = manifestcheck.parse(raw, url)
     if data.get("version", manifest.VERSION) > manifest.VERSION:
         raise FormatError(f"unsupported manifest version {data['version']}", url)
@@ -264,13 +271,7 @@ def load_blocks(client: Any, target: S3Url, field: object, size: int) -> tuple[s
     url = target.url(name)
     bound = sidecar.max_bytes_with_parts(size)
     obj = call(url, client.get_object, Bucket=target.bucket, Key=target.key(name))
-    body = obj["Body"]
-    try:
-        if int(obj.get("ContentLength", 0)) > bound:
-            raise FormatError(f"block-digest object larger than the {bound} bytes a {size}-byte disk's can be", url)
-        raw = body.read(bound + 1)
-    finally:
-        body.close()
-    if len(raw) > bound or hashlib.sha256(raw).hexdigest() != sha:
+    raw = object_bytes(obj, bound, url, f"block-digest object of a {size}-byte disk")
+    if hashlib.sha256(raw).hexdigest() != sha:
         raise FormatError("block-digest object does not match the sha256 its manifest entry records", url)
     return sidecar.parse_with_parts(raw, size, url)

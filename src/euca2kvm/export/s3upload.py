@@ -145,19 +145,9 @@ class Uploader:
         raw = hashlib.sha256(data).digest()
         checksum = base64.b64encode(raw).decode("ascii")
         self.digests[number] = raw
-        old = self.stored.get(number)
-        if old is not None and old.size == len(data) and (
-                old.checksum == checksum if old.checksum else old.etag == hashlib.md5(data).hexdigest()):
-            self.done[number] = {"PartNumber": number, "ETag": f'"{old.etag}"', "ChecksumSHA256": checksum}
-            self.kept += 1
+        if self._keep(number, len(data), checksum, lambda: hashlib.md5(data).hexdigest()):
             return
-        self._check_pending()
-        self._slots.acquire()
-        try:
-            self._pending.append(self._pool.submit(self._send, number, data, checksum))
-        except BaseException:
-            self._slots.release()
-            raise
+        self._submit(self._send, number, data, checksum)
 
     def copy(self, number: int, part: Part, etag: str) -> None:
         """Part ``number`` copied server-side (UploadPartCopy) from ``part``'s byte range of this key's
@@ -165,16 +155,27 @@ class Uploader:
         it is kept."""
         checksum = base64.b64encode(part.sha256).decode("ascii")
         self.digests[number] = part.sha256
-        old = self.stored.get(number)
-        if old is not None and old.size == part.length and (
-                old.checksum == checksum if old.checksum else old.etag == part.md5.hex()):
-            self.done[number] = {"PartNumber": number, "ETag": f'"{old.etag}"', "ChecksumSHA256": checksum}
-            self.kept += 1
+        if self._keep(number, part.length, checksum, part.md5.hex):
             return
+        self._submit(self._copy, number, part, etag, checksum)
+
+    def _keep(self, number: int, size: int, checksum: str, md5_hex: Callable[[], str]) -> bool:
+        """Keep stored part ``number`` when it holds these bytes: its size and SHA-256 (or, stored
+        without a checksum, its MD5 ETag) match."""
+        old = self.stored.get(number)
+        if old is None or old.size != size or not (old.checksum == checksum if old.checksum
+                                                   else old.etag == md5_hex()):
+            return False
+        self.done[number] = {"PartNumber": number, "ETag": f'"{old.etag}"', "ChecksumSHA256": checksum}
+        self.kept += 1
+        return True
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the upload pool, at most UPLOADS_IN_FLIGHT at once."""
         self._check_pending()
         self._slots.acquire()
         try:
-            self._pending.append(self._pool.submit(self._copy, number, part, etag, checksum))
+            self._pending.append(self._pool.submit(fn, *args))
         except BaseException:
             self._slots.release()
             raise
