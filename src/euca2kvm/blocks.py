@@ -92,6 +92,18 @@ class BlockSource(Protocol):
         ...
 
 
+class AllData:
+    """For block sources whose every byte reads as data (a stream, a wrapper that reads through to
+    another source): their ``kinds()`` and ``ranges()``."""
+
+    def kinds(self) -> frozenset[Kind]:
+        return frozenset({Kind.DATA})
+
+    def ranges(self, lo: int, hi: int) -> Iterator[Range]:
+        if hi > lo:
+            yield Range(lo, hi - lo, Kind.DATA)
+
+
 def merged(ranges: Iterable[Range]) -> Iterator[Range]:
     """Contiguous ordered ``ranges`` with neighbours of the same kind joined into one."""
     pending: Range | None = None

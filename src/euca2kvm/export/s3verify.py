@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from ..blocks import Kind, Range
+from ..blocks import AllData
 from ..errors import EXIT_FORMAT, EXIT_IO, EXIT_OK, EXIT_VERIFY, Euca2kvmError, FormatError, Interrupted
 from ..ids import GZIP_MAGIC
 from ..units import MiB
@@ -21,7 +21,7 @@ from .s3 import EXT, S3Url, call, is_missing
 READ_CHUNK = 1 * MiB
 # Largest inflated output zlib may hand back per call: bounds memory against gzip bombs.
 OUT_WINDOW = 4 * MiB
-class _Stream:
+class _Stream(AllData):
     """Disk bytes arriving in order as a block source (all DATA) of the recorded ``size``, for the one
     digest fold (:func:`.copy.copy_blocks` with one worker reads it front to back); a stream that ends
     early is short, one with bytes left over is longer than recorded: both FormatError."""
@@ -38,13 +38,6 @@ class _Stream:
     @property
     def size(self) -> int:
         return self._size
-
-    def kinds(self) -> frozenset[Kind]:
-        return frozenset({Kind.DATA})
-
-    def ranges(self, lo: int, hi: int) -> Iterator[Range]:
-        if hi > lo:
-            yield Range(lo, hi - lo, Kind.DATA)
 
     def read_into(self, offset: int, view: memoryview) -> None:
         assert offset == self.pos, (offset, self.pos)  # one worker: blocks are read in order

@@ -43,13 +43,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..blocks import BlockSource, Kind, Range
+from ..blocks import AllData, BlockSource
 from ..errors import FormatError, IOFailure, UsageError, VerifyError
 from ..outdir import OutDir
 from ..readahead import SYSCALL_BYTES
 from . import manifest, sidecar
 from .copy import block_data, copy_blocks, fill_block, pwrite_all
-from .digest import DIGEST_BLOCK, ZEROS, Algorithm, block_count
+from .digest import DIGEST_BLOCK, Algorithm, block_count
 from .pipeline import ExportOptions, Progress, Source, check_unchanged, content_digest, export_source, fingerprint
 from .pipeline import identity as source_ident
 from .warm import utc
@@ -207,7 +207,7 @@ def read_block(src: Source, i: int, buf: memoryview, algo: Algorithm) -> tuple[b
     return algo.of(view), view, got
 
 
-class _AgainstImage:
+class _AgainstImage(AllData):
     """The source as the mover reads it (all DATA: ZERO and HOLE ranges read as zeros), each read also
     compared byte for byte with the raw image at the same offset: the whole image is verified in the
     digest pass, against the source itself, at the cost of one more read and a ``memcmp`` per block
@@ -229,24 +229,8 @@ class _AgainstImage:
     def size(self) -> int:
         return self._src.size
 
-    def kinds(self) -> frozenset[Kind]:
-        return frozenset({Kind.DATA})
-
-    def ranges(self, lo: int, hi: int) -> Iterator[Range]:
-        if hi > lo:
-            yield Range(lo, hi - lo, Kind.DATA)
-
     def read_into(self, offset: int, view: memoryview) -> None:
-        got = 0
-        for r in self._src.ranges(offset, offset + len(view)):
-            part = view[r.start - offset : r.end - offset]
-            if r.kind is Kind.DATA:
-                self._src.read_into(r.start, part)
-                got += len(part)
-            elif r.kind is Kind.ERROR:
-                raise IOFailure(f"{self._src.name}: bytes {r.start}..{r.end} are an 'error' range")
-            else:
-                part[:] = ZEROS[: len(part)]
+        got = fill_block(self._src, offset, view, block_data(self._src, offset, offset + len(view), self._src.name))
         same = self.same(offset, view)
         with self._lock:
             self.read += got
