@@ -28,13 +28,13 @@ in every run counts). Medians relative to plain buffered 4 MiB ``preadv`` in the
   much here: the VM's balloon reports free pages to the host, so a fresh page costs a host fault),
   and on a storage controller an export of hundreds of GiB no longer evicts the controller's own
   working set. Pages that were cached before the read (another process's) must stay: the cache
-  state is taken before the first read (:func:`cached_grains`, ``cachestat(2)``), and only what
-  was not cached then is dropped.
+  state of each part is taken ahead of the reader (:class:`CacheProbe`, ``cachestat(2)``), and
+  only what was not cached then is dropped.
 - 1 MiB and 16 MiB requests were not reliably better or worse than 4 MiB.
 
 So: one reader per file (more workers may hash, not read), buffered :data:`READ_CHUNK` reads,
 :func:`advise` once on each source file, :func:`release` behind the reader of what
-:func:`cached_grains` found uncached, where a source is read once. It imports nothing of euca2kvm but its
+:class:`CacheProbe` found uncached, where a source is read once. It imports nothing of euca2kvm but its
 units: any layer may use it.
 """
 
@@ -105,36 +105,38 @@ def release(fd: int, offset: int, length: int) -> None:
 
 # cachestat(2) (Linux 6.5): one number on every architecture (the unified syscall table).
 _SYS_CACHESTAT = 451
-# At most this many cachestat calls to take a file's cache state (about 3 us each here: 0.2 s),
-# so grains grow with the file beyond 256 GiB.
-MAX_PROBES = 65536
+# Grains of a file whose cache state is taken ahead of its reader: the kernel's readahead runs at
+# most twice ``read_ahead_kb`` (8 MiB here) doubled by :func:`advise`, i.e. 32 MiB, ahead of the
+# reads; 64 MiB keeps the probes ahead of it, so what the reader's own readahead brought in is never
+# taken for another process's pages. About 3 us a probe: 16 per 64 MiB read, noise.
+PROBE_GRAIN = READ_CHUNK
+PROBE_AHEAD = 64 * MiB
 
 
-def cached_grains(fd: int, size: int) -> tuple[int, bytearray] | None:
-    """Which parts of ``fd``'s first ``size`` bytes are in the page cache now: (grain, flags) where
-    ``flags[i]`` is 1 when any page of bytes ``[i * grain, (i + 1) * grain)`` is cached. ``grain`` is
-    :data:`READ_CHUNK`, or a larger power of two so that at most :data:`MAX_PROBES` calls are made.
-    None when the kernel cannot tell (no ``cachestat``, a descriptor without a page cache)."""
-    import ctypes  # only where the cache state is taken
+class CacheProbe:
+    """``cachestat(2)`` of one descriptor: whether any page of a range is in the page cache now."""
 
-    class _Range(ctypes.Structure):
-        _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+    def __init__(self, fd: int) -> None:
+        import ctypes  # only where the cache state is taken
 
-    class _Stat(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_uint64) for n in ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted",
-                                                      "nr_recently_evicted")]
+        class _Range(ctypes.Structure):
+            _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
 
-    grain = READ_CHUNK
-    while size > grain * MAX_PROBES:
-        grain *= 2
-    syscall = ctypes.CDLL(None, use_errno=True).syscall
-    syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]
-    syscall.restype = ctypes.c_long
-    rng, st = _Range(), _Stat()
-    flags = bytearray((size + grain - 1) // grain)
-    for i in range(len(flags)):
-        rng.off, rng.len = i * grain, grain
-        if syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
-            return None  # ENOSYS, EOPNOTSUPP (no page cache), EBADF: unknown, so nothing is dropped
-        flags[i] = 1 if st.nr_cache else 0
-    return grain, flags
+        class _Stat(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_uint64) for n in ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted",
+                                                          "nr_recently_evicted")]
+
+        self._fd = fd
+        self._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        self._syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]
+        self._syscall.restype = ctypes.c_long
+        self._rng, self._st = _Range(), _Stat()
+        self._ref = ctypes.byref
+
+    def cached(self, offset: int, length: int) -> bool | None:
+        """Whether any page of ``[offset, offset + length)`` is cached; None when the kernel cannot
+        tell (no ``cachestat``, a descriptor without a page cache)."""
+        self._rng.off, self._rng.len = offset, length
+        if self._syscall(_SYS_CACHESTAT, self._fd, self._ref(self._rng), self._ref(self._st), 0) != 0:
+            return None
+        return bool(self._st.nr_cache)

@@ -59,8 +59,12 @@ class LocalFile:
         :func:`set_drop_behind` says)."""
         self.path = name or path
         self.drop_behind = _DROP_BEHIND if drop_behind is None else drop_behind
-        self._cache_state: tuple[int, bytearray] | None = None  # readahead.cached_grains before the first read
-        self._first_read = threading.Lock() if self.drop_behind is DropBehind.UNCACHED else None
+        # UNCACHED: per readahead.PROBE_GRAIN of the file, 0 not probed yet, 1 not cached, 2 cached
+        # (by others: probed ahead of this reader and its readahead); probing stops when it cannot tell.
+        self._grains = bytearray()
+        self._probe: readahead.CacheProbe | None = None
+        self._probing = self.drop_behind is DropBehind.UNCACHED
+        self._probe_lock = threading.Lock()
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
         except OSError as e:
@@ -78,8 +82,8 @@ class LocalFile:
 
     def pread_into(self, offset: int, view: memoryview) -> int:
         """Read ``view`` at ``offset`` in calls of at most :data:`readahead.SYSCALL_BYTES`; short only at EOF."""
-        if self._first_read is not None:
-            self._take_cache_state()
+        if self._probing:
+            self._probe_ahead(offset, len(view))
         got = 0
         while got < len(view):
             piece = view[got : got + readahead.SYSCALL_BYTES]
@@ -95,27 +99,37 @@ class LocalFile:
             self._release(offset, got)
         return got
 
-    def _take_cache_state(self) -> None:
-        """Before the first read (UNCACHED): which parts of the file are cached (by others) now."""
-        lock = self._first_read
-        if lock is not None:
-            with lock:
-                if self._first_read is not None:
-                    self._cache_state = readahead.cached_grains(self.fd, self.size())
-                    self._first_read = None
+    def _probe_ahead(self, offset: int, length: int) -> None:
+        """Take the cache state of the grains from ``offset`` to PROBE_AHEAD past this read that were
+        not probed yet: before this reader (or its readahead) has brought any of them in."""
+        grain = readahead.PROBE_GRAIN
+        g0, g1 = offset // grain, (offset + length + readahead.PROBE_AHEAD - 1) // grain
+        with self._probe_lock:
+            if not self._probing:
+                return
+            if self._probe is None:
+                self._probe = readahead.CacheProbe(self.fd)
+                self._grains = bytearray((self.size() + grain - 1) // grain)
+            g1 = min(g1, len(self._grains) - 1)
+            if g0 > g1 or self._grains.find(0, g0, g1 + 1) < 0:
+                return
+            for g in range(g0, g1 + 1):
+                if not self._grains[g]:
+                    cached = self._probe.cached(g * grain, grain)
+                    if cached is None:  # the kernel cannot tell: drop nothing, probe no more
+                        self._probing, self._grains = False, bytearray()
+                        return
+                    self._grains[g] = 2 if cached else 1
 
     def _release(self, offset: int, n: int) -> None:
         if self.drop_behind is DropBehind.ALL:
             readahead.release(self.fd, offset, n)
             return
-        state = self._cache_state
-        if state is None:
-            return  # the cache state is unknown: drop nothing
-        grain, cached = state
+        grain, grains = readahead.PROBE_GRAIN, self._grains
         end = offset + n
         g = offset // grain
-        while g * grain < end and g < len(cached):
-            if not cached[g]:
+        while g * grain < end and g < len(grains):
+            if grains[g] == 1:  # not cached before this reader: dropped
                 a = max(offset, g * grain)
                 b = min(end, (g + 1) * grain)
                 readahead.release(self.fd, a, b - a)
