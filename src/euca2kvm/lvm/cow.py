@@ -30,7 +30,7 @@ from array import array
 from collections.abc import Iterator
 
 from ..errors import FormatError, UnsupportedError
-from .extents import Extent, ExtentMap, ExtentMerger, Kind, translate
+from .extents import Extent, ExtentMap, Kind, merged, translate
 from .thin import ByteSource
 
 SNAP_MAGIC = 0x70416E53
@@ -131,10 +131,12 @@ class CowSnapshotMapper:
         return len(self.olds)
 
     def extents(self, lo: int, hi: int) -> Iterator[Extent]:
+        return merged(self._parts(lo, hi))
+
+    def _parts(self, lo: int, hi: int) -> Iterator[Extent]:
         c = self.chunk
         pos, end = lo - self.start, hi - self.start
         i = bisect.bisect_left(self.olds, pos // c)
-        merger = ExtentMerger()
         while pos < end:
             if i < len(self.olds) and self.olds[i] == pos // c:
                 take = min(end, (pos // c + 1) * c) - pos
@@ -144,13 +146,8 @@ class CowSnapshotMapper:
                 nxt = self.olds[i] * c if i < len(self.olds) else end
                 take = min(end, nxt) - pos
                 parts = translate(self.origin_map, pos, take, self.start + pos)
-            for e in parts:
-                done = merger.push(e)
-                if done is not None:
-                    yield done
+            yield from parts
             pos += take
-        if merger.pending is not None:
-            yield merger.pending
 
     def paths(self) -> set[str]:
         return self.origin_map.paths() | self.cow_map.paths()

@@ -16,13 +16,13 @@ memory until a mover asks for a range, and parallel workers can ask for disjoint
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..blocks import Kind
 
-__all__ = ["Extent", "ExtentMap", "ExtentMerger", "FillMapper", "Kind", "LinearMapper", "Mapper",
+__all__ = ["Extent", "ExtentMap", "FillMapper", "Kind", "LinearMapper", "Mapper",
            "ShiftedMapper", "StripedMapper", "translate"]
 
 DATA_ONLY = frozenset({Kind.DATA})
@@ -216,17 +216,14 @@ class ExtentMap:
         lo = max(0, lo)
         if lo >= hi:
             return
-        merger = ExtentMerger()
+        yield from merged(self._parts(lo, hi))
+
+    def _parts(self, lo: int, hi: int) -> Iterator[Extent]:
         i = max(0, bisect.bisect_right(self._starts, lo) - 1)
         while i < len(self.mappers) and self.mappers[i].start < hi:
             m = self.mappers[i]
-            for e in m.extents(max(lo, m.start), min(hi, m.start + m.length)):
-                done = merger.push(e)
-                if done is not None:
-                    yield done
+            yield from m.extents(max(lo, m.start), min(hi, m.start + m.length))
             i += 1
-        if merger.pending is not None:
-            yield merger.pending
 
     def paths(self) -> set[str]:
         out: set[str] = set()
@@ -251,20 +248,19 @@ class ExtentMap:
         return [m.describe() for m in self.mappers]
 
 
-class ExtentMerger:
-    """Collects extents in order and merges contiguous neighbours of the same kind/file."""
-
-    def __init__(self) -> None:
-        self.pending: Extent | None = None
-
-    def push(self, e: Extent) -> Extent | None:
-        p = self.pending
+def merged(parts: Iterable[Extent]) -> Iterator[Extent]:
+    """``parts`` in order with contiguous neighbours of the same kind (DATA: contiguous in one file) merged."""
+    p: Extent | None = None
+    for e in parts:
         if p is not None and p.kind is e.kind and p.end == e.start and (
                 e.kind is not Kind.DATA or (p.path == e.path and p.offset + p.length == e.offset)):
-            self.pending = Extent(p.start, p.length + e.length, p.kind, p.path, p.offset)
-            return None
-        self.pending = e
-        return p
+            p = Extent(p.start, p.length + e.length, p.kind, p.path, p.offset)
+            continue
+        if p is not None:
+            yield p
+        p = e
+    if p is not None:
+        yield p
 
 
 def translate(inner: ExtentMap, inner_lo: int, length: int, at: int) -> Iterator[Extent]:

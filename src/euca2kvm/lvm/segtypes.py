@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ..errors import FormatError, UnsupportedError
 from ..units import SECTOR
 from .cow import CowSnapshotMapper
-from .extents import Extent, ExtentMap, ExtentMerger, Kind, Mapper, translate
+from .extents import Extent, ExtentMap, Kind, Mapper, merged, translate
 from .mirrors import pick_leg, raid_pairs
 from .model import LV, VG, Segment
 from .reader import ExtentReader
@@ -56,19 +56,16 @@ class StripedLVMapper:
     base: int = 0  # data_offset inside every image
 
     def extents(self, lo: int, hi: int) -> Iterator[Extent]:
+        return merged(self._parts(lo, hi))
+
+    def _parts(self, lo: int, hi: int) -> Iterator[Extent]:
         n, s = len(self.images), self.chunk
         b, end = lo - self.start, hi - self.start
-        merger = ExtentMerger()
         while b < end:
             c, within = divmod(b, s)
             take = min(s - within, end - b)
-            for e in translate(self.images[c % n], self.base + (c // n) * s + within, take, self.start + b):
-                done = merger.push(e)
-                if done is not None:
-                    yield done
+            yield from translate(self.images[c % n], self.base + (c // n) * s + within, take, self.start + b)
             b += take
-        if merger.pending is not None:
-            yield merger.pending
 
     def paths(self) -> set[str]:
         return set().union(*(m.paths() for m in self.images))

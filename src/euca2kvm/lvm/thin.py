@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import FormatError
-from .extents import Extent, ExtentMap, ExtentMerger, Kind, translate
+from .extents import Extent, ExtentMap, Kind, merged, translate
 
 META_BLOCK = 4096  # dm persistent-data metadata block size (fixed by the kernel)
 SB_MAGIC = 27022010
@@ -280,16 +280,11 @@ class ThinMapper:
         self.data_blocks = data_map.size // chunk_bytes
 
     def extents(self, lo: int, hi: int) -> Iterator[Extent]:
+        return merged(self._parts(lo, hi))
+
+    def _parts(self, lo: int, hi: int) -> Iterator[Extent]:
         c = self.chunk
         pos, end = lo - self.start, hi - self.start
-        merger = ExtentMerger()
-        out: list[Extent] = []
-
-        def emit(e: Extent) -> None:
-            done = merger.push(e)
-            if done is not None:
-                out.append(done)
-
         for vblock, value in self.meta.range(self.root, pos // c, -(-end // c), 8):
             data_block = struct.unpack("<Q", value)[0] >> TIME_BITS
             if data_block >= self.data_blocks:
@@ -297,20 +292,14 @@ class ThinMapper:
                                   f"{data_block}, beyond the pool's {self.data_blocks}", self.meta.name)
             vstart = vblock * c
             if vstart > pos:
-                emit(Extent(self.start + pos, vstart - pos, Kind.ZERO))
+                yield Extent(self.start + pos, vstart - pos, Kind.ZERO)
                 pos = vstart
             seg_hi = min(end, vstart + c)
             inner_lo = data_block * c + (pos - vstart)
-            for e in translate(self.data_map, inner_lo, seg_hi - pos, self.start + pos):
-                emit(e)
+            yield from translate(self.data_map, inner_lo, seg_hi - pos, self.start + pos)
             pos = seg_hi
-            yield from out
-            out.clear()
         if pos < end:
-            emit(Extent(self.start + pos, end - pos, Kind.ZERO))
-        yield from out
-        if merger.pending is not None:
-            yield merger.pending
+            yield Extent(self.start + pos, end - pos, Kind.ZERO)
 
     def paths(self) -> set[str]:
         return self.data_map.paths()
