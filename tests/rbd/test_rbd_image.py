@@ -109,6 +109,30 @@ def test_pool_listing_reads_facts_in_parallel_like_one_by_one(ceph: cc.Cluster,
         assert len(cl._pools) == 1 and not pool.handles  # one context for the pool, every facts handle closed
 
 
+def test_named_images_alone_get_facts_and_keep_their_handle(ceph: cc.Cluster) -> None:
+    with Cluster(opts(ceph, ro=True)) as cl:
+        pool = cl.pool(cc.POOL)
+        refs = rbd_sources.images(cl, [cc.POOL], only=[cc.FROM_SNAP, cc.DENSE])
+        assert [r.image for r in refs] == sorted([cc.FROM_SNAP, cc.DENSE])
+        assert [r.facts for r in refs] == [pool.facts(r.image) for r in refs]
+        kept = {r.image: r.handle for r in refs}
+        assert all(h is not None and h in pool.handles for h in kept.values())  # nothing else is open
+        assert len(pool.handles) == 2
+        ref = refs[[r.image for r in refs].index(cc.FROM_SNAP)]
+        with ref() as img:  # the scan's handle, not a second open
+            assert img._h is kept[cc.FROM_SNAP] and ref.handle is None
+            assert sha_of(img) == ceph.images[cc.FROM_SNAP]
+            assert img.recheck() == img.identity()
+        assert kept[cc.FROM_SNAP] not in pool.handles
+        with ref() as again:  # a second source of the same ref opens the image afresh
+            assert again._h is not kept[cc.FROM_SNAP] and sha_of(again) == ceph.images[cc.FROM_SNAP]
+        # A name in no pool: every image's facts, as without ``only`` (the error lists close matches).
+        everything = rbd_sources.images(cl, [cc.POOL], only=[cc.VOL, "vol-00000bad"])
+        assert [r.image for r in everything] == pool.names()
+        assert all(r.handle is None for r in everything)
+    assert not pool.handles  # the unused kept handle is closed with the cluster
+
+
 def test_parallel_reads_are_right(ceph: cc.Cluster) -> None:
     truth = ceph.rbd("export", f"{cc.POOL}/{cc.DENSE}", "-")
     chunk = 256 * 1024

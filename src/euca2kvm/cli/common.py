@@ -137,25 +137,26 @@ def close_backends() -> None:
         _open_clusters.pop().close()
 
 
-def add_rbd_volumes(d: Discovery, sources: list[str]) -> None:
+def add_rbd_volumes(d: Discovery, sources: list[str], only: list[str] | None = None) -> None:
     """The images of ``rbd:POOL`` sources as volumes (``rbd``, ``rbd-snapshot``) whose bytes come from
-    their block source; ``del…`` and images not named like a volume are notes; watchers make a volume in use."""
+    their block source; ``del…`` and images not named like a volume are notes; watchers make a volume in use.
+    ``only``: the volume ids a command named; the other images' facts are not read (rbd.sources.images)."""
     from ..rbd import image as rbd_image
     from ..rbd import sources as rbd_sources
 
     cluster = rbd_image.Cluster(ceph_options())  # open for the rest of the run: the volumes read through it
     _open_clusters.append(cluster)  # closed by close_backends() when the command returns
-    for src in dict.fromkeys(sources):
-        for ref in rbd_sources.pool_images(cluster, rbd_names.pool_name(src)):
-            if ref.deleted or not ID_RE.match(ref.image):
-                why = ("a deleted image Eucalyptus renamed (it still has clones); read only as their parent"
-                       if ref.deleted else "not named like a Eucalyptus volume or snapshot")
-                d.notes.append(Note(ref.spec, "ignored", why))
-                continue
-            d.volumes.append(Volume(
-                id=ref.image, kind="rbd-snapshot" if ref.image.startswith("snap-") else "rbd", size=ref.facts.size,
-                files=[], segment_types=["rbd-clone" if ref.facts.chain else "rbd"],
-                in_use=[Holder(ref.spec, f"watched by {w}") for w in ref.facts.watchers], blocks_factory=ref))
+    named = only if only and all(ID_RE.match(i) for i in only) else None
+    for ref in rbd_sources.images(cluster, [rbd_names.pool_name(src) for src in sources], named):
+        if ref.deleted or not ID_RE.match(ref.image):
+            why = ("a deleted image Eucalyptus renamed (it still has clones); read only as their parent"
+                   if ref.deleted else "not named like a Eucalyptus volume or snapshot")
+            d.notes.append(Note(ref.spec, "ignored", why))
+            continue
+        d.volumes.append(Volume(
+            id=ref.image, kind="rbd-snapshot" if ref.image.startswith("snap-") else "rbd", size=ref.facts.size,
+            files=[], segment_types=["rbd-clone" if ref.facts.chain else "rbd"],
+            in_use=[Holder(ref.spec, f"watched by {w}") for w in ref.facts.watchers], blocks_factory=ref))
     d.volumes.sort(key=lambda v: (v.id, v.name))
 
 
@@ -225,14 +226,16 @@ def sources(args: argparse.Namespace) -> list[str]:
     return list(args.source or [VOLUMES_DIR])
 
 
-def discover_sources(paths: list[str], quiet: bool = False) -> Discovery:
+def discover_sources(paths: list[str], quiet: bool = False, only: list[str] | None = None) -> Discovery:
+    """The volumes of ``paths``; ``only``: the ids a command named (backends that can, RBD, read the
+    facts of those alone)."""
     remote = [p for p in paths if p.startswith(SSH_SCHEME)]
     paths = [p for p in paths if not p.startswith(SSH_SCHEME)]
     rbd = [p for p in paths if rbd_names.is_rbd(p)]
     rest = [p for p in paths if not rbd_names.is_rbd(p)]
     d = discover(rest) if rest or not rbd else Discovery()
     if rbd:
-        add_rbd_volumes(d, rbd)
+        add_rbd_volumes(d, rbd, only)
     if remote:
         add_ssh_volumes(d, remote)
     if _device_specs:
@@ -279,7 +282,7 @@ def resolve_volumes(ids: list[str], source_args: list[str] | None, quiet: bool =
     named = [path_id_source(i) for i in ids if is_path_id(i)]
     by_name = [i for i in ids if not is_path_id(i) and i not in _device_specs]  # --device ids need no scan
     paths = list(source_args or ([VOLUMES_DIR] if by_name or not ids else []))
-    d = discover_sources(paths + [p for p in named if p not in paths], quiet=quiet)
+    d = discover_sources(paths + [p for p in named if p not in paths], quiet=quiet, only=by_name or None)
     return d, [find_volume(d, i) for i in ids]
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError, IOFailure
-from ..lvm.label import find_label
-from ..lvm.mda import MetadataCopy
-from ..lvm.model import VG
-from ..lvm.scan import VolumeGroup, read_copies
+
+if TYPE_CHECKING:  # the LVM reader is loaded by the scan that built a group: an RBD export never loads it
+    from ..lvm.mda import MetadataCopy
+    from ..lvm.model import VG
+    from ..lvm.scan import VolumeGroup
 
 Identity = dict[str, Any]
 
@@ -43,6 +44,9 @@ def reread(group: VolumeGroup, lv: str) -> Identity:
     IOFailure (exit 5) naming the files when no valid copy of the VG is left (rewritten,
     truncated, a new PV label over it): for an export in progress that is a source change too.
     """
+    from ..lvm.label import find_label
+    from ..lvm.scan import read_copies
+
     best: tuple[tuple[int, bool], VG, MetadataCopy] | None = None
     for dev in (d for d in group.devices.values() if d is not None):
         try:

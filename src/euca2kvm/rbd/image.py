@@ -196,8 +196,10 @@ class Pool:
                 raise IOFailure(f"rbd:{self.name}: cannot list images: {strerror(rc)}")
             return sorted(_s(x) for x in buf.raw[:rc].split(b"\0") if x)
 
-    def open(self, name: str, expected_watchers: list[str] | None = None) -> RbdImage:
-        return RbdImage(self, name, expected_watchers)
+    def open(self, name: str, expected_watchers: list[str] | None = None, handle: _Handle | None = None) -> RbdImage:
+        """``handle``: the image's read-only handle the scan kept (:meth:`described`), reused instead of
+        a second open."""
+        return RbdImage(self, name, expected_watchers, handle)
 
     def facts(self, name: str) -> ImageFacts:
         img = _Handle(self, name)
@@ -205,6 +207,16 @@ class Pool:
             return img.facts()
         finally:
             img.close()
+
+    def described(self, name: str) -> tuple[_Handle, ImageFacts]:
+        """The image's facts and its read-only handle, left open for reading it (closed with the pool
+        when it is not)."""
+        img = _Handle(self, name)
+        try:
+            return img, img.facts()
+        except BaseException:
+            img.close()
+            raise
 
     def close(self) -> bool:
         """Close the images still open, then the pool context; False when an image could not be
@@ -375,11 +387,13 @@ class RbdImage:
     reports allocated extents (through parents), HOLE elsewhere. One librbd handle serves every
     thread (librbd is thread-safe; ctypes drops the GIL while it reads)."""
 
-    def __init__(self, pool: Pool, name: str, expected_watchers: list[str] | None = None) -> None:
+    def __init__(self, pool: Pool, name: str, expected_watchers: list[str] | None = None,
+                 handle: _Handle | None = None) -> None:
         """``expected_watchers``: those the scan reported (and the caller accepted); any other watcher
         now is refused (exit 4). The identity is taken before the extents, so that a write after it
-        shows in :meth:`recheck`."""
-        self._h = _Handle(pool, name)
+        shows in :meth:`recheck`. ``handle``: this image's handle, still open from the scan (its
+        header as read then: a change since shows in :meth:`recheck`, which opens the image afresh)."""
+        self._h = handle if handle is not None and handle.h and handle.name == name else _Handle(pool, name)
         self._watchers = expected_watchers
         try:
             added = identity.new_watchers(self._h, expected_watchers)

@@ -9,10 +9,11 @@ caller, which knows Eucalyptus' id rules. Nothing here writes: listing and facts
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .image import Cluster, ImageFacts, Pool, RbdImage
+from .image import Cluster, ImageFacts, Pool, RbdImage, _Handle
 
 # Eucalyptus renames an image it cannot remove (it still has clones) to "del" + 8 characters + "-" + name.
 DELETED_RE = re.compile(r"^del[0-9A-Za-z]{8}-")
@@ -28,6 +29,7 @@ class RbdRef:
     pool: Pool
     image: str
     facts: ImageFacts
+    handle: _Handle | None = field(default=None, repr=False, compare=False)  # open since the facts were read
 
     @property
     def spec(self) -> str:
@@ -38,8 +40,10 @@ class RbdRef:
         return bool(DELETED_RE.match(self.image))
 
     def __call__(self) -> RbdImage:
-        """Opened right before reading: a watcher the scan did not report is refused (exit 4)."""
-        return self.pool.open(self.image, self.facts.watchers)
+        """Opened right before reading (the scan's handle, once): a watcher the scan did not report
+        is refused (exit 4)."""
+        handle, self.handle = self.handle, None
+        return self.pool.open(self.image, self.facts.watchers, handle)
 
     def chain_text(self) -> list[str]:
         """The parent chain, nearest first: ``pool/image@snap (overlap N bytes)``."""
@@ -47,12 +51,31 @@ class RbdRef:
 
 
 def pool_images(cluster: Cluster, pool: str) -> list[RbdRef]:
-    """Every image of ``pool`` with its facts, FACT_THREADS images at a time (librbd is thread-safe;
-    ctypes drops the GIL while it waits), in the pool's name order."""
-    p = cluster.pool(pool)
-    names = p.names()
-    if len(names) < 2:
-        return [RbdRef(p, name, p.facts(name)) for name in names]
-    with ThreadPoolExecutor(min(FACT_THREADS, len(names)), thread_name_prefix="rbd-facts") as ex:
-        facts = list(ex.map(p.facts, names))
-    return [RbdRef(p, name, f) for name, f in zip(names, facts, strict=True)]
+    """Every image of ``pool`` with its facts (see :func:`images`)."""
+    return images(cluster, [pool])
+
+
+def images(cluster: Cluster, pools: list[str], only: Collection[str] | None = None) -> list[RbdRef]:
+    """The images of ``pools`` with their facts, pool by pool in each pool's name order, FACT_THREADS
+    images at a time (librbd is thread-safe; ctypes drops the GIL while it waits). Each pool is listed once.
+
+    ``only``: the names a command was given (``export ID...``): facts are read for those images alone
+    (the others cost nothing but the listing), and each keeps its read-only handle for its export.
+    When one of the names is in none of the pools, every image's facts are read, as without ``only``
+    (an unknown id is then reported with the pool's close matches)."""
+    listed = [(p, p.names()) for p in (cluster.pool(name) for name in dict.fromkeys(pools))]
+    named = set(only or ())
+    keep = bool(named) and named <= {n for _, names in listed for n in names}
+    wanted = [(p, n) for p, names in listed for n in names if not keep or n in named]
+
+    def read(item: tuple[Pool, str]) -> RbdRef:
+        p, name = item
+        if keep:
+            h, f = p.described(name)
+            return RbdRef(p, name, f, h)
+        return RbdRef(p, name, p.facts(name))
+
+    if len(wanted) < 2:
+        return [read(w) for w in wanted]
+    with ThreadPoolExecutor(min(FACT_THREADS, len(wanted)), thread_name_prefix="rbd-facts") as ex:
+        return list(ex.map(read, wanted))
