@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Single files by path, where whatever is at the path is hostile, and private runtime directories.
 
-* :func:`open_new_or_truncate` and :func:`read_bounded` refuse a symlink (``O_NOFOLLOW``) or anything
-  but a regular file at the path (``O_NONBLOCK`` so a planted FIFO cannot block the open), and reads
-  are bounded;
+* :func:`open_new_or_truncate`, :func:`read_bounded` and :func:`read_prefix` refuse a symlink
+  (``O_NOFOLLOW``) or anything but a regular file at the path (``O_NONBLOCK`` so a planted FIFO cannot
+  block the open), and reads are bounded;
 * :func:`runtime_dir` makes a private (0700) directory ``<prefix><pid>-XXXXXXXX`` in the system
   temporary directory (NBD sockets when OUTDIR's path is too long for a unix socket, ``verify``'s
   qemu-nbd, boot tests) after removing those that dead processes of ours left (SIGKILL).
@@ -69,6 +69,15 @@ def open_new_or_truncate(path: Path | str, mode: int = 0o644) -> int:
 
 def read_bounded(path: Path | str, limit: int) -> bytes:
     """The content of the regular file ``path`` (not through a symlink), IOFailure if over ``limit`` bytes."""
+    out = read_prefix(path, limit)
+    if len(out) > limit:
+        raise IOFailure(f"{path} is larger than {limit} bytes")
+    return out
+
+
+def read_prefix(path: Path | str, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of the regular file ``path`` (not through a symlink): more than
+    ``limit`` tells the caller the file is too large, to refuse with its own error."""
     fd = open_regular(path, os.O_RDONLY)
     try:
         chunks, left = [], limit + 1
@@ -82,10 +91,7 @@ def read_bounded(path: Path | str, limit: int) -> bytes:
         raise IOFailure(f"cannot read {path}: {e.strerror}") from e
     finally:
         os.close(fd)
-    out = b"".join(chunks)
-    if len(out) > limit:
-        raise IOFailure(f"{path} is larger than {limit} bytes")
-    return out
+    return b"".join(chunks)
 
 
 def runtime_dir(prefix: str, base: str | None = None) -> str:

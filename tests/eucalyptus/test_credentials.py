@@ -112,3 +112,21 @@ def test_normalize_endpoint(url: str, expected: str) -> None:
 def test_bad_endpoint(url: str) -> None:
     with pytest.raises(UsageError):
         normalize_endpoint(url)
+
+
+def test_eucarc_oversized_or_behind_symlink_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bounded read: an oversized eucarc is a usage error (exit 2), one behind a symlink is refused (exit 5)."""
+    import euca2kvm.eucalyptus.credentials as credmod
+    from euca2kvm.errors import IOFailure
+
+    rc = tmp_path / "eucarc"
+    rc.write_text("export EC2_ACCESS_KEY=AKIDEXAMPLE\nexport EC2_SECRET_KEY=secret\n" + "#" * 200 + "\n")
+    link = tmp_path / "link"
+    link.symlink_to(rc)
+    with pytest.raises(IOFailure) as ei:
+        credmod.parse_eucarc(str(link))
+    assert ei.value.exit_code == 5
+    monkeypatch.setattr(credmod, "MAX_RC_BYTES", 100)
+    with pytest.raises(UsageError) as eu:
+        credmod.parse_eucarc(str(rc))
+    assert eu.value.exit_code == 2

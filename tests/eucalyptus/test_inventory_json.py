@@ -150,3 +150,23 @@ def test_oversized_file_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     p.write_text(_inv().to_json())
     with pytest.raises(FormatError, match="larger than 100 bytes"):
         load_inventory(str(p))
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_inventory_behind_a_symlink_or_fifo_refused(tmp_path: Path, planted: str) -> None:
+    """An inventory name is opened without following a symlink, and a FIFO there neither blocks nor is read."""
+    import os
+
+    from euca2kvm.errors import IOFailure
+
+    real = tmp_path / "real.json"
+    real.write_text(_inv().to_json())
+    p = tmp_path / "inv.json"
+    if planted == "symlink":
+        p.symlink_to(real)
+    else:
+        os.mkfifo(p)
+    with pytest.raises(IOFailure) as ei:
+        load_inventory(str(p))
+    assert ei.value.exit_code == 5
+    assert load_inventory(str(real)).to_json() == _inv().to_json()

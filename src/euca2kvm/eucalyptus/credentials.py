@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..errors import IOFailure, UsageError
+from ..errors import UsageError
+from ..safefs import read_prefix
 
 DEFAULT_REGION = "eucalyptus"  # Eucalyptus's own region name; SigV4 needs one
 DEFAULT_API_PORT = 8773  # the CLC's web services port
@@ -51,11 +52,7 @@ class Credentials:
 
 
 def _read_small(path: str, what: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_RC_BYTES + 1)
-    except OSError as e:
-        raise IOFailure(f"cannot read {what} {path}: {e.strerror}") from e
+    data = read_prefix(path, MAX_RC_BYTES)
     if len(data) > MAX_RC_BYTES:
         raise UsageError(f"{what} {path} is larger than {MAX_RC_BYTES} bytes")
     return data.decode("utf-8", errors="replace")

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeVar
 
-from ..errors import FormatError, IOFailure, UsageError
+from ..errors import FormatError, UsageError
 from ..outdir import write_atomic
+from ..safefs import read_prefix
 
 FORMAT_NAME = "euca2kvm-inventory"
 FORMAT_VERSION = 1
@@ -249,11 +250,7 @@ class Inventory:
 
 def load_inventory(path: str) -> Inventory:
     """Read and validate an inventory file (bounded read)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_INVENTORY_BYTES + 1)
-    except OSError as e:
-        raise IOFailure(f"cannot read inventory {path}: {e.strerror}") from e
+    data = read_prefix(path, MAX_INVENTORY_BYTES)
     if len(data) > MAX_INVENTORY_BYTES:
         raise FormatError(f"larger than {MAX_INVENTORY_BYTES} bytes; not an inventory", path=path)
     return Inventory.from_json(data, filename=path)
