@@ -91,29 +91,36 @@ class NbdClient:
     # -- plumbing ----------------------------------------------------------------------------------
 
     def _violation(self, what: str) -> ToolError:
+        return self._broke(f"NBD server on {self.sock_path} broke the protocol: {what}")
+
+    def _broke(self, message: str) -> ToolError:
+        """The connection is unusable from now on (a reply may be half read); the error to raise."""
         self._broken = True
-        return ToolError(f"NBD server on {self.sock_path} broke the protocol: {what}")
+        return ToolError(message)
+
+    def _failed(self, e: OSError) -> ToolError:
+        if isinstance(e, TimeoutError):
+            return self._broke(f"NBD server on {self.sock_path} timed out")
+        return self._broke(f"NBD connection to {self.sock_path} failed: {e.strerror or e}")
+
+    def _arm(self, deadline: float) -> None:
+        """The socket's timeout set to what is left until ``deadline``; a timeout if nothing is left."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self._broke(f"NBD server on {self.sock_path} timed out")
+        self._sock.settimeout(left)
 
     def _recv_into(self, view: memoryview, deadline: float) -> None:
         got = 0
         n = len(view)
         while got < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._broken = True
-                raise ToolError(f"NBD server on {self.sock_path} timed out")
-            self._sock.settimeout(left)
+            self._arm(deadline)
             try:
                 k = self._sock.recv_into(view[got:])
-            except TimeoutError as e:
-                self._broken = True
-                raise ToolError(f"NBD server on {self.sock_path} timed out") from e
             except OSError as e:
-                self._broken = True
-                raise ToolError(f"NBD connection to {self.sock_path} failed: {e.strerror or e}") from e
+                raise self._failed(e) from e
             if k == 0:
-                self._broken = True
-                raise ToolError(f"NBD server on {self.sock_path} closed the connection mid-reply")
+                raise self._broke(f"NBD server on {self.sock_path} closed the connection mid-reply")
             got += k
 
     def _recv(self, n: int, deadline: float) -> bytes:
@@ -122,16 +129,11 @@ class NbdClient:
         return bytes(buf)
 
     def _send(self, data: bytes, deadline: float) -> None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            self._broken = True
-            raise ToolError(f"NBD server on {self.sock_path} timed out")
-        self._sock.settimeout(left)
+        self._arm(deadline)
         try:
             self._sock.sendall(data)
         except OSError as e:
-            self._broken = True
-            raise ToolError(f"NBD connection to {self.sock_path} failed: {e.strerror or e}") from e
+            raise self._failed(e) from e
 
     # -- handshake ---------------------------------------------------------------------------------
 
