@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import FormatError, ToolError, UsageError
 from . import identity
@@ -342,6 +342,14 @@ def _san(t: _Tables) -> dict[str, Any]:
     return {"san_volumes": sorted(out, key=lambda s: s.volume_id)} if out else {}
 
 
+V = TypeVar("V", int, str)
+
+
+def _prefer(clc: V | None, sc: V | None) -> V | None:
+    """The CLC's value when it has one (0 is a value, an empty string is not), else the SC's."""
+    return clc if clc is not None and clc != "" else sc
+
+
 def _merge(
     volumes: list[Volume], snapshots: list[Snapshot], st: _StorageData
 ) -> tuple[list[Volume], list[Snapshot]]:
@@ -351,26 +359,26 @@ def _merge(
         vid = _s(r["volume_name"])
         if vid is None:
             continue
-        clc = by_id.get(vid)
+        clc = by_id.get(vid) or Volume(vid, None, None)
         by_id[vid] = Volume(
             id=vid,
-            size_gib=clc.size_gib if clc and clc.size_gib is not None else _i(r["size"]),
-            status=clc.status if clc and clc.status is not None else _s(r["status"]),
-            zone=clc.zone if clc and clc.zone else _s(r["zone"]),
-            sc_name=clc.sc_name if clc and clc.sc_name else _s(r["sc_name"]),
-            snapshot_id=clc.snapshot_id if clc and clc.snapshot_id else _s(r["snapshot_id"]),
+            size_gib=_prefer(clc.size_gib, _i(r["size"])),
+            status=_prefer(clc.status, _s(r["status"])),
+            zone=_prefer(clc.zone, _s(r["zone"])),
+            sc_name=_prefer(clc.sc_name, _s(r["sc_name"])),
+            snapshot_id=_prefer(clc.snapshot_id, _s(r["snapshot_id"])),
         )
     snaps = {s.id: s for s in snapshots}
     for r in st.snapshots:
         sid = _s(r["snapshot_name"])
         if sid is None:
             continue
-        clc_s = snaps.get(sid)
+        clc_s = snaps.get(sid) or Snapshot(sid, None, None)
         snaps[sid] = Snapshot(
             id=sid,
-            volume_id=clc_s.volume_id if clc_s and clc_s.volume_id else _s(r["volume_name"]),
-            status=clc_s.status if clc_s and clc_s.status else _s(r["status"]),
-            size_gib=clc_s.size_gib if clc_s and clc_s.size_gib is not None else _i(r["snapshot_size_gb"]),
+            volume_id=_prefer(clc_s.volume_id, _s(r["volume_name"])),
+            status=_prefer(clc_s.status, _s(r["status"])),
+            size_gib=_prefer(clc_s.size_gib, _i(r["snapshot_size_gb"])),
             location=_s(r["snapshot_location"]),
         )
     return sorted(by_id.values(), key=lambda v: v.id), sorted(snaps.values(), key=lambda s: s.id)
