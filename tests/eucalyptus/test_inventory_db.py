@@ -12,7 +12,7 @@ from pg import ROLE_PASSWORD, PgServer
 
 from _env import missing
 from euca2kvm.errors import ToolError, UsageError
-from euca2kvm.eucalyptus import db as dbmod
+from euca2kvm.eucalyptus import pgread
 from euca2kvm.eucalyptus.db import read_inventory_db
 from euca2kvm.eucalyptus.inventory import Inventory, VmType, load_inventory, save_inventory
 
@@ -150,10 +150,10 @@ def test_unix_socket_url(pg_shared: PgServer) -> None:
 
 
 def test_session_is_read_only(pg_shared: PgServer) -> None:
-    p = dbmod._parse_url(pg_shared.url("eucalyptus_shared"))
-    with pytest.raises(ToolError, match="read-only transaction"), dbmod._session(p, "eucalyptus_shared") as cur:
+    p = pgread.parse_url(pg_shared.url("eucalyptus_shared"))
+    with pytest.raises(ToolError, match="read-only transaction"), pgread.session(p, "eucalyptus_shared") as cur:
         cur.execute("CREATE TABLE eucalyptus_cloud.scratch (i int)")
-    with dbmod._session(p, "eucalyptus_shared") as cur:
+    with pgread.session(p, "eucalyptus_shared") as cur:
         cur.execute("SHOW transaction_read_only")
         assert cur.fetchone()[0] == "on"
         cur.execute("SHOW transaction_isolation")
@@ -161,9 +161,9 @@ def test_session_is_read_only(pg_shared: PgServer) -> None:
 
 
 def test_statement_timeout(pg_shared: PgServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dbmod, "STATEMENT_TIMEOUT_MS", 50)
-    p = dbmod._parse_url(pg_shared.url("eucalyptus_shared"))
-    with pytest.raises(ToolError, match="statement timeout"), dbmod._session(p, "eucalyptus_shared") as cur:
+    monkeypatch.setattr(pgread, "STATEMENT_TIMEOUT_MS", 50)
+    p = pgread.parse_url(pg_shared.url("eucalyptus_shared"))
+    with pytest.raises(ToolError, match="statement timeout"), pgread.session(p, "eucalyptus_shared") as cur:
         cur.execute("SELECT pg_sleep(2)")
 
 

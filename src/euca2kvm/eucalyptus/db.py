@@ -17,13 +17,10 @@ a column a given release lacks reads as NULL instead of failing the whole invent
 from __future__ import annotations
 
 import datetime as _dt
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import FormatError, ToolError, UsageError
+from ..errors import UsageError
 from . import identity
 from .inventory import (
     FORMAT_VERSION,
@@ -37,16 +34,11 @@ from .inventory import (
     VmType,
     Volume,
 )
+from .pgread import MissingDatabase, Params, Tables, parse_url, session
 
-DEFAULT_PORT = 8777  # the CLC's PostgreSQL listens here, not on 5432
-CONNECT_TIMEOUT = 10  # seconds: an unreachable CLC fails fast instead of hanging the CLI
-STATEMENT_TIMEOUT_MS = 60_000  # one query on a big cloud's table takes well under a second
-LOCK_TIMEOUT_MS = 5_000  # never queue behind a running CLC's DDL for long
-MAX_ROWS = 500_000  # per table; far beyond any real cloud, bounds memory on hostile input
 SHARED_DB = "eucalyptus_shared"
 CLOUD = "eucalyptus_cloud"
 STORAGE = "eucalyptus_storage"
-_DB_MISSING = "3D000"  # SQLSTATE invalid_catalog_name
 
 _VOLUME_STATES = {
     "GENERATING": "creating", "EXTANT": "available", "BUSY": "in-use", "ANNIHILATING": "deleting",
@@ -56,127 +48,6 @@ _SNAPSHOT_STATES = {
     "GENERATING": "pending", "EXTANT": "completed", "ANNIHILATING": "deleting", "ANNIHILATED": "deleted",
     "FAIL": "failed", "ERROR": "error", "NIHIL": "unknown",
 }
-
-
-def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise ToolError("reading the database needs psycopg 3: pip install 'psycopg[binary]'") from e
-    return psycopg
-
-
-@dataclass(frozen=True)
-class _Params:
-    kwargs: dict[str, Any]
-    host: str
-    port: int
-    user: str
-    dbname: str | None
-    password: str | None
-
-    def where(self, dbname: str) -> str:
-        return f"{self.user}@{self.host}:{self.port}/{dbname}"
-
-    def scrub(self, message: str) -> str:
-        if self.password:
-            message = message.replace(self.password, "***")
-        return message.strip()
-
-
-def _parse_url(url: str) -> _Params:
-    psycopg = _psycopg()
-    try:
-        kw: dict[str, Any] = dict(psycopg.conninfo.conninfo_to_dict(url))
-    except psycopg.Error as e:
-        raise UsageError(
-            "malformed database URL (expected postgresql://USER[:PASSWORD]@HOST[:PORT][/DB])"
-        ) from e
-    kw["port"] = str(kw.get("port") or os.environ.get("PGPORT") or DEFAULT_PORT)
-    try:
-        port = int(str(kw["port"]))
-    except ValueError as e:
-        raise UsageError(f"database URL: bad port {kw['port']!r}") from e
-    kw.setdefault("connect_timeout", str(CONNECT_TIMEOUT))
-    kw.setdefault("application_name", "euca2kvm")
-    dbname = kw.pop("dbname", None) or None
-    return _Params(kwargs=kw, host=str(kw.get("host") or kw.get("hostaddr") or "local socket"), port=port,
-                   user=str(kw.get("user") or "(current user)"), dbname=dbname, password=kw.get("password"))
-
-
-@contextmanager
-def _session(p: _Params, dbname: str) -> Iterator[Any]:
-    """A connection in one read-only, repeatable-read transaction; yields a cursor."""
-    psycopg = _psycopg()
-    try:
-        conn = psycopg.connect(dbname=dbname, autocommit=True, **p.kwargs)
-    except psycopg.Error as e:
-        if getattr(e, "sqlstate", None) == _DB_MISSING or f'database "{dbname}" does not exist' in str(e):
-            raise _MissingDatabase(dbname) from e
-        raise ToolError(f"cannot connect to PostgreSQL {p.where(dbname)}: {p.scrub(str(e))}") from None
-    try:
-        conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-        conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
-        conn.execute("SET default_transaction_read_only = on")
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield cur
-    except psycopg.Error as e:
-        raise ToolError(f"query on PostgreSQL {p.where(dbname)} failed: {p.scrub(str(e))}") from None
-    finally:
-        conn.close()
-
-
-class _MissingDatabase(Exception):
-    def __init__(self, dbname: str) -> None:
-        super().__init__(dbname)
-        self.dbname = dbname
-
-
-class _Tables:
-    """Reads rows of one schema, tolerating missing optional tables and columns."""
-
-    def __init__(self, cur: Any, schema: str, where: str) -> None:
-        self.cur = cur
-        self.schema = schema
-        self.where = where
-        self.absent: dict[str, set[str]] = {}  # table -> wanted columns this release lacks
-
-    def columns(self, table: str) -> set[str] | None:
-        self.cur.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-            (self.schema, table),
-        )
-        cols = {str(r[0]) for r in self.cur.fetchall()}
-        return cols or None
-
-    def rows(self, table: str, wanted: list[str], required: bool = False) -> list[dict[str, Any]]:
-        from psycopg import sql
-
-        have = self.columns(table)
-        if have is None:
-            if required:
-                raise FormatError(f"table {self.schema}.{table} not found: not a Eucalyptus database",
-                                  path=self.where)
-            return []
-        present = [c for c in wanted if c in have]
-        self.absent[table] = set(wanted) - have
-        if not present:
-            return []
-        query = sql.SQL("SELECT {} FROM {} LIMIT {}").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in present),
-            sql.Identifier(self.schema, table),
-            sql.Literal(MAX_ROWS + 1),
-        )
-        self.cur.execute(query)
-        out = [dict.fromkeys(wanted) | dict(zip(present, r, strict=True)) for r in self.cur.fetchall()]
-        if len(out) > MAX_ROWS:
-            raise FormatError(f"table {self.schema}.{table} has more than {MAX_ROWS} rows", path=self.where)
-        return out
-
-    def schema_exists(self) -> bool:
-        self.cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,))
-        return self.cur.fetchone() is not None
 
 
 def _s(v: Any) -> str | None:
@@ -209,7 +80,7 @@ def _vm_state(v: Any) -> str | None:
     return None if s is None else s.lower().replace("_", "-")  # SHUTTING_DOWN -> shutting-down
 
 
-def _read_cloud(t: _Tables) -> tuple[list[Instance], list[Volume], list[Snapshot]]:
+def _read_cloud(t: Tables) -> tuple[list[Instance], list[Volume], list[Snapshot]]:
     vm_types = {
         _s(r["id"]): VmType(name=_s(r["config_vm_type_name"]) or "?", cpus=_i(r["config_vm_type_cpu"]),
                             memory_mib=_i(r["config_vm_type_memory"]), disk_gib=_i(r["config_vm_type_disk"]))
@@ -287,7 +158,7 @@ class _StorageData:
     backend: dict[str, Any]  # Inventory's ceph_* and san_volumes fields
 
 
-def _read_storage(t: _Tables) -> _StorageData:
+def _read_storage(t: Tables) -> _StorageData:
     sc_volumes = t.rows("volumes", ["id", "volume_name", "size", "status", "zone", "snapshot_id", "sc_name"],
                         required=True)
     sc_snapshots = t.rows("snapshots", ["snapshot_name", "volume_name", "status", "snapshot_size_gb",
@@ -314,7 +185,7 @@ def _read_storage(t: _Tables) -> _StorageData:
                         dirs[0] if dirs else None, das, {**_ceph(t), **_san(t)})
 
 
-def _ceph(t: _Tables) -> dict[str, Any]:
+def _ceph(t: Tables) -> dict[str, Any]:
     """The ceph-rbd backend's settings (CephRbdInfo: storage.cephvolumepools/cephsnapshotpools are
     comma-separated pool lists, storage.cephuser the cephx user); empty when the table is absent."""
     rows = t.rows("ceph_rbd_info", ["ceph_volume_pools", "ceph_snapshot_pools", "ceph_user", "ceph_config_file",
@@ -327,7 +198,7 @@ def _ceph(t: _Tables) -> dict[str, Any]:
             "ceph_conf": _s(r["ceph_config_file"]), "ceph_keyring": _s(r["ceph_keyring_file"])}
 
 
-def _san(t: _Tables) -> dict[str, Any]:
+def _san(t: Tables) -> dict[str, Any]:
     """SAN backends' LUNs (SANVolumeInfo, table san_volume_info): the LUN name is ``san_volume_id`` (the
     array's resourceprefix + volume id + resourcesuffix; rows from before 4.0 lack it: the volume id). The
     CHAP user and password (storeuser, encryptedpassword) are not read."""
@@ -384,24 +255,24 @@ def _merge(
     return sorted(by_id.values(), key=lambda v: v.id), sorted(snaps.values(), key=lambda s: s.id)
 
 
-def _read_pair(p: _Params, cloud: tuple[str, str], storage: tuple[str, str]) -> tuple[Any, _StorageData]:
+def _read_pair(p: Params, cloud: tuple[str, str], storage: tuple[str, str]) -> tuple[Any, _StorageData]:
     (cloud_db, cloud_schema), (storage_db, storage_schema) = cloud, storage
     if cloud_db == storage_db:
-        with _session(p, cloud_db) as cur:
+        with session(p, cloud_db) as cur:
             for schema in (cloud_schema, storage_schema):
-                if not _Tables(cur, schema, p.where(cloud_db)).schema_exists():
+                if not Tables(cur, schema, p.where(cloud_db)).schema_exists():
                     raise UsageError(f"database {p.where(cloud_db)} has no schema {schema}: "
                                      "not a Eucalyptus 4.1+ database")
-            return (_read_cloud(_Tables(cur, cloud_schema, p.where(cloud_db))),
-                    _read_storage(_Tables(cur, storage_schema, p.where(cloud_db))))
-    with _session(p, cloud_db) as cur:
-        c = _read_cloud(_Tables(cur, cloud_schema, p.where(cloud_db)))
-    with _session(p, storage_db) as cur:
-        s = _read_storage(_Tables(cur, storage_schema, p.where(storage_db)))
+            return (_read_cloud(Tables(cur, cloud_schema, p.where(cloud_db))),
+                    _read_storage(Tables(cur, storage_schema, p.where(cloud_db))))
+    with session(p, cloud_db) as cur:
+        c = _read_cloud(Tables(cur, cloud_schema, p.where(cloud_db)))
+    with session(p, storage_db) as cur:
+        s = _read_storage(Tables(cur, storage_schema, p.where(storage_db)))
     return c, s
 
 
-def _read_layout(p: _Params) -> tuple[Any, _StorageData, str, str]:
+def _read_layout(p: Params) -> tuple[Any, _StorageData, str, str]:
     shared = ((SHARED_DB, CLOUD), (SHARED_DB, STORAGE))
     separate = ((CLOUD, "public"), (STORAGE, "public"))
     if p.dbname in (CLOUD, STORAGE):
@@ -414,7 +285,7 @@ def _read_layout(p: _Params) -> tuple[Any, _StorageData, str, str]:
     for name, (cloud, storage) in layouts:
         try:
             c, s = _read_pair(p, cloud, storage)
-        except _MissingDatabase as e:
+        except MissingDatabase as e:
             missing.append(e.dbname)
             continue
         db = cloud[0] if cloud[0] == storage[0] else f"{{{cloud[0]},{storage[0]}}}"
@@ -430,7 +301,7 @@ def read_inventory_db(url: str) -> Inventory:
     Raises UsageError (bad URL, not a Eucalyptus database), ToolError (connection or query
     failure; the message names user, host, port and database, never the password).
     """
-    p = _parse_url(url)
+    p = parse_url(url)
     (instances, volumes, snapshots), storage, layout, db = _read_layout(p)
     volumes, snapshots = _merge(volumes, snapshots, storage)
     return Inventory(
