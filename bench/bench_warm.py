@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -78,12 +79,17 @@ def evict(paths: list[Path]) -> None:
                 os.close(fd)
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+def timed(argv: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run ``argv`` (after writeback and, with --evict, the fixture's pages released): its wall, user
+    and system seconds (the rusage of the one child reaped meanwhile)."""
     os.sync()  # the previous command's writeback is not charged to this one
     evict(EVICT)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=3600)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall": wall, "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime}
 
 
 def change(container: Path, size: int, fraction: float, rnd: random.Random) -> int:
@@ -105,6 +111,8 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--evict", action="store_true",
                     help="cold: release the container's and images' cached pages before each timed command")
+    ap.add_argument("--baseline-src", metavar="DIR",
+                    help="also time both syncs of the euca2kvm in DIR (its src/ on PYTHONPATH), interleaved")
     args = ap.parse_args()
     size = parse_size(args.size) // EXTENT * EXTENT
     work = Path(args.workdir)
@@ -114,46 +122,74 @@ def main() -> int:
     subprocess.run(["cat", str(container)], stdout=subprocess.DEVNULL, check=True)  # page cache
     if args.evict:
         EVICT.extend([container, out / f"{VOL}.raw", full / f"{VOL}.raw"])
-    warm_s = timed([*exe, "export", VOL, "-s", str(vols), "-o", str(out), "--warm", "--overwrite"])
+    warm_s = timed([*exe, "export", VOL, "-s", str(vols), "-o", str(out), "--warm", "--overwrite"])["wall"]
     io = work / "io"
     env = {**os.environ, "IO_REPORT": str(io)}
     rnd = random.Random()  # not seeded: a reused workdir must see new bytes written, not the last run's again
     rows: list[dict[str, float]] = []
+
+    def row(name: str, t: dict[str, float]) -> dict[str, float]:
+        return {f"{name}_s": t["wall"], f"{name}_user_s": t["user"], f"{name}_sys_s": t["sys"]}
+
+    base_env = ({**os.environ, "PYTHONPATH": str(Path(args.baseline_src).resolve() / "src")}
+                if args.baseline_src else None)
+    sync_argv = [*exe, "export", VOL, "-s", str(vols), "-o", str(out), "--sync"]
+
+    def warmed() -> None:
+        """Page-cached runs: the container and the image read into the page cache again (the full export
+        of the run before, 8 GiB written, may have pushed them out of a small one)."""
+        if not args.evict:
+            subprocess.run(["cat", str(container), str(out / f"{VOL}.raw")], stdout=subprocess.DEVNULL, check=True)
+
     for _ in range(args.runs):
+        warmed()
         changed = change(container, size, args.changed, rnd)
-        cat_s = timed(["cat", str(container)])
-        sync_s = timed([sys.executable, "-c", MEASURED, "export", VOL, "-s", str(vols), "-o", str(out), "--sync"],
-                       env=env)
+        cat = timed(["cat", str(container)])
+        sync = timed([sys.executable, "-c", MEASURED, "export", VOL, "-s", str(vols), "-o", str(out), "--sync"],
+                     env=env)
         counters = dict(ln.split(": ") for ln in io.read_text().splitlines())
         entry = next(v for v in json.loads((out / "manifest.json").read_text())["volumes"] if v["id"] == VOL)
         change(container, size, args.changed, rnd)  # the same amount again, for the sync without read-back
-        subprocess.run(["cat", str(container)], stdout=subprocess.DEVNULL, check=True)
-        sync_nv_s = timed([*exe, "export", VOL, "-s", str(vols), "-o", str(out), "--sync", "--no-verify"])
-        full_s = timed([*exe, "export", VOL, "-s", str(vols), "-o", str(full), "--overwrite"])
+        if not args.evict:
+            subprocess.run(["cat", str(container)], stdout=subprocess.DEVNULL, check=True)
+        sync_nv = timed([*exe, "export", VOL, "-s", str(vols), "-o", str(out), "--sync", "--no-verify"])
+        base: dict[str, float] = {}
+        if base_env is not None:  # the same workload for the baseline: as many blocks changed before each
+            for name, extra in (("base_sync", []), ("base_sync_no_verify", ["--no-verify"])):
+                change(container, size, args.changed, rnd)
+                warmed()
+                base.update(row(name, timed([*sync_argv, *extra], env=base_env)))
+        full_t = timed([*exe, "export", VOL, "-s", str(vols), "-o", str(full), "--overwrite"])
+        os.sync()
+        evict([full / f"{VOL}.raw"])  # its 8 GiB of pages would push the container out of a small page cache
         d = entry["delta"]
         assert d["blocks_changed"] == changed, (d, changed)
-        rows.append({"cat_s": cat_s, "sync_s": sync_s, "sync_no_verify_s": sync_nv_s,
-                     "full_export_s": full_s, "sync_verify_s": d["verify_seconds"],
+        rows.append({**row("cat", cat), **row("sync", sync), **row("sync_no_verify", sync_nv),
+                     **row("full_export", full_t), **base, "sync_verify_s": d["verify_seconds"],
                      "sync_delta_s": d["seconds"] - d["verify_seconds"], "changed_bytes": changed * BLOCK,
                      "bytes_written": d["bytes_written"], "write_bytes": int(counters["write_bytes"]),
                      "wchar": int(counters["wchar"])})
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     res = {"size": size, "changed_fraction": args.changed, "runs": args.runs, "cold": args.evict,
-           "warm_pass_s": round(warm_s, 3),
+           "warm_pass_s": round(warm_s, 3), "load": os.getloadavg(),
            "median": med, "sync_over_cat": med["sync_s"] / med["cat_s"],
            "sync_delta_over_cat": med["sync_delta_s"] / med["cat_s"],
            "sync_over_full_export": med["sync_s"] / med["full_export_s"],
            "sync_no_verify_over_cat": med["sync_no_verify_s"] / med["cat_s"],
            "written_over_changed": med["write_bytes"] / med["changed_bytes"]}
     print(f"{size >> 20} MiB, {args.changed:.1%} of blocks changed, {args.runs} run(s), "
-          f"{'cold (evicted)' if args.evict else 'page-cached'}, warm pass {warm_s:.2f} s")
-    for k, v in med.items():
-        print(f"  {k:16} {v:,.3f}" if k.endswith("_s") else f"  {k:16} {int(v):,}")
-    print(f"  sync / cat             {res['sync_over_cat']:.2f}  (digest pass + rewrite / cat "
-          f"{res['sync_delta_over_cat']:.2f}; a raw image is verified within that pass)")
+          f"{'cold (evicted)' if args.evict else 'page-cached'}, warm pass {warm_s:.2f} s, "
+          f"load {res['load'][0]:.2f}")
+    print(f"  {'median seconds':22} {'wall':>8} {'user':>8} {'sys':>8} {'wall/cat':>9}")
+    for name in ("cat", "sync", "sync_no_verify", "full_export", *(["base_sync", "base_sync_no_verify"]
+                                                                    if base_env is not None else [])):
+        print(f"  {name:22} {med[name + '_s']:8.3f} {med[name + '_user_s']:8.3f} {med[name + '_sys_s']:8.3f} "
+              f"{med[name + '_s'] / med['cat_s']:9.2f}")
+    print(f"  sync's digest pass + rewrite {med['sync_delta_s']:.3f} s, separate verification "
+          f"{med['sync_verify_s']:.3f} s (a raw image is verified within the digest pass)")
     print(f"  sync / full export     {res['sync_over_full_export']:.2f}")
-    print(f"  sync --no-verify / cat {res['sync_no_verify_over_cat']:.2f}")
-    print(f"  write_bytes / changed  {res['written_over_changed']:.4f}")
+    print(f"  write_bytes / changed  {res['written_over_changed']:.4f}  ({int(med['write_bytes']):,} of "
+          f"{int(med['changed_bytes']):,}; the sync's own count {int(med['bytes_written']):,})")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0

@@ -15,13 +15,16 @@ instance is stopped (in-use checks back on), run :func:`delta_pass`:
 4. the source is checked as after any export (size, inode, LVM metadata; ``--sync`` also its times:
    nothing may write it any more), the whole image is verified, and the entry records the new
    sidecar, the digest, ``"consistent": true`` for ``--sync`` (false for another warm pass) and what
-   the pass read and wrote. ``--sync`` of a raw image verifies in the digest pass itself: each block
-   of the image is read beside the source's and compared byte for byte (:class:`_AgainstImage`; a
-   ``memcmp``, not a second digest pass); a block that differs though its digest did not change (the
-   image damaged) fails (exit 6), the rewritten blocks are read back. Other formats, and warm delta
-   passes that rewrote blocks, digest the whole image again afterwards. ``--sync --no-verify`` reads
-   only the source and records ``"verified": false``: the rewritten blocks were digested as they
-   were written, the others are trusted to be what the earlier passes wrote.
+   the pass read and wrote. ``--sync`` of a raw image verifies in the source's one pass instead of
+   hashing it: the image is read by its own thread beside the source, each block compared byte for
+   byte (:class:`_AgainstImage`, a ``memcmp``), and only the blocks that differ (or whose digest the
+   sidecar does not know) are hashed, to tell a changed source block from a damaged image block (its
+   digest unchanged: exit 6); a block both hold keeps the sidecar's digest. The rewritten blocks are
+   read back. Warm delta passes of a raw image are verified the same way; other formats digest the
+   whole image again afterwards (a warm delta pass only when it rewrote blocks). ``--sync
+   --no-verify`` reads only the source, hashed, and records ``"verified": false``: the rewritten
+   blocks were digested as they were written, the others are trusted to be what the earlier passes
+   wrote.
 
 Raw images are written with ``pwrite``, other uncompressed formats (qcow2, vmdk...) through
 ``qemu-nbd`` in write mode (:mod:`.nbdwrite`), both in place: the published image is the work
@@ -36,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import queue
 import stat
 import threading
 import time
@@ -100,13 +104,20 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
 
     cur = list(car.digests)
     written = reread = 0
-    # --sync of a raw image: the image is compared with the source in the digest pass (one pass)
-    one_pass = final and opts.verify and fmt == "raw"
+    # a raw image is compared with the source in the source's one pass (--sync and warm delta passes)
+    one_pass = opts.verify and fmt == "raw"
     with OutDir(outdir) as od, od.work(out.name):  # the claim: no other run writes this output meanwhile
         with _image_writer(od, out, size, fmt) as (write, image_fd):
-            against = _AgainstImage(source, image_fd) if one_pass and image_fd is not None else None
-            res = copy_blocks(against or source, None, workers=opts.workers, name=src.id, algorithm=algo,
-                              progress=progress, on_read=on_read, on_block=took)
+            against = _AgainstImage(source, image_fd, car.digests, algo) if one_pass and image_fd is not None else None
+            try:  # against the image: compared, not hashed (the blocks that differ are hashed as read)
+                res = copy_blocks(against or source, None, workers=opts.workers, name=src.id, algorithm=algo,
+                                  digest=against is None, progress=progress, on_read=on_read,
+                                  on_block=None if against is not None else took)
+            finally:
+                if against is not None:
+                    against.close()
+            if against is not None:
+                new = [against.digest(i) for i in range(len(new))]
             changed = [i for i, d in enumerate(new) if d != car.digests[i]]
             damaged = sorted(against.differ.difference(changed)) if against is not None else []
             if damaged:  # the image differs where neither the source nor the sidecar says it changed
@@ -129,14 +140,14 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                     cur[i] = d
                     written += write(i * DIGEST_BLOCK, view)
                     reread += got
-                    if against is not None and not against.same(i * DIGEST_BLOCK, view):  # read back
+                    if against is not None and image_fd is not None and not holds(image_fd, i * DIGEST_BLOCK, view):
                         manifest.record(outdir, {**entry, "consistent": False, "sync_in_progress": True})
                         raise VerifyError(f"{src.id}: block {i} of {out} does not read back as written; export "
                                           "it again with --overwrite")
         check_unchanged(src, state, warm=not final)
         car = sidecar.Sidecar(algo, size, cur)
         digest = car.folded()
-        if final and digest != res.digest:
+        if final and against is None and digest != res.digest:
             raise AssertionError("a final pass whose blocks all match folds to the source's digest")
         checked = time.time()
         if opts.verify and (changed or final) and against is None:
@@ -163,7 +174,8 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
         if final:
             done["synced_at"] = utc(ended)
             done["verified"] = opts.verify  # --sync --no-verify: the rewritten blocks were digested as written
-        manifest.record(outdir, done)
+        # flushed with the batch's manifest (manifest.flush) unless --fsync; the image and sidecar are already
+        manifest.record(outdir, done, fsync=opts.fsync)
     return done
 
 
@@ -207,18 +219,84 @@ def read_block(src: Source, i: int, buf: memoryview, algo: Algorithm) -> tuple[b
     return algo.of(view), view, got
 
 
-class _AgainstImage(AllData):
-    """The source as the mover reads it (all DATA: ZERO and HOLE ranges read as zeros), each read also
-    compared byte for byte with the raw image at the same offset: the whole image is verified in the
-    digest pass, against the source itself, at the cost of one more read and a ``memcmp`` per block
-    instead of a second digest pass. ``differ`` collects the blocks where they differ; ``read`` counts
-    the bytes read from the source (its holes not included)."""
+# Image blocks read ahead of the source's reader by the image's own reader thread (4 MiB buffers): enough
+# that the two reads overlap (the image's goes on while the source's block is read and compared),
+# 20 MiB of memory with the one being compared.
+IMAGE_AHEAD = 4
 
-    def __init__(self, source: BlockSource, image_fd: int) -> None:
-        self._src, self._fd = source, image_fd
-        self._local = threading.local()
-        self._lock = threading.Lock()
+
+class _ImageAhead:
+    """A raw image read front to back by its own thread (``fd_source``: a new read-only descriptor,
+    512 KiB calls, the kernel's sequential readahead, what was not cached dropped behind the reader),
+    at most :data:`IMAGE_AHEAD` blocks ahead of :meth:`take`, which must ask for the blocks in order.
+    The two files of a verified sync are then each read by one thread, in disk order, at once."""
+
+    def __init__(self, image_fd: int, size: int, name: str) -> None:
+        from ..lvm.source import fd_source
+
+        self._src = fd_source(image_fd, size, name)
+        self.size = size
+        self._free: queue.Queue[bytearray | None] = queue.Queue()
+        for _ in range(IMAGE_AHEAD + 1):
+            self._free.put(bytearray(DIGEST_BLOCK))
+        self._full: queue.Queue[tuple[int, bytearray | None, BaseException | None]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="image-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for lo in range(0, self.size, DIGEST_BLOCK):
+                buf = self._free.get()
+                if buf is None:  # closed
+                    return
+                self._src.read_into(lo, memoryview(buf)[: min(DIGEST_BLOCK, self.size - lo)])
+                self._full.put((lo, buf, None))
+        except BaseException as e:  # handed to the reader, which raises it
+            self._full.put((-1, None, e))
+
+    def take(self, lo: int) -> bytearray:
+        """The image's block at ``lo`` (give it back with :meth:`give_back`); what its read raised."""
+        at, buf, err = self._full.get()
+        if err is not None:
+            self._full.put((at, buf, err))  # every later take raises it too
+            raise err
+        assert buf is not None and at == lo, (at, lo)
+        return buf
+
+    def give_back(self, buf: bytearray) -> None:
+        self._free.put(buf)
+
+    def close(self) -> None:
+        self._free.put(None)
+        self._thread.join(timeout=CLOSE_WAIT_S)
+        if not self._thread.is_alive():
+            self._src.close()  # a read hung on the disk keeps its descriptor until it returns
+
+
+# How long closing waits for the image's reader to finish its current block (a hung disk must not hang
+# the pass; the thread is a daemon).
+CLOSE_WAIT_S = 10.0
+
+
+class _AgainstImage(AllData):
+    """The source as the mover reads it (all DATA: ZERO and HOLE ranges read as zeros), each block
+    compared byte for byte with the raw image's (read ahead by :class:`_ImageAhead`): the whole image
+    is verified in the source's one pass, against the source itself.
+
+    The comparison also decides what changed, so the blocks the image already holds are not hashed:
+    their digest is the sidecar's (the digest of what an earlier pass wrote there, the sidecar
+    checked against its sha256). Only a block that differs, or whose digest the sidecar does not
+    know (:data:`.sidecar.UNKNOWN`), is hashed: ``digests`` gets it, ``differ`` collects the blocks
+    that differ. So the pass costs two reads and a ``memcmp`` per block, no hash. ``read`` counts the
+    bytes read from the source (its holes not included). One reader, in disk order (``sequential``)."""
+
+    sequential = True
+
+    def __init__(self, source: BlockSource, image_fd: int, known: list[bytes], algo: Algorithm) -> None:
+        self._src, self._fd, self._known, self._algo = source, image_fd, known, algo
+        self._ahead = _ImageAhead(image_fd, source.size, source.name)
         self.differ: set[int] = set()
+        self.digests: dict[int, bytes] = {}
         self.read = 0
 
     @property
@@ -230,29 +308,23 @@ class _AgainstImage(AllData):
         return self._src.size
 
     def read_into(self, offset: int, view: memoryview) -> None:
-        got = fill_block(self._src, offset, view, block_data(self._src, offset, offset + len(view), self._src.name))
-        same = self.same(offset, view)
-        with self._lock:
-            self.read += got
-            if not same:
-                self.differ.add(offset // DIGEST_BLOCK)
+        # called once per block, in order (AllData: one DATA range per block; ``sequential``)
+        self.read += fill_block(self._src, offset, view, block_data(self._src, offset, offset + len(view),
+                                                                     self._src.name))
+        img = self._ahead.take(offset)
+        try:
+            same = img.startswith(view)  # a memcmp; comparing memoryviews goes element by element
+        finally:
+            self._ahead.give_back(img)
+        i = offset // DIGEST_BLOCK
+        if not same:
+            self.differ.add(i)
+        if not same or self._known[i] == sidecar.UNKNOWN:
+            self.digests[i] = self._algo.of(view)
 
-    def same(self, offset: int, view: memoryview) -> bool:
-        """Whether the image holds ``view`` at ``offset`` (at most one digest block)."""
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = bytearray(DIGEST_BLOCK)
-        img = memoryview(buf)[: len(view)]
-        pos = 0
-        while pos < len(img):
-            try:
-                n = os.preadv(self._fd, [img[pos : pos + SYSCALL_BYTES]], offset + pos)
-            except OSError as e:
-                raise IOFailure(f"read of the image at offset {offset + pos} failed: {e.strerror}") from e
-            if n == 0:
-                raise IOFailure(f"the image ends at offset {offset + pos}, before the disk's {self.size} bytes")
-            pos += n
-        return buf.startswith(view)  # a memcmp; comparing memoryviews goes element by element
+    def digest(self, i: int) -> bytes:
+        """Block ``i``'s digest after the pass: hashed if it differed or was unknown, else the sidecar's."""
+        return self.digests.get(i, self._known[i])
 
     def abort(self) -> None:
         stop = getattr(self._src, "abort", None)
@@ -260,4 +332,21 @@ class _AgainstImage(AllData):
             stop()
 
     def close(self) -> None:
-        pass
+        self._ahead.close()
+
+
+def holds(fd: int, offset: int, view: memoryview) -> bool:
+    """Whether the raw image open as ``fd`` holds ``view`` at ``offset`` (at most one digest block): the
+    read back of a rewritten block."""
+    buf = bytearray(len(view))
+    img = memoryview(buf)
+    pos = 0
+    while pos < len(img):
+        try:
+            n = os.preadv(fd, [img[pos : pos + SYSCALL_BYTES]], offset + pos)
+        except OSError as e:
+            raise IOFailure(f"read of the image at offset {offset + pos} failed: {e.strerror}") from e
+        if n == 0:
+            raise IOFailure(f"the image ends at offset {offset + pos}, before the rewritten block's end")
+        pos += n
+    return buf == view
