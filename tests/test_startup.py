@@ -83,3 +83,24 @@ def test_raw_export_loads_no_validator_process_runner_or_conversion(tmp_path: Pa
     never = EXPORT_NEVER + (() if shutil.which("tgtadm") else ("euca2kvm.procs",))
     assert heavy(mods, never) == []
     assert sorted(v["id"] for v in json.loads((out / "manifest.json").read_text())["volumes"]) == vols
+
+
+def test_start_up_runs_without_the_collector_and_the_command_with_it(tmp_path: Path) -> None:
+    """``run`` keeps the collector off while the command line is imported and parsed (its passes over
+    start-up's objects cost more than a small export), on while the command runs, and frozen for the
+    exit; atexit handlers still run and the exit code is kept."""
+    code = ("import atexit, gc, sys\nfrom euca2kvm.cli import run, scan_cmd\n"
+            "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0, flush=True))\n"
+            "real = scan_cmd.do_scan\n"
+            "def do_scan(args):\n    print('collector', gc.isenabled(), flush=True)\n    return real(args)\n"
+            "scan_cmd.do_scan = do_scan\n"
+            f"sys.argv = ['euca2kvm', 'scan', '-s', {str(tmp_path)!r}, '--json']\nrun()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    lines = p.stdout.splitlines()
+    assert lines[0] == "collector True" and lines[-1] == "frozen True"
+    assert json.loads("\n".join(lines[1:-1]))["volumes"] == []
+    # python -m euca2kvm (the collector off before the command line is imported): a usage error is still exit 2
+    p = subprocess.run([sys.executable, "-m", "euca2kvm", "scan", "--no-such-option"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr

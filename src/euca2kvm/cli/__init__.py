@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import importlib
 import logging
 import signal
@@ -124,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.excepthook = _excepthook
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    if not gc.isenabled():  # start-up ran without the collector (run, __main__): back on for the command
+        start_up_done()
     level = logging.WARNING - 10 * min(args.verbose, 2)
     handler = logging.StreamHandler()
     handler.setFormatter(VisibleFormatter("%(levelname)s %(threadName)s %(name)s: %(message)s"))
@@ -148,5 +151,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         close_backends()  # here, not in atexit: the connection outlives no reader and no interpreter state
 
 
+def start_up_done() -> None:
+    """The collector on again, with what start-up made (modules, classes, the parser: alive until the exit)
+    moved out of its reach, so that the command's collections look at the command's objects only."""
+    gc.freeze()
+    gc.enable()
+
+
 def run() -> None:
-    sys.exit(main())
+    # Start-up (the imports, the parser) makes ~17k tracked objects that live until the exit and no
+    # garbage worth collecting, yet ran 33 collections in an RBD export (16-120 ms on this machine under
+    # load). ``python -m euca2kvm`` turns the collector off before importing the command line, this
+    # before building the parser; main() turns it back on once the arguments are parsed.
+    gc.disable()
+    rc = main()
+    # The interpreter's exit would then collect every object the run imported or made, several passes
+    # over all of them: 87 ms of the exit of an RBD export on this 2-core machine under load (23 ms
+    # frozen), more than its copy of a small volume. Nothing needs those passes: the command closed what
+    # it opened, modules are still cleared, atexit handlers and weakref finalizers still run; only
+    # cyclic garbage is left to the OS.
+    gc.freeze()
+    sys.exit(rc)
