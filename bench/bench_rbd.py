@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Ceph RBD benchmark (issue 16's Performance), same run, medians:
 
-    python bench/bench_rbd.py [--dense-mib 1024] [--runs 3] [--json FILE]
+    python bench/bench_rbd.py [--dense-mib 1024] [--runs 3] [--json FILE] [--baseline-src DIR]
 
 On a throw-away single-node cluster (tests/rbd/cluster.py: one mon, one memstore OSD on 127.0.0.1):
 
@@ -16,6 +16,9 @@ On a throw-away single-node cluster (tests/rbd/cluster.py: one mon, one memstore
   lib     the library choice: reading the dense image through librbd (ctypes, 1 and 4 threads) against
           ``rbd export`` to /dev/null, and the extent query (``rbd_diff_iterate2``) against
           ``rbd diff --format json``
+
+``--baseline-src DIR`` also times the dense and the small export by the euca2kvm in DIR (its src/ on
+PYTHONPATH: a checkout of an earlier commit), interleaved with the others, as ``*_baseline``.
 
 Commands run interleaved, ``--runs`` rounds after one warm-up; medians of wall time and of CPU time
 (user + system of this process and its children: the cluster's daemons are not counted). euca2kvm runs
@@ -72,6 +75,7 @@ def main() -> int:
     ap.add_argument("--dense-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--baseline-src", metavar="DIR", help="also time the euca2kvm in DIR (its src/), interleaved")
     a = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="euca2kvm-bench-rbd-"))
     c = cc.start(base)
@@ -89,12 +93,17 @@ def main() -> int:
         ceph = c.cli_args(ro=True)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
+        base_env = None
+        if a.baseline_src:
+            base_env = {**env, "PYTHONPATH": str(Path(a.baseline_src).resolve() / "src"),
+                        "PYTHONPYCACHEPREFIX": str(base / "pycache-baseline")}
 
-        def ours(img: str) -> Callable[[], None]:
+        def ours(img: str, tree_env: dict[str, str] = env) -> Callable[[], None]:
             def go() -> None:
                 for f in out.glob("*"):
                     f.unlink()
-                run(sys.executable, "-m", "euca2kvm", "export", img, "-s", "rbd:rbd", *ceph, "-o", str(out), env=env)
+                run(sys.executable, "-m", "euca2kvm", "export", img, "-s", "rbd:rbd", *ceph, "-o", str(out),
+                    env=tree_env)
                 run("sync", str(out / f"{img}.raw"))
             return go
 
@@ -141,6 +150,8 @@ def main() -> int:
                 "cli_diff_json": lambda: run("rbd", "-c", str(c.conf), "--id", "ro", "--keyring", str(c.ro_keyring),
                                              *cc.NO_ATIME, "diff", "--format", "json", f"rbd/{dense}"),
             }
+            if base_env is not None:
+                cases["dense_baseline"], cases["small_dense_baseline"] = ours(dense, base_env), ours(small, base_env)
             times: dict[str, list[float]] = {k: [] for k in cases}
             cpus: dict[str, list[float]] = {k: [] for k in cases}
             for r in range(a.runs + 1):
