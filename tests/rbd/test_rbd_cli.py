@@ -80,16 +80,19 @@ def test_raw_export_of_every_volume_matches_rbd_export(ceph: cc.Cluster, tmp_pat
     assert before == {n: (out / f"{n}.raw").stat().st_mtime_ns for n in again}
 
 
-def test_export_of_one_volume_loads_no_lvm_reader(ceph: cc.Cluster, tmp_path: Path) -> None:
-    """An RBD export never loads the LVM reader: start-up is part of every export's time."""
+# Never loaded by an RBD export into a fresh OUTDIR: start-up is part of every export's time.
+RBD_EXPORT_NEVER = ("euca2kvm.lvm", "importlib.resources", "jsonschema")
+
+
+def test_export_of_one_volume_loads_no_lvm_reader_nor_schema(ceph: cc.Cluster, tmp_path: Path) -> None:
     out = outdir(tmp_path)
     code = ("import json, sys\nfrom euca2kvm.cli import main\n"
             f"rc = main({['export', cc.DENSE, '-s', 'rbd:rbd', *ceph.cli_args(ro=True), '-o', str(out)]!r})\n"
-            "print(json.dumps([rc, sorted(m for m in sys.modules if m.startswith('euca2kvm.lvm'))]))")
+            f"print(json.dumps([rc, sorted(m for m in sys.modules if m.startswith({RBD_EXPORT_NEVER!r}))]))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
-    rc, lvm = json.loads(p.stdout.splitlines()[-1])
-    assert rc == 0 and lvm == []
+    rc, loaded = json.loads(p.stdout.splitlines()[-1])
+    assert rc == 0 and loaded == []
     assert sha(out / f"{cc.DENSE}.raw") == ceph.images[cc.DENSE]
     assert (out / "victim.bin").read_bytes() == GARBAGE
 

@@ -27,7 +27,6 @@ import os
 import re
 import stat
 import threading
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +111,7 @@ def _validators() -> tuple[Any, Any]:
 def _build_validators() -> tuple[Any, Any]:
     import jsonschema  # here: only commands reading a manifest pay for the import
 
-    text = resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    text = _schema_text()
     full = json.loads(text)
     cls = jsonschema.validators.validator_for(full)
     cls.check_schema(full)
@@ -123,9 +122,14 @@ def _build_validators() -> tuple[Any, Any]:
 
 def schema() -> dict[str, Any]:
     """The manifest's JSON Schema, as shipped."""
-    text = resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
+    schema: dict[str, Any] = json.loads(_schema_text())
     return schema
+
+
+def _schema_text() -> str:
+    from importlib import resources  # here: an export that writes its own manifest never loads it
+
+    return resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
 
 
 def written(raw: bytes) -> None:
