@@ -8,23 +8,19 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from _env import need_root, need_tools
+from clirun import euca2kvm
 from euca2kvm.errors import EXIT_FORMAT, EXIT_IN_USE, EXIT_USAGE
 
 Fixtures = tuple[Path, dict[str, Any]]
 
 
-def run(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([sys.executable, "-m", "euca2kvm", *args], capture_output=True, text=True, timeout=300)
-    if check is not None:
-        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
-    return p
+run = euca2kvm
 
 
 def test_help_lists_exit_codes() -> None:

@@ -12,13 +12,13 @@ import json
 import random
 import string
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from _env import need_root, need_tools
+from clirun import euca2kvm
 
 MiB = 1 << 20
 VOLUMES = {
@@ -29,11 +29,7 @@ VOLUMES = {
 PATCH = 96 * 1024
 
 
-def run(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([sys.executable, "-m", "euca2kvm", *args], capture_output=True, text=True, timeout=300)
-    if check is not None:
-        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
-    return p
+run = euca2kvm
 
 
 @pytest.fixture(scope="module")

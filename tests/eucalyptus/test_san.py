@@ -20,6 +20,7 @@ import pytest
 from pg import PgServer
 
 from _env import need_root, need_tools
+from clirun import euca2kvm
 from euca2kvm.errors import EXIT_FORMAT, EXIT_IN_USE, EXIT_USAGE
 from euca2kvm.eucalyptus import san
 from euca2kvm.eucalyptus.db import read_inventory_db
@@ -30,19 +31,12 @@ from test_schemas import errors as schema_errors
 MiB = 1 << 20
 LUN_BYTES = 6 * MiB
 # Exports of a few MiB take about a second; minutes mean a hang.
-CLI_TIMEOUT_S = 300
 GARBAGE = b"\xa5" * 4096
 VID = "vol-5a000001"
 IQN = "iqn.1992-08.com.netapp:sn.4082367740:vs.3"
 
 
-def cli(*args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([sys.executable, "-m", "euca2kvm", *args], capture_output=True, text=True,
-                       timeout=CLI_TIMEOUT_S)
-    assert "Traceback" not in p.stderr, p.stderr[-3000:]
-    if check is not None:
-        assert p.returncode == check, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
-    return p
+cli = euca2kvm
 
 
 

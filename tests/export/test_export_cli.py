@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from _env import need_root, need_tools
+from clirun import euca2kvm
 from euca2kvm.errors import EXIT_IO, EXIT_SIGINT, EXIT_VERIFY
 from euca2kvm.eucalyptus.discovery import discover
 from euca2kvm.export import qemu_img
@@ -32,11 +33,7 @@ FORMATS = [("raw", []), ("qcow2", []), ("qcow2", ["--compress"]), ("vmdk", []),
 EXT = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhdx": "vhdx", "vpc": "vhd", "vdi": "vdi"}
 
 
-def cli(*args: str, check: int | None = 0, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([sys.executable, "-m", "euca2kvm", *args], capture_output=True, text=True, timeout=timeout)
-    if check is not None:
-        assert p.returncode == check, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
-    return p
+cli = euca2kvm
 
 
 def reference(root: Path, scenario: str, ident: str, dest: Path) -> Path:
