@@ -15,6 +15,8 @@ writes (and, for ``dr-``, the reads):
   dw4M-wN      O_DIRECT writes of one 4 MiB call per block, N writers in flight (no lock)
   dw1M-wN      O_DIRECT writes of 1 MiB calls, N writers in flight
   dr-dw4M-wN   O_DIRECT reads and writes of 4 MiB, N threads each reading then writing a block
+  buf-kN       buf, and after every N MiB written (4, 16, 64) ``sync_file_range(SYNC_FILE_RANGE_WRITE)``
+               of them: their writeback starts while the copy goes on (a "kick"; the writer never waits)
   qemu-img     ``qemu-img convert -f raw -O raw`` (and ``-t none``, ``-T none -t none``)
   dd           ``dd bs=1M``
 
@@ -76,6 +78,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 KiB = 1 << 10
@@ -105,11 +108,26 @@ def _pwrite_calls(fd: int, view: memoryview, off: int, call: int) -> None:
         done += n
 
 
+SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of the range's dirty pages, do not wait
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int]:
+    import ctypes
+
+    fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
 def own_copy(src: Path, out: Path, size: int, variant: str, cold: bool, hash_: bool) -> tuple[float, float, float]:
     """(wall, user, system) seconds of one copy by this process."""
     import blake3
 
-    direct_write = variant != "buf"
+    direct_write = not variant.startswith("buf")
+    kick = int(variant[5:-1]) * MiB if variant.startswith("buf-k") else 0
+    kicked = [0]  # bytes up to which writeback was started (blocks are written in order, nearly)
+    sfr = _sync_file_range() if kick else None
     direct_read = variant.startswith("dr-")
     call = 1 * MiB if "dw1M" in variant else BLOCK
     writers = int(variant.rsplit("-w", 1)[1]) if "-w" in variant else 2
@@ -137,6 +155,10 @@ def own_copy(src: Path, out: Path, size: int, variant: str, cold: bool, hash_: b
         else:
             with wlock:  # the mover's one writer at a time
                 _pwrite_calls(ofd, view, i * BLOCK, CALL)
+                end = (i + 1) * BLOCK
+                if sfr is not None and end - kicked[0] >= kick:
+                    sfr(ofd, kicked[0], end - kicked[0], SYNC_FILE_RANGE_WRITE)
+                    kicked[0] = end
         view.release()
 
     def writer() -> None:
@@ -206,7 +228,7 @@ TOOLS = {
     "qemu-img-tT": ["qemu-img", "convert", "-T", "none", "-t", "none", "-f", "raw", "-O", "raw", "{src}", "{out}"],
     "dd": ["dd", "if={src}", "of={out}", "bs=1M"],
 }
-OWN = ["buf", "dw4M-w1", "dw4M-w2", "dw4M-w4", "dw1M-w2", "dr-dw4M-w2", "dr-dw4M-w4"]
+OWN = ["buf", "buf-k4M", "buf-k16M", "buf-k64M", "dw4M-w1", "dw4M-w2", "dw4M-w4", "dw1M-w2", "dr-dw4M-w2", "dr-dw4M-w4"]
 
 
 def main() -> None:

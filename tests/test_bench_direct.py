@@ -30,7 +30,7 @@ def test_every_variant_reports_and_cleans_up(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
     rows = [line.split() for line in p.stdout.splitlines() if line.startswith("  cold") or line.startswith("  warm")]
-    assert len(rows) == 2 * 11  # 7 own variants and 4 tools, in both cache states
+    assert len(rows) == 2 * 14  # 10 own variants and 4 tools, in both cache states
     assert all(float(r[2]) > 0 for r in rows)
     assert list(work.iterdir()) == []  # source and output removed
     work.rmdir()
