@@ -172,7 +172,7 @@ def main() -> int:
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     res = {"size": size, "changed_fraction": args.changed, "runs": args.runs, "cold": args.evict,
            "warm_pass_s": round(warm_s, 3), "load": os.getloadavg(),
-           "median": med, "sync_over_cat": med["sync_s"] / med["cat_s"],
+           "median": med, "runs_detail": rows, "sync_over_cat": med["sync_s"] / med["cat_s"],
            "sync_delta_over_cat": med["sync_delta_s"] / med["cat_s"],
            "sync_over_full_export": med["sync_s"] / med["full_export_s"],
            "sync_no_verify_over_cat": med["sync_no_verify_s"] / med["cat_s"],
