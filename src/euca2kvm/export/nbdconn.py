@@ -42,6 +42,11 @@ MAX_STATUS_EXTENTS = 8192
 STATUS_STEP = 64 * MiB
 
 _CHUNK = struct.Struct(">IHHQI")
+# Replies go out as one sendall per buffer (header, then each piece). Measured no better: one
+# sendmsg of [header, pieces...] per reply, SO_SNDBUF of 4 MiB, 512 KiB or 2 MiB pieces (1 GiB
+# over a unix socketpair in 2 MiB replies, two interleaved rounds: sender system time 0.16-0.79 s
+# for every variant, noise bigger than any difference); in cold 2 GiB qcow2 exports sendmsg's
+# system time was higher (median 6.5 s against 4.6 s for the whole tree).
 
 
 class _Hangup(Exception):

@@ -112,7 +112,9 @@ def convert(src_spec: str, dst: str, out_fmt: str, options: Mapping[str, object]
         options (dict): ``-o`` creation options, e.g. ``{"subformat": "streamOptimized"}``.
         compress (bool): ``-c`` (qcow2 and streamOptimized vmdk only).
         progress_cb (callable): called with the percentage (0.0-100.0) as qemu-img reports it.
-        coroutines (int): ``-m``, parallel requests (qemu default 8).
+        coroutines (int): ``-m``, parallel requests (qemu default 8). A verified qcow2 export from
+            our NBD server measured no better with ``-m 16`` or ``-W`` (2 GiB page-cached, three
+            interleaved runs: CPU median 10.1 and 10.0 s against 9.25 s, wall within the noise).
     """
     args = ["convert", "-p"]
     args += _source(src_spec, None if src_image_opts else src_fmt, src_image_opts)
