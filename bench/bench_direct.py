@@ -55,6 +55,22 @@ each run's wall in brackets:
   4 GiB, cold, one run: buf 19.74 / 0.25 / 5.33, dw4M-w4 32.45 / 0.22 / 2.11,
   dr-dw4M-w4 42.35 / 0.20 / 1.01, qemu-img 28.75 / 0.50 / 8.75
 
+  Writeback kick (``buf-kN``), --hash, load average 6-8 with other exports on the disk, medians:
+  800 MiB page-cached, 5 runs: buf 3.05 / 0.52 / 0.75, buf-k4M 2.86 / 0.49 / 0.79, buf-k16M
+  2.38 / 0.54 / 0.83, qemu-img 3.08 / 0.10 / 1.62, dd 2.36 / 0.00 / 0.50 (3 runs before: buf 5.14,
+  k4M 3.01, k16M 3.81, k64M 4.63, qemu-img 4.79, dd 2.64)
+  2 GiB, 3 runs   cold                                 page-cached source
+  buf           10.82 / 1.15 / 1.89  (29.4 10.8 10.7)  15.49 / 1.36 / 1.67  (16.2 8.6 15.5)
+  buf-k4M       19.07 / 1.14 / 3.27  (28.8 14.1 19.1)  15.02 / 1.20 / 2.08  (11.8 15.7 15.0)
+  buf-k16M      21.63 / 1.07 / 2.61  (32.7 21.6 17.6)   9.65 / 1.18 / 1.80  (19.2 8.2 9.7)
+  buf-k64M      14.87 / 1.17 / 2.48  (27.4 14.9 13.2)  16.16 / 1.12 / 2.21  (20.5 9.2 16.2)
+  qemu-img      11.14 / 0.24 / 3.63  (10.9 12.2 11.1)   9.60 / 0.24 / 2.38  (12.1 5.6 9.6)
+  dd            21.50 / 0.01 / 3.62  (24.8 21.5 14.0)   9.30 / 0.00 / 1.63  (24.0 7.5 9.3)
+
+The kick is slower on a cold source (reads and writes interleaved on one disk) and within the
+noise page-cached, so the mover does not kick by default (``euca2kvm.readahead.Writeback``). Its
+system time counts the writeback's submission, which for ``buf`` runs in kernel threads.
+
 So O_DIRECT is not used. It does what it promises for the CPU: the writes' system time falls from
 2.5-3.3 s to 0.9-1.3 s per 2 GiB, with direct reads too to 0.4-0.8 s (this process's time only:
 buffered writeback's submission runs in kernel threads and is not counted for ``buf``). But the

@@ -12,13 +12,14 @@ import os
 import random
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from _env import missing, need_tools
 from euca2kvm.export.digest import DIGEST_BLOCK
-from euca2kvm.readahead import READ_CHUNK, advise, release
+from euca2kvm.readahead import READ_CHUNK, CacheProbe, Writeback, advise, release
 
 MiB = 1 << 20
 
@@ -144,3 +145,33 @@ def test_read_chunk_is_whole_digest_blocks_and_direct_io_aligned() -> None:
     assert DIGEST_BLOCK % READ_CHUNK == 0 or READ_CHUNK % DIGEST_BLOCK == 0
     assert READ_CHUNK % mmap.PAGESIZE == 0
     assert READ_CHUNK % 4096 == 0  # the largest logical block size O_DIRECT may need
+
+
+def test_writeback_starts_without_waiting_and_stops_where_refused(tmp_path: Path) -> None:
+    """Writeback.start makes the kernel write a dirty range back now (dirty pages reach 0 long before
+    the 30 s dirty expiry); a pipe gets no kicker; a refused call turns kicking off and raises nothing."""
+    data = _file(tmp_path / "seed", 8 * MiB)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, data, 0)
+        probe = CacheProbe(fd)
+        if probe.dirty(0, len(data)) is None:
+            pytest.skip("no cachestat(2) here: the dirty pages cannot be counted")
+        wb = Writeback.of_file(fd)
+        assert wb is not None and wb.start(0, len(data)) is True
+        deadline = time.monotonic() + 20
+        while probe.dirty(0, len(data)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert probe.dirty(0, len(data)) == 0
+        assert os.pread(fd, len(data), 0) == data
+        wb._fd = -1  # EBADF from the kernel: refused, quietly, and never tried again
+        assert wb.start(0, 4096) is False and wb.enabled is False
+        assert wb.start(0, 4096) is False
+    finally:
+        os.close(fd)
+    r, w = os.pipe()
+    try:
+        assert Writeback.of_file(w) is None
+    finally:
+        os.close(r)
+        os.close(w)
