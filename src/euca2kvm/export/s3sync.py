@@ -45,7 +45,6 @@ from ..errors import FormatError, IOFailure, UsageError, VerifyError
 from . import sidecar
 from .digest import DIGEST_BLOCK, block_count
 from .pipeline import ExportOptions, Progress, Source, check_unchanged, fingerprint
-from .pipeline import identity as source_ident
 from .s3 import S3Url, call, load_blocks, load_manifest, now, object_name, put_blocks, record
 from .s3export import export_to_s3
 from .s3upload import PART_SIZE, S3_MIN_PART, Uploader, encode_block, metadata, open_upload, part_size_for
@@ -105,7 +104,7 @@ def delta_pass(src: Source, client: Any, target: S3Url, name: str, entry: dict[s
                on_read: Progress | None) -> dict[str, Any]:
     from .copy import copy_blocks
     from .s3verify import check_entry
-    from .sync import read_block
+    from .sync import reread_block, same_source
 
     source = src.blocks
     size = source.size
@@ -114,9 +113,7 @@ def delta_pass(src: Source, client: Any, target: S3Url, name: str, entry: dict[s
     if entry.get("encoding") != encoding or entry.get("format") != "raw":
         raise FormatError(f"{src.id}: the object is encoded {entry.get('encoding')}, not {encoding}; export it "
                           "again with --warm --overwrite", url)
-    if entry.get("size") != size or entry.get("identity") != source_ident(src):
-        raise IOFailure(f"{src.id}: the source was resized or its LVM metadata changed since the warm pass "
-                        f"(size {entry.get('size')} -> {size}); export it again with --warm --overwrite")
+    same_source(src, entry)
     car, parts = load_blocks(client, target, entry["blocks"], size)
     if sum(p.length for p in parts) != entry.get("object_size"):
         raise FormatError(f"the parts table of {entry['blocks'].get('file')} covers {sum(p.length for p in parts)} "
@@ -130,12 +127,8 @@ def delta_pass(src: Source, client: Any, target: S3Url, name: str, entry: dict[s
     started = time.time()
     state = fingerprint(src.files)
     new: list[bytes] = [b""] * block_count(size)
-
-    def took(i: int, d: bytes) -> None:
-        new[i] = d
-
     res = copy_blocks(source, None, workers=opts.workers, name=src.id, algorithm=algo,
-                      progress=progress, on_read=on_read, on_block=took)
+                      progress=progress, on_read=on_read, on_block=new.__setitem__)
     changed = {i for i, d in enumerate(new) if d != car.digests[i]}
     cur = list(car.digests)
     reread = 0
@@ -163,10 +156,7 @@ def delta_pass(src: Source, client: Any, target: S3Url, name: str, entry: dict[s
                 first, filled = parts[k].first, 0
                 while k < len(parts) and (not pieces or filled < S3_MIN_PART):
                     for i in range(parts[k].first, ends[k]):
-                        d, view, got = read_block(src, i, buf, algo)
-                        if final and d != new[i]:
-                            raise IOFailure(f"{src.id}: block {i} (bytes {i * DIGEST_BLOCK}..) changed during the "
-                                            "sync; is the instance still running? Stop it and run --sync again")
+                        d, view, got = reread_block(src, i, buf, algo, new[i] if final else None)
                         cur[i] = d
                         reread += got
                         piece = encode_block(view, len(view), gz)

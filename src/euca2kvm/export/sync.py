@@ -90,18 +90,12 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
         packed = " (compressed)" if entry.get("compressed") else ""
         raise FormatError(f"{src.id}: the image is {entry.get('format')}{packed}, not an uncompressed {fmt}; "
                           "export it again with --warm --overwrite", str(out))
-    if entry.get("size") != size or entry.get("identity") != source_ident(src):
-        raise IOFailure(f"{src.id}: the source was resized or its LVM metadata changed since the warm pass "
-                        f"(size {entry.get('size')} -> {size}); export it again with --warm --overwrite")
+    same_source(src, entry)
     car = sidecar.load(outdir, entry["blocks"], size)  # its own algorithm, whatever --block-digest says now
     algo = car.algorithm
     started = time.time()
     state = fingerprint(src.files)
     new: list[bytes] = [b""] * block_count(size)
-
-    def took(i: int, d: bytes) -> None:
-        new[i] = d
-
     cur = list(car.digests)
     written = reread = 0
     # a raw image is compared with the source in the source's one pass (--sync and warm delta passes)
@@ -112,7 +106,7 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
             try:  # against the image: compared, not hashed (the blocks that differ are hashed as read)
                 res = copy_blocks(against or source, None, workers=opts.workers, name=src.id, algorithm=algo,
                                   digest=against is None, progress=progress, on_read=on_read,
-                                  on_block=None if against is not None else took)
+                                  on_block=None if against is not None else new.__setitem__)
             finally:
                 if against is not None:
                     against.close()
@@ -133,10 +127,7 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                 manifest.record(outdir, marked)
                 buf = bytearray(DIGEST_BLOCK)
                 for i in changed:
-                    d, view, got = read_block(src, i, memoryview(buf), algo)
-                    if final and d != new[i]:
-                        raise IOFailure(f"{src.id}: block {i} (bytes {i * DIGEST_BLOCK}..) changed during the sync; "
-                                        "is the instance still running? Stop it and run --sync again")
+                    d, view, got = reread_block(src, i, memoryview(buf), algo, new[i] if final else None)
                     cur[i] = d
                     written += write(i * DIGEST_BLOCK, view)
                     reread += got
@@ -207,6 +198,25 @@ def _image_writer(od: OutDir, out: Path, size: int, fmt: str
             yield nbd.write, None
     finally:
         os.close(fd)
+
+
+def same_source(src: Source, entry: dict[str, Any]) -> None:
+    """IOFailure unless the source has the size and LVM identity the warm pass recorded in ``entry``."""
+    size = src.blocks.size
+    if entry.get("size") != size or entry.get("identity") != source_ident(src):
+        raise IOFailure(f"{src.id}: the source was resized or its LVM metadata changed since the warm pass "
+                        f"(size {entry.get('size')} -> {size}); export it again with --warm --overwrite")
+
+
+def reread_block(src: Source, i: int, buf: memoryview, algo: Algorithm,
+                 expect: bytes | None) -> tuple[bytes, memoryview, int]:
+    """:func:`read_block` of a block the pass found changed, to be written; with ``expect`` (a final
+    pass: the instance is stopped) it must still have the digest the pass read, else IOFailure."""
+    d, view, got = read_block(src, i, buf, algo)
+    if expect is not None and d != expect:
+        raise IOFailure(f"{src.id}: block {i} (bytes {i * DIGEST_BLOCK}..) changed during the sync; "
+                        "is the instance still running? Stop it and run --sync again")
+    return d, view, got
 
 
 def read_block(src: Source, i: int, buf: memoryview, algo: Algorithm) -> tuple[bytes, memoryview, int]:
