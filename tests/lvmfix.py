@@ -253,6 +253,20 @@ def flip_text_byte(path: Path, mda_index: int) -> dict[str, Any]:
     return {"file": path.name, "mda_index": mda_index, "offset": off, "old": old, "new": old ^ 0x01}
 
 
+def linear_container(d: Path, vg: str, lv: str, lv_mib: int, name: str = "c0") -> dict[str, Any]:
+    """A container file ``d/name`` made by lvm2: one PV, VG ``vg`` (1 MiB extents), one linear LV ``lv`` of
+    ``lv_mib`` MiB, never written (all holes); its dir, file, the LV's byte offset in it and its size."""
+    def setup(lvm: Lvm, devs: list[str]) -> None:
+        lvm("pvcreate", devs[0])
+        lvm("vgcreate", "-s", "1M", vg, devs[0])
+        lvm("lvcreate", "-n", lv, "-L", f"{lv_mib}M", vg)
+
+    meta = with_lvm(d, {name: (lv_mib + 8) * MiB}, setup)[lv]
+    area = meta["segments"][0]["areas"][0]
+    return {"dir": d, "file": d / name, "offset": area["pe_start"] + area["pe_first"] * meta["extent_size"],
+            "size": meta["size"]}
+
+
 def euca_container(d: Path, vol: str, payload: Path) -> Path:
     """OverlayManager's recipe: size GiB + 4 MiB sparse file, pvcreate, vgcreate, lvcreate --addtag -l 100%FREE;
     then the payload written into the LV at the offset lvm2 reports."""

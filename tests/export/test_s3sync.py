@@ -45,23 +45,15 @@ def container(tmp_path: Path) -> dict[str, Any]:
     """A fresh container with one linear LV, its first DATA_MIB random; its dir, file, LV offset and size."""
     need_root()
     need_tools("lvm", "losetup")
-    from lvmfix import with_lvm
+    from lvmfix import linear_container
 
     d = tmp_path / "vols"
     d.mkdir()
-
-    def setup(lvm: Any, devs: list[str]) -> None:
-        lvm("pvcreate", devs[0])
-        lvm("vgcreate", "-s", "1M", "vg-s3w", devs[0])
-        lvm("lvcreate", "-n", "lv-s3w", "-L", f"{LV_MIB}M", "vg-s3w")
-
-    lv = with_lvm(d, {"c0": (LV_MIB + 8) * MiB}, setup)["lv-s3w"]
-    area = lv["segments"][0]["areas"][0]
-    off = area["pe_start"] + area["pe_first"] * lv["extent_size"]
-    with open(d / "c0", "r+b") as f:
-        f.seek(off)
+    c = linear_container(d, "vg-s3w", "lv-s3w", LV_MIB)
+    with open(c["file"], "r+b") as f:
+        f.seek(c["offset"])
         f.write(os.urandom(DATA_MIB * MiB))
-    return {"dir": d, "file": d / "c0", "offset": off, "size": lv["size"]}
+    return c
 
 
 def lv_bytes(c: dict[str, Any]) -> bytes:

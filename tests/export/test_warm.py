@@ -31,7 +31,7 @@ from euca2kvm.export import qemu_img, sidecar
 from euca2kvm.export.formats import output_format
 from euca2kvm.export.pipeline import ExportOptions
 from euca2kvm.export.sync import export_pass
-from lvmfix import with_lvm
+from lvmfix import linear_container, with_lvm
 from refdigest import file_blkdigest
 
 CUTOVER_SCHEMA = Path(euca2kvm.__file__).resolve().parent / "schemas" / "cutover.schema.json"
@@ -97,20 +97,11 @@ def container(tmp_path: Path) -> dict[str, Any]:
     need_tools("lvm", "losetup")
     d = tmp_path / "vols"
     d.mkdir()
-
-    def setup(lvm: Any, devs: list[str]) -> None:
-        lvm("pvcreate", devs[0])
-        lvm("vgcreate", "-s", "1M", "vg-warm", devs[0])
-        lvm("lvcreate", "-n", "lv-warm", "-L", f"{LV_MIB}M", "vg-warm")
-
-    lv = with_lvm(d, {"c0": (LV_MIB + 8) * MiB}, setup)["lv-warm"]
-    area = lv["segments"][0]["areas"][0]
-    off = area["pe_start"] + area["pe_first"] * lv["extent_size"]
-    path = d / "c0"
-    with open(path, "r+b") as f:
-        f.seek(off)
+    c = linear_container(d, "vg-warm", "lv-warm", LV_MIB)
+    with open(c["file"], "r+b") as f:
+        f.seek(c["offset"])
         f.write(os.urandom(LV_MIB * MiB // 2))  # half data, half never written (holes)
-    return {"dir": d, "file": path, "offset": off, "size": lv["size"]}
+    return c
 
 
 def lv_bytes(c: dict[str, Any]) -> bytes:
