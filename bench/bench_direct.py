@@ -67,9 +67,14 @@ each run's wall in brackets:
   qemu-img      11.14 / 0.24 / 3.63  (10.9 12.2 11.1)   9.60 / 0.24 / 2.38  (12.1 5.6 9.6)
   dd            21.50 / 0.01 / 3.62  (24.8 21.5 14.0)   9.30 / 0.00 / 1.63  (24.0 7.5 9.3)
 
-The kick is slower on a cold source (reads and writes interleaved on one disk) and within the
-noise page-cached, so the mover does not kick by default (``euca2kvm.readahead.Writeback``). Its
-system time counts the writeback's submission, which for ``buf`` runs in kernel threads.
+  Later, load average 4: 800 MiB page-cached buf 3.42, k4M 2.74, k16M 2.48, dd 4.13; cold 3.56,
+  3.59, 3.69, dd 5.09; 2 GiB cold buf 7.88 / 1.24 / 2.57 (8.7 7.9 7.8), buf-k4M 6.87 / 1.21 / 2.81
+  (7.9 6.9 6.5), buf-k16M 6.89 / 1.16 / 3.18 (7.8 6.7 6.9).
+
+Under heavy load from other writers of the disk the kick lost cold (reads and writes interleaved);
+with less load it won cold and page-cached, as the real export did, so the mover kicks per 4 MiB
+block (``euca2kvm.readahead.Writeback``). Its system time includes the writeback's submission,
+which for ``buf`` runs in kernel threads.
 
 So O_DIRECT is not used. It does what it promises for the CPU: the writes' system time falls from
 2.5-3.3 s to 0.9-1.3 s per 2 GiB, with direct reads too to 0.4-0.8 s (this process's time only:

@@ -163,16 +163,15 @@ class Writeback:
     is not available (no libc symbol, ``ENOSYS``, ``EINVAL``, ``ESPIPE``, any error) it stops
     trying and the pages are written back as before; nothing is lost either way.
 
-    Measured (``bench/bench_direct.py --hash``, fsync included, interleaved, load average 6-8 with
-    other exports on the same disk; medians, wall seconds): 800 MiB page-cached, 5 runs: no kick
-    3.05, a kick per 4 MiB 2.86, per 16 MiB 2.38, ``dd bs=1M`` 2.36 (3 runs earlier: 5.14, 3.01,
-    3.81, 64 MiB 4.63); 2 GiB page-cached: 15.5, 15.0, 9.7, 16.2 (spread 2x); 2 GiB cold: 10.8,
-    19.1, 21.6, 14.9 (the two cold rounds without the machine's worst load: 10.8/10.7 against
-    14.1/19.1 per 4 MiB) -- reads and writes interleaved on one disk. The real export
-    (``bench_datapath.py --cases small --size 8G --runs 3 --cold none``): 6.18 s (0.52x dd) without,
-    6.09 s (0.59x dd) with, within noise. So the mover does not kick by default (``copy.KICK``,
-    ``EUCA2KVM_KICK=1`` turns it on): worth measuring again on a quiet machine, and per source
-    block only where the read came from the page cache (the disk idle), if that wins."""
+    Measured (``bench/bench_direct.py --hash``, fsync included, interleaved; medians, wall seconds;
+    no kick / a kick per 4 MiB / per 16 MiB): 800 MiB page-cached 3.05 / 2.86 / 2.38 (5 runs) and
+    3.42 / 2.74 / 2.48 (3 runs; ``dd bs=1M`` 2.36 and 4.13); 2 GiB cold, load average 4: 7.88 /
+    6.87 / 6.89 (every round faster). Under heavier load (6-8, other exports writing the same disk)
+    2 GiB cold was slower with it, 10.8 / 19.1 / 21.6 (spread 2-3x), and page-cached within noise.
+    The real export, ``bench_datapath.py --cases small --size 8G --runs 3 --cold none``, same
+    machine state: 3.12 s (0.60x dd) with ``EUCA2KVM_KICK=0``, 2.66 s (0.72x dd) with the kick.
+    Per 4 MiB, the mover's block, because it is one call per written block, with no state shared
+    between the workers. ``copy.KICK`` (``EUCA2KVM_KICK=0``) turns it off to measure against."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
