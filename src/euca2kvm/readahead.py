@@ -169,7 +169,10 @@ class Writeback:
     6.87 / 6.89 (every round faster). Under heavier load (6-8, other exports writing the same disk)
     2 GiB cold was slower with it, 10.8 / 19.1 / 21.6 (spread 2-3x), and page-cached within noise.
     The real export, ``bench_datapath.py --cases small --size 8G --runs 3 --cold none``, same
-    machine state: 3.12 s (0.60x dd) with ``EUCA2KVM_KICK=0``, 2.66 s (0.72x dd) with the kick.
+    machine state: 3.12 s (0.60x dd) with ``EUCA2KVM_KICK=0``, 2.66 s (0.72x dd) with the kick; on the
+    quiet machine 3.07 / 2.83 s without against 2.67 / 2.47 s with it, and 8 GiB dense cold
+    (``--cases dense --cold drop``, sync included): verified 24.17 -> 19.03 s, ``--no-verify``
+    21.74 -> 18.96 s, against ``qemu-img convert`` 22.50 / 21.97 s in the same runs.
     Per 4 MiB, the mover's block, because it is one call per written block, with no state shared
     between the workers. ``copy.KICK`` (``EUCA2KVM_KICK=0``) turns it off to measure against."""
 
