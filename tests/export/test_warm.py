@@ -454,3 +454,24 @@ def test_bench_warm_smoke(tmp_path: Path) -> None:
     cpu = {k for k in med if k.endswith(("_user_s", "_sys_s"))}  # a 32 MiB cat may take less than a tick
     assert cpu and all(med[k] >= 0 for k in cpu) and med["sync_user_s"] > 0
     assert all(med[k] > 0 for k in med if k not in cpu and k != "sync_verify_s")
+
+
+def test_read_back_of_a_rewritten_block(tmp_path: Path) -> None:
+    """``holds``: the image's bytes at an offset compared with what was written; a changed byte is a
+    mismatch, an image ending before the block's end an IOFailure naming the image."""
+    from euca2kvm.export.sync import holds
+
+    data = os.urandom(3 * MiB + 5)
+    img = tmp_path / "img.raw"
+    img.write_bytes(b"\0" * MiB + data)
+    fd = os.open(img, os.O_RDONLY)
+    try:
+        assert holds(fd, MiB, memoryview(data), str(img))
+        bad = bytearray(data)
+        bad[-1] ^= 1
+        assert not holds(fd, MiB, memoryview(bad), str(img))
+        with pytest.raises(IOFailure) as ei:
+            holds(fd, 2 * MiB, memoryview(data), str(img))
+        assert ei.value.exit_code == EXIT_IO and str(img) in str(ei.value)
+    finally:
+        os.close(fd)

@@ -50,7 +50,6 @@ from typing import Any
 from ..blocks import AllData, BlockSource
 from ..errors import FormatError, IOFailure, UsageError, VerifyError
 from ..outdir import OutDir
-from ..readahead import SYSCALL_BYTES
 from . import manifest, sidecar
 from .copy import block_data, copy_blocks, fill_block, pwrite_all
 from .digest import DIGEST_BLOCK, Algorithm, block_count
@@ -131,7 +130,8 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                     cur[i] = d
                     written += write(i * DIGEST_BLOCK, view)
                     reread += got
-                    if against is not None and image_fd is not None and not holds(image_fd, i * DIGEST_BLOCK, view):
+                    if (against is not None and image_fd is not None
+                            and not holds(image_fd, i * DIGEST_BLOCK, view, str(out))):
                         manifest.record(outdir, {**entry, "consistent": False, "sync_in_progress": True})
                         raise VerifyError(f"{src.id}: block {i} of {out} does not read back as written; export "
                                           "it again with --overwrite")
@@ -345,18 +345,15 @@ class _AgainstImage(AllData):
         self._ahead.close()
 
 
-def holds(fd: int, offset: int, view: memoryview) -> bool:
+def holds(fd: int, offset: int, view: memoryview, name: str) -> bool:
     """Whether the raw image open as ``fd`` holds ``view`` at ``offset`` (at most one digest block): the
-    read back of a rewritten block."""
+    read back of a rewritten block, through the image's block source (IOFailure naming ``name`` if short)."""
+    from ..lvm.source import fd_source
+
     buf = bytearray(len(view))
-    img = memoryview(buf)
-    pos = 0
-    while pos < len(img):
-        try:
-            n = os.preadv(fd, [img[pos : pos + SYSCALL_BYTES]], offset + pos)
-        except OSError as e:
-            raise IOFailure(f"read of the image at offset {offset + pos} failed: {e.strerror}") from e
-        if n == 0:
-            raise IOFailure(f"the image ends at offset {offset + pos}, before the rewritten block's end")
-        pos += n
+    image = fd_source(fd, offset + len(view), name)
+    try:
+        image.read_into(offset, memoryview(buf))
+    finally:
+        image.close()
     return buf == view

@@ -263,7 +263,7 @@ class LvmSource:
                     break
                 got += n
             if got != e.length:
-                raise Shrunk(f"short read of {e.path} at offset {e.offset + got} ({got} of {e.length} "
+                raise Shrunk(f"short read of {f.path} at offset {e.offset + got} ({got} of {e.length} "
                              "bytes): the file shrank while exporting")
 
     def file_runs(self, lo: int, hi: int) -> list[tuple[int, int, int, int]] | None:
