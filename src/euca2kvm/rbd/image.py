@@ -202,11 +202,9 @@ class Pool:
         return RbdImage(self, name, expected_watchers, handle)
 
     def facts(self, name: str) -> ImageFacts:
-        img = _Handle(self, name)
-        try:
-            return img.facts()
-        finally:
-            img.close()
+        img, facts = self.described(name)
+        img.close()
+        return facts
 
     def described(self, name: str) -> tuple[_Handle, ImageFacts]:
         """The image's facts and its read-only handle, left open for reading it (closed with the pool
