@@ -41,6 +41,7 @@ from typing import Any
 
 from ..blocks import BlockSource, Kind
 from ..errors import IOFailure
+from ..membuf import aligned
 from ..readahead import SYSCALL_BYTES, Writeback
 from ..units import KiB
 from .digest import DEFAULT, DIGEST_BLOCK, ZEROS, Algorithm, BlockDigest
@@ -126,22 +127,23 @@ class _Dest:
 
 
 class BufferPool:
-    """Block buffers (4 MiB each), allocated on first use: an export of holes allocates none."""
+    """Block buffers (4 MiB each, page-aligned: :mod:`~euca2kvm.membuf`), allocated on first use: an
+    export of holes allocates none."""
 
     def __init__(self, limit: int) -> None:
-        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._free: queue.Queue[memoryview] = queue.Queue()
         self._lock = threading.Lock()
         self._made = 0
         self._limit = limit
 
-    def get(self) -> bytearray:
+    def get(self) -> memoryview:
         with self._lock:
             if self._free.empty() and self._made < self._limit:
                 self._made += 1
-                return bytearray(DIGEST_BLOCK)
+                return aligned(DIGEST_BLOCK)
         return self._free.get()
 
-    def put(self, buf: bytearray) -> None:
+    def put(self, buf: memoryview) -> None:
         self._free.put(buf)
 
 
@@ -161,7 +163,7 @@ class _Block:
     lo: int
     hi: int
     digest: bytes
-    buf: bytearray | None  # kept only when the plain sha256 needs the bytes in order
+    buf: memoryview | None  # kept only when the plain sha256 needs the bytes in order
     read: int
     written: int
     encoded: Any = None  # BlockHook.encode's result
@@ -253,7 +255,7 @@ def fill_block(source: BlockSource, lo: int, view: memoryview, runs: list[tuple[
 
 
 def _read_block(source: BlockSource, lo: int, hi: int, runs: list[tuple[int, int]],
-                buffers: BufferPool) -> tuple[bytearray, int]:
+                buffers: BufferPool) -> tuple[memoryview, int]:
     """A buffer holding block ``[lo, hi)`` and the bytes read for it (the buffer is given back on error)."""
     buf = buffers.get()
     try:
@@ -263,7 +265,7 @@ def _read_block(source: BlockSource, lo: int, hi: int, runs: list[tuple[int, int
         raise
 
 
-def _filled_job(source: BlockSource, dest: _Dest, lo: int, hi: int, index: int, filled: tuple[bytearray, int],
+def _filled_job(source: BlockSource, dest: _Dest, lo: int, hi: int, index: int, filled: tuple[memoryview, int],
                 buffers: BufferPool, keep: bool, algo: Algorithm | None, hook: BlockHook | None) -> _Block:
     return _buffered_block(source, dest, lo, hi, index, [], buffers, keep, algo, hook, filled)
 
@@ -271,11 +273,11 @@ def _filled_job(source: BlockSource, dest: _Dest, lo: int, hi: int, index: int, 
 def _buffered_block(source: BlockSource, dest: _Dest | None, lo: int, hi: int, index: int,
                     runs: list[tuple[int, int]], buffers: BufferPool, keep: bool,
                     algo: Algorithm | None, hook: BlockHook | None = None,
-                    filled: tuple[bytearray, int] | None = None) -> _Block:
+                    filled: tuple[memoryview, int] | None = None) -> _Block:
     """Read the block's DATA into a buffer (or take the one ``filled`` by the reader), hash it and
     write its non-zero grains from there."""
     n = hi - lo
-    buf: bytearray | None
+    buf: memoryview | None
     buf, read = filled if filled is not None else _read_block(source, lo, hi, runs, buffers)
     assert buf is not None
     try:

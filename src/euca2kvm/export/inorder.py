@@ -39,7 +39,7 @@ def in_order(items: Iterable[Future[T] | T], inflight: int, consume: Callable[[T
         raise
 
 
-def fold_plain(plain: Any, buf: bytearray | None, n: int, give_back: Callable[[bytearray], None]) -> None:
+def fold_plain(plain: Any, buf: memoryview | None, n: int, give_back: Callable[[memoryview], None]) -> None:
     """Fold one block into the plain sha256: its kept buffer (then handed back), or zeros."""
     if buf is not None:
         plain.update(memoryview(buf)[:n])

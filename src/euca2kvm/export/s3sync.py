@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import FormatError, IOFailure, UsageError, VerifyError
+from ..membuf import aligned
 from . import sidecar
 from .digest import DIGEST_BLOCK, block_count
 from .pipeline import ExportOptions, Progress, Source, check_unchanged, fingerprint
@@ -141,7 +142,7 @@ def delta_pass(src: Source, client: Any, target: S3Url, name: str, entry: dict[s
         up = Uploader(client, target, key, upload_id, stored)
         ends = [p.first for p in parts[1:]] + [len(cur)]
         layout: list[Part] = []
-        buf = memoryview(bytearray(DIGEST_BLOCK))
+        buf = aligned(DIGEST_BLOCK)
         offset = k = 0
         try:
             while k < len(parts):

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import membuf
 from ..blocks import AllData, BlockSource
 from ..errors import FormatError, IOFailure, UsageError, VerifyError
 from ..outdir import OutDir
@@ -124,9 +125,9 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                 marked = {**entry, "consistent": False, "sync_in_progress": True,
                           "blocks": sidecar.write(od, sidecar.name_for(out.name), sidecar.Sidecar(algo, size, cur))}
                 manifest.record(outdir, marked)
-                buf = bytearray(DIGEST_BLOCK)
+                buf = membuf.aligned(DIGEST_BLOCK)
                 for i in changed:
-                    d, view, got = reread_block(src, i, memoryview(buf), algo, new[i] if final else None)
+                    d, view, got = reread_block(src, i, buf, algo, new[i] if final else None)
                     cur[i] = d
                     written += write(i * DIGEST_BLOCK, view)
                     reread += got
@@ -246,10 +247,10 @@ class _ImageAhead:
 
         self._src = fd_source(image_fd, size, name)
         self.size = size
-        self._free: queue.Queue[bytearray | None] = queue.Queue()
+        self._free: queue.Queue[memoryview | None] = queue.Queue()
         for _ in range(IMAGE_AHEAD + 1):
-            self._free.put(bytearray(DIGEST_BLOCK))
-        self._full: queue.Queue[tuple[int, bytearray | None, BaseException | None]] = queue.Queue()
+            self._free.put(membuf.aligned(DIGEST_BLOCK))
+        self._full: queue.Queue[tuple[int, memoryview | None, BaseException | None]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="image-ahead", daemon=True)
         self._thread.start()
 
@@ -264,7 +265,7 @@ class _ImageAhead:
         except BaseException as e:  # handed to the reader, which raises it
             self._full.put((-1, None, e))
 
-    def take(self, lo: int) -> bytearray:
+    def take(self, lo: int) -> memoryview:
         """The image's block at ``lo`` (give it back with :meth:`give_back`); what its read raised."""
         at, buf, err = self._full.get()
         if err is not None:
@@ -273,7 +274,7 @@ class _ImageAhead:
         assert buf is not None and at == lo, (at, lo)
         return buf
 
-    def give_back(self, buf: bytearray) -> None:
+    def give_back(self, buf: memoryview) -> None:
         self._free.put(buf)
 
     def close(self) -> None:
@@ -323,7 +324,7 @@ class _AgainstImage(AllData):
                                                                      self._src.name))
         img = self._ahead.take(offset)
         try:
-            same = img.startswith(view)  # a memcmp; comparing memoryviews goes element by element
+            same = membuf.same(img[: len(view)], view)
         finally:
             self._ahead.give_back(img)
         i = offset // DIGEST_BLOCK
@@ -350,10 +351,10 @@ def holds(fd: int, offset: int, view: memoryview, name: str) -> bool:
     read back of a rewritten block, through the image's block source (IOFailure naming ``name`` if short)."""
     from ..lvm.source import fd_source
 
-    buf = bytearray(len(view))
+    buf = membuf.aligned(len(view))
     image = fd_source(fd, offset + len(view), name)
     try:
-        image.read_into(offset, memoryview(buf))
+        image.read_into(offset, buf)
     finally:
         image.close()
-    return buf == view
+    return membuf.same(buf, view)
