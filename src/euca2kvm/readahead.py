@@ -40,6 +40,7 @@ units: any layer may use it.
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 
@@ -103,6 +104,34 @@ def release(fd: int, offset: int, length: int) -> None:
             raise
 
 
+class DropBehind(enum.Enum):
+    """What a local source file drops from the page cache behind its reader (:func:`release`)."""
+
+    KEEP = "keep"  # nothing: the source stays cached (export --keep-cache)
+    UNCACHED = "uncached"  # what was not cached before this process first read the file (the default)
+    ALL = "all"  # everything read (export --drop-behind)
+
+
+# The mode of local source files (``lvm.source.LocalFile``) opened from now on. The default
+# leaves the page cache as the export found it: what other processes had cached (a running
+# instance's disk during a warm pass, a controller's working set) stays, what the export brought
+# in goes, which is also the fastest cold read measured here (above). Without cachestat(2)
+# (Linux < 6.5) the cache state cannot be told and UNCACHED keeps everything.
+_MODE = DropBehind.UNCACHED
+
+
+def set_drop_behind(mode: DropBehind) -> None:
+    """Set what local source files opened from now on drop from the page cache behind the reader (and
+    whether the mover drops a raw output's pages behind its writer: not with KEEP)."""
+    global _MODE
+    _MODE = mode
+
+
+def drop_behind() -> DropBehind:
+    """The mode :func:`set_drop_behind` set."""
+    return _MODE
+
+
 # cachestat(2) (Linux 6.5): one number on every architecture (the unified syscall table).
 _SYS_CACHESTAT = 451
 # Grains of a file whose cache state is taken ahead of its reader: the kernel's readahead runs at
@@ -141,6 +170,12 @@ class CacheProbe:
             return None
         return bool(self._st.nr_cache)
 
+    def pages(self, offset: int, length: int) -> int | None:
+        """Pages of ``[offset, offset + length)`` in the page cache; None when the kernel cannot tell."""
+        if self.cached(offset, length) is None:
+            return None
+        return int(self._st.nr_cache)
+
     def dirty(self, offset: int, length: int) -> int | None:
         """Pages of ``[offset, offset + length)`` dirty or being written back; None when the kernel cannot tell."""
         if self.cached(offset, length) is None:
@@ -148,8 +183,9 @@ class CacheProbe:
         return int(self._st.nr_dirty + self._st.nr_writeback)
 
 
-# linux/fs.h: start writeback of a range's dirty pages and do not wait for it.
-SYNC_FILE_RANGE_WRITE = 2
+# linux/fs.h: start writeback of a range's dirty pages and do not wait for it; with both waits, return
+# once the range is on the disk (what was being written before, and what this call started).
+SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
 
 
 class Writeback:
@@ -201,11 +237,29 @@ class Writeback:
 
     def start(self, offset: int, length: int) -> bool:
         """Start writing back ``[offset, offset + length)``; False (and no more tries) when the kernel cannot."""
+        return self._range(offset, length, SYNC_FILE_RANGE_WRITE)
+
+    def drop(self, offset: int, length: int) -> bool:
+        """Wait until ``[offset, offset + length)`` (started earlier: long done, as a rule) is on the disk,
+        then drop its pages from the page cache (:func:`release`): an output written once keeps reusing
+        a few MiB of pages instead of taking fresh ones, as a source read once does (the reason is
+        measured at ``copy.DROP_LAG``). False (and no more tries) when the kernel cannot wait for it:
+        the pages then stay, as any written page."""
+        if not self._range(offset, length, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
+                           | SYNC_FILE_RANGE_WAIT_AFTER):
+            return False
+        try:
+            release(self._fd, offset, length)
+        except OSError:
+            return False
+        return True
+
+    def _range(self, offset: int, length: int, flags: int) -> bool:
         if not self.enabled or length <= 0:
             return False
         assert self._call is not None
         try:
-            ok = self._call(self._fd, offset, length, SYNC_FILE_RANGE_WRITE) == 0
+            ok = self._call(self._fd, offset, length, flags) == 0
         except OSError:  # a replacement raising (tests) behaves as a failing call
             ok = False
         if not ok:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from _env import need_tools
+from _env import missing, need_tools
 from euca2kvm import readahead
 from euca2kvm.export import copy
 from euca2kvm.export.copy import copy_blocks
@@ -123,3 +123,79 @@ def test_a_cli_export_starts_writeback_of_its_output_unless_switched_off(tmp_pat
     calls = [ln for ln in lines if "sync_file_range(" in ln and "= 0" in ln]
     assert len(calls) == (4 if kicked else 0), calls  # one per 4 MiB block of the 16 MiB volume
     assert all("/image>" in c for c in calls), calls  # the output's temporary, nothing else
+
+
+BLOCKS = copy.DROP_LAG + 8
+
+
+def _cached_pages(path: Path, offset: int, length: int) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        n = readahead.CacheProbe(fd).pages(offset, length)
+    finally:
+        os.close(fd)
+    if n is None:
+        missing("no cachestat(2) here: the cached pages cannot be counted")
+    assert n is not None
+    return n
+
+
+def _big_export(tmp_path: Path) -> tuple[Path, bytes]:
+    size = BLOCKS * copy.DIGEST_BLOCK
+    data = random.Random(5).randbytes(size)
+    src = tmp_path / "pv"
+    src.write_bytes(data)
+    source = LvmSource(ExtentMap(size, [LinearMapper(0, size, str(src), 0)]))
+    out = tmp_path / "out.raw"
+    out.write_bytes(b"garbage" * 1000)
+    fd = os.open(out, os.O_RDWR | os.O_TRUNC)
+    try:
+        os.ftruncate(fd, size)
+        copy_blocks(source, fd)
+    finally:
+        os.close(fd)
+        source.close()
+    return out, data
+
+
+@pytest.mark.parametrize("mode", [readahead.DropBehind.UNCACHED, readahead.DropBehind.ALL])
+def test_written_blocks_leave_the_page_cache_behind_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               mode: readahead.DropBehind) -> None:
+    """Each block DROP_LAG blocks behind the one just written is waited for and dropped: none of those
+    is cached after the copy (deterministic: the drop waits for the block's writeback), the last
+    DROP_LAG are, and the output holds the source's bytes (read back from the disk)."""
+    monkeypatch.setattr(readahead, "_MODE", mode)
+    out, data = _big_export(tmp_path)
+    behind = (BLOCKS - copy.DROP_LAG) * copy.DIGEST_BLOCK
+    assert _cached_pages(out, 0, behind) == 0
+    assert _cached_pages(out, behind, len(data) - behind) > 0
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_keep_cache_keeps_the_outputs_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readahead, "_MODE", readahead.DropBehind.KEEP)
+    out, data = _big_export(tmp_path)
+    assert _cached_pages(out, 0, len(data)) == len(data) // 4096
+    assert out.read_bytes() == data
+
+
+def test_no_drop_without_the_kick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(copy, "KICK", False)
+    dropped: list[int] = []
+    monkeypatch.setattr(readahead.Writeback, "drop", lambda self, o, n: dropped.append(o) or True)
+    out, data = _big_export(tmp_path)
+    assert dropped == [] and out.read_bytes() == data
+
+
+def test_a_refused_wait_stops_dropping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def refusing(self: readahead.Writeback, offset: int, length: int, flags: int) -> bool:
+        calls.append(flags)
+        return flags == readahead.SYNC_FILE_RANGE_WRITE  # the kick works, the waiting call fails
+
+    monkeypatch.setattr(readahead.Writeback, "_range", refusing)
+    out, data = _big_export(tmp_path)
+    waits = [f for f in calls if f != readahead.SYNC_FILE_RANGE_WRITE]
+    assert len(waits) == 1  # tried once, then no more
+    assert out.read_bytes() == data

@@ -159,7 +159,7 @@ def do_export(args: argparse.Namespace) -> int:
                          fsync=args.fsync, overwrite=args.overwrite, algorithm=digest_algorithm(args),
                          warm=args.warm or args.sync)
     if args.drop_behind or args.keep_cache:
-        from ..lvm.source import DropBehind, set_drop_behind
+        from ..readahead import DropBehind, set_drop_behind
 
         set_drop_behind(DropBehind.ALL if args.drop_behind else DropBehind.KEEP)
     # IDs first: an unknown ID or a file that is no volume leaves no output directory behind

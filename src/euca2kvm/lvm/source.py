@@ -14,7 +14,6 @@ are asked for, and a short read is never zeros.
 
 from __future__ import annotations
 
-import enum
 import errno
 import os
 import stat
@@ -24,29 +23,8 @@ from collections.abc import Iterator
 from .. import readahead
 from ..blocks import ByteFile, FileOpener, Kind, Range, merged, opener_for
 from ..errors import IOFailure
+from ..readahead import DropBehind
 from .extents import ExtentMap, LinearMapper
-
-
-class DropBehind(enum.Enum):
-    """What a local source file drops from the page cache behind its reader (``readahead.release``)."""
-
-    KEEP = "keep"  # nothing: the source stays cached (export --keep-cache)
-    UNCACHED = "uncached"  # what was not cached before this process first read the file (the default)
-    ALL = "all"  # everything read (export --drop-behind)
-
-
-# The mode of local source files opened from now on (see :func:`set_drop_behind`). The default
-# leaves the page cache as the export found it: what other processes had cached (a running
-# instance's disk during a warm pass, a controller's working set) stays, what the export brought
-# in goes, which is also the fastest cold read measured here (readahead.py). Without cachestat(2)
-# (Linux < 6.5) the cache state cannot be told and UNCACHED keeps everything.
-_DROP_BEHIND = DropBehind.UNCACHED
-
-
-def set_drop_behind(mode: DropBehind) -> None:
-    """Set what :class:`LocalFile` objects opened from now on drop from the page cache behind the reader."""
-    global _DROP_BEHIND
-    _DROP_BEHIND = mode
 
 
 class LocalFile:
@@ -56,9 +34,9 @@ class LocalFile:
                  drop_behind: DropBehind | None = None) -> None:
         """``follow=False`` refuses a symbolic link at ``path`` (O_NOFOLLOW); ``name``: for messages;
         ``drop_behind``: what to drop from the page cache behind the reader (None: as
-        :func:`set_drop_behind` says)."""
+        :func:`readahead.set_drop_behind` says)."""
         self.path = name or path
-        self.drop_behind = _DROP_BEHIND if drop_behind is None else drop_behind
+        self.drop_behind = readahead.drop_behind() if drop_behind is None else drop_behind
         # UNCACHED: per readahead.PROBE_GRAIN of the file, 0 not probed yet, 1 not cached, 2 cached
         # (by others: probed ahead of this reader and its readahead); probing stops when it cannot tell.
         self._grains = bytearray()
