@@ -20,7 +20,9 @@ On a throw-away single-node cluster (tests/rbd/cluster.py: one mon, one memstore
 ``--baseline-src DIR`` also times the dense and the small export by the euca2kvm in DIR (its src/ on
 PYTHONPATH: a checkout of an earlier commit), interleaved with the others, as ``*_baseline``.
 
-Commands run interleaved, ``--runs`` rounds after one warm-up; medians of wall time and of CPU time
+Commands run interleaved, ``--runs`` rounds after one warm-up, each after a ``sync`` (outside its time:
+an ``fsync`` on ext4 commits the journal, which first writes out every file's pending data, so a
+command would otherwise pay for the one before it); medians of wall time and of CPU time
 (user + system of this process and its children: the cluster's daemons are not counted). euca2kvm runs
 with its bytecode compiled, as installed (pip compiles it), even when the environment forbids writing
 bytecode (``PYTHONDONTWRITEBYTECODE``): a private ``PYTHONPYCACHEPREFIX``, filled by the warm-up. Root;
@@ -158,6 +160,7 @@ def main() -> int:
                 order = list(cases)
                 random.Random(r).shuffle(order)
                 for k in order:
+                    os.sync()  # the previous command's writeback is not charged to this one's fsync
                     t, u = timed(cases[k])
                     if r:
                         times[k].append(t)
