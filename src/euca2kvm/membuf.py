@@ -14,22 +14,35 @@ medians, wall / system s), a buffer 16 bytes into a page against a page-aligned 
 came and went from run to run.
 
 A buffer is an anonymous private mapping: page-aligned, zero-filled on first touch, returned to the
-system when the last view of it goes. Only euca2kvm's own memory is mapped (never a source file: see
+system when the last view of it goes, so the NBD server's per-block buffers no longer pile up in
+malloc's heap under the read-back's (a verified 800 MiB qcow2 export peaked at 63-72 MiB, now
+41-45 MiB). One of 2 MiB or more asks for huge pages (``MADV_HUGEPAGE``; the kernel aligns such
+mappings to 2 MiB): a fresh 4 MiB buffer per served block then costs two page faults, not 1024
+(same export, three runs each: 1.58-1.87 s against 1.57-1.65 s with malloc's reused heap, and
+1.88-2.15 s with 4 KiB pages). Only euca2kvm's own memory is mapped (never a source file: see
 ``export/copy.py``). It imports nothing of euca2kvm: any layer may use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 from typing import Any
+
+# A transparent huge page (x86-64): buffers at least this large ask for them.
+HUGE = 2 << 20
 
 
 def aligned(n: int) -> memoryview:
     """A writable, zeroed, page-aligned buffer of ``n`` bytes."""
     if n <= 0:
         return memoryview(bytearray(0))
-    return memoryview(mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE))
+    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)
+    if n >= HUGE:
+        with contextlib.suppress(OSError, AttributeError):  # advice only (no THP: 4 KiB pages)
+            m.madvise(mmap.MADV_HUGEPAGE)
+    return memoryview(m)
 
 
 def same(a: memoryview, b: memoryview) -> bool:

@@ -61,8 +61,15 @@ def result_line(label: str, entry: dict[str, Any], reused: bool, bytes_read: int
 
     ``bytes_read`` stands in for a manifest entry that records none (a conversion: what its source
     digest read)."""
+    delta = entry.get("delta")
     if reused:
         what = "already exported and verified"
+    elif isinstance(delta, dict):  # a delta pass (--sync, a later --warm): its own numbers, not the first pass's
+        secs = float(delta.get("seconds") or 0)
+        got = int(delta.get("bytes_read") or 0)
+        what = (f"{'synced' if delta.get('final') else 'warm delta pass'} in {secs:.2f} s: "
+                f"{delta.get('blocks_changed')} of {delta.get('blocks')} blocks changed, read {human(got)} at "
+                f"{human(got / max(secs, MIN_SECONDS))}/s, wrote {human(int(delta.get('bytes_written') or 0))}")
     else:
         what = f"{human(entry['size'])} in {entry['seconds']:.2f} s"
         read = entry.get("bytes_read", bytes_read)

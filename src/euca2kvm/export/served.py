@@ -29,6 +29,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+from .. import membuf
 from ..blocks import BlockSource
 from .copy import block_data, fill_block
 from .digest import DIGEST_BLOCK, Algorithm, BlockDigest, block_count
@@ -44,11 +45,10 @@ CACHE_BLOCKS = 3
 # interleaved runs on a loaded machine: median 2.02 s against 2.51 s without (faster in 5 of 6),
 # the same CPU (1.35 s against 1.42 s); 116 of its 128 blocks were read by the read-ahead thread.
 READ_AHEAD = 1
-# Each block is read into a new bytearray, which Python zero-fills first (perf: 4.7 % of a cold
-# 2 GiB verified qcow2 export's CPU). Reusing evicted buffers instead (when no reply held a piece
-# of them) measured worse: 2 GiB page-cached, three interleaved runs, user 4.07 -> 3.87 s but
-# system 4.52 -> 5.51 s, CPU median 8.58 -> 9.25 s (the kernel's copy into a buffer not in the
-# CPU cache costs more than the memset that leaves the new one there): not done.
+# Each block is read into a new buffer (membuf.aligned: page-aligned, huge pages, unmapped once no
+# reply holds it; the numbers are there). Reusing evicted buffers instead (when no reply held a piece
+# of them) measured worse with bytearrays: 2 GiB page-cached, three interleaved runs, user 4.07 ->
+# 3.87 s but system 4.52 -> 5.51 s, CPU median 8.58 -> 9.25 s: not done.
 
 # Seconds close() waits for a read-ahead in progress; a read of a hung source is left to its
 # (daemon) thread, as the server leaves a hung connection's.
@@ -75,7 +75,7 @@ class Served:
         self._reader: threading.Thread | None = None
         self._closed = False
         self._lock = threading.Lock()
-        self._cache: OrderedDict[int, bytearray] = OrderedDict()
+        self._cache: OrderedDict[int, memoryview] = OrderedDict()
         self._loading: dict[int, threading.Event] = {}
         self._done: set[int] = set()  # blocks whose digest was taken (folded or pending)
         self._pending: dict[int, bytes] = {}  # digests of blocks beyond the fold point
@@ -109,7 +109,7 @@ class Served:
             out.append(memoryview(blk)[max(offset, lo) - lo : min(end, lo + len(blk)) - lo])
         return out
 
-    def _block(self, i: int, ahead: bool = False) -> bytearray | None:
+    def _block(self, i: int, ahead: bool = False) -> memoryview | None:
         """Block ``i``, read on its first touch; ``ahead`` (the read-ahead thread): None when it
         was digested already (evicted: only a request may read it again)."""
         while True:
@@ -194,12 +194,11 @@ class Served:
         with self._lock:
             self._cache.clear()
 
-    def _load(self, i: int) -> tuple[bytearray, bytes]:
+    def _load(self, i: int) -> tuple[memoryview, bytes]:
         assert self.algorithm is not None
         lo = i * DIGEST_BLOCK
         hi = min(self.source.size, lo + DIGEST_BLOCK)
-        buf = bytearray(hi - lo)
-        view = memoryview(buf)
+        view = buf = membuf.aligned(hi - lo)
         self._count(fill_block(self.source, lo, view, block_data(self.source, lo, hi, self.source.name)))
         return buf, self.algorithm.of(view)
 
