@@ -1,17 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""membuf: the I/O buffers are page-aligned and zeroed, and ``same`` compares bytes, not objects."""
+"""membuf: the I/O buffers are page-aligned and zeroed, and ``same`` compares bytes, not objects (the
+read back of a rewritten block through it: tests/export/test_warm.py)."""
 
 from __future__ import annotations
 
 import ctypes
 import mmap
 import os
-from pathlib import Path
 
 import pytest
 
 from euca2kvm import membuf
-from euca2kvm.export import copy, sync
+from euca2kvm.export import copy
 from euca2kvm.export.digest import DIGEST_BLOCK
 
 
@@ -59,14 +59,3 @@ def test_same_compares_bytes() -> None:
     assert membuf.same(memoryview(data), a)  # a read-only side is compared too
     assert not membuf.same(memoryview(bytes(DIGEST_BLOCK)), a)
 
-
-def test_holds_reads_the_image_back_into_an_aligned_buffer(tmp_path: Path) -> None:
-    data = os.urandom(3 * 4096)
-    p = tmp_path / "img"
-    p.write_bytes(data)
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        assert sync.holds(fd, 4096, memoryview(data)[4096:8192], str(p))
-        assert not sync.holds(fd, 4096, memoryview(data)[:4096], str(p))
-    finally:
-        os.close(fd)

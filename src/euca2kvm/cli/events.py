@@ -66,16 +66,20 @@ def result_line(label: str, entry: dict[str, Any], reused: bool, bytes_read: int
         what = "already exported and verified"
     elif isinstance(delta, dict):  # a delta pass (--sync, a later --warm): its own numbers, not the first pass's
         secs = float(delta.get("seconds") or 0)
-        got = int(delta.get("bytes_read") or 0)
         what = (f"{'synced' if delta.get('final') else 'warm delta pass'} in {secs:.2f} s: "
-                f"{delta.get('blocks_changed')} of {delta.get('blocks')} blocks changed, read {human(got)} at "
-                f"{human(got / max(secs, MIN_SECONDS))}/s, wrote {human(int(delta.get('bytes_written') or 0))}")
+                f"{delta.get('blocks_changed')} of {delta.get('blocks')} blocks changed, "
+                f"{_read_at(int(delta.get('bytes_read') or 0), secs)}, "
+                f"wrote {human(int(delta.get('bytes_written') or 0))}")
     else:
         what = f"{human(entry['size'])} in {entry['seconds']:.2f} s"
         read = entry.get("bytes_read", bytes_read)
         if read is not None:
-            what += f", read {human(read)} at {human(read / max(entry['seconds'], MIN_SECONDS))}/s"
+            what += f", {_read_at(read, entry['seconds'])}"
     return f"{esc(label)} -> {esc(entry['output'])}  {what}  {entry.get('digest') or ''}".rstrip()
+
+
+def _read_at(read: int, seconds: float) -> str:
+    return f"read {human(read)} at {human(read / max(seconds, MIN_SECONDS))}/s"
 
 
 def _read_rate_column() -> Any:

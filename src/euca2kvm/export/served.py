@@ -198,9 +198,9 @@ class Served:
         assert self.algorithm is not None
         lo = i * DIGEST_BLOCK
         hi = min(self.source.size, lo + DIGEST_BLOCK)
-        view = buf = membuf.aligned(hi - lo)
-        self._count(fill_block(self.source, lo, view, block_data(self.source, lo, hi, self.source.name)))
-        return buf, self.algorithm.of(view)
+        buf = membuf.aligned(hi - lo)
+        self._count(fill_block(self.source, lo, buf, block_data(self.source, lo, hi, self.source.name)))
+        return buf, self.algorithm.of(buf)
 
     def _take(self, i: int, digest: bytes) -> None:
         """Record block ``i``'s digest and fold what is complete (holds the lock)."""
