@@ -30,6 +30,12 @@ _FILE_KIND = {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link", stat
               stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
+def stamp(st: os.stat_result) -> dict[str, int]:
+    """What moves when a file is written, truncated or replaced: size, mtime, ctime (which no caller
+    can set back, unlike the mtime) and inode."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
 def kind_of(mode: int) -> str:
     """What a non-regular file is, for messages ("a symbolic link", "a FIFO", ...)."""
     return _FILE_KIND.get(stat.S_IFMT(mode), "not a regular file")

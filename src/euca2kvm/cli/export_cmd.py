@@ -180,8 +180,9 @@ def do_export(args: argparse.Namespace) -> int:
     outdir = output_dir(args.output)
     check_outputs(vols, outdir, fmt.ext)
     if not args.verify and not args.json:
-        console_err.print("note: --sync --no-verify: the image is not read back; the blocks that changed are found "
-                          "by their digests" if args.sync else
+        console_err.print("note: --sync --no-verify: the image is not read back but for the blocks rewritten, "
+                          "while nothing wrote it since the last pass; the blocks that changed are found by their "
+                          "digests" if args.sync else
                           "note: --no-verify: no digest is computed and outputs are not verified")
     return run_exports(vols, outdir, opts, args.force, args.jobs, args.json, args)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import blocks
+from .. import blocks, safefs
 from ..blocks import BlockSource, Kind
 from ..errors import Euca2kvmError, FormatError, IOFailure, VerifyError
 from ..outdir import OutDir, WorkDir
@@ -105,8 +105,7 @@ def fingerprint(paths: list[str]) -> list[dict[str, Any]]:
             st = os.stat(p)
         except OSError as e:
             raise IOFailure(f"cannot stat {p}: {e.strerror} (changed while exporting?)") from e
-        entry = {"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-                 "ino": st.st_ino}
+        entry: dict[str, Any] = {"path": p, **safefs.stamp(st)}
         if stat.S_ISBLK(st.st_mode):
             entry.update(_device_identity(p, st))
         out.append(entry)

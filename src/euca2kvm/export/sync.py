@@ -23,8 +23,14 @@ instance is stopped (in-use checks back on), run :func:`delta_pass`:
    read back. Warm delta passes of a raw image are verified the same way; other formats digest the
    whole image again afterwards (a warm delta pass only when it rewrote blocks). ``--sync
    --no-verify`` reads only the source, hashed, and records ``"verified": false``: the rewritten
-   blocks were digested as they were written, the others are trusted to be what the earlier passes
-   wrote.
+   blocks were digested as they were written (a raw image's read back), the others are trusted to be
+   what the earlier passes wrote and verified, which holds only while the image is as the last pass
+   left it. So every pass records the image's stamp (``"image"``: size, mtime, ctime, inode, taken
+   once it is flushed and published), and ``--no-verify`` trusts the image only when its stamp is
+   still that one: an image written since (booted, copied over, an interrupted pass) has a new ctime,
+   which no program can set back, and is verified against the source as without ``--no-verify``
+   (a warning says so). Not caught: a write within the same clock tick as the stamp (the kernel
+   stamps times at its tick, a few ms), and a disk that returns other bytes than were written.
 
 Raw images are written with ``pwrite``, other uncompressed formats (qcow2, vmdk...) through
 ``qemu-nbd`` in write mode (:mod:`.nbdwrite`), both in place: the published image is the work
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import queue
 import stat
@@ -47,7 +54,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import membuf
+from .. import membuf, safefs
 from ..blocks import AllData, BlockSource
 from ..errors import FormatError, IOFailure, UsageError, VerifyError
 from ..outdir import OutDir
@@ -56,8 +63,9 @@ from .copy import block_data, copy_blocks, fill_block, pwrite_all
 from .digest import DIGEST_BLOCK, Algorithm, block_count
 from .pipeline import ExportOptions, Progress, Source, check_unchanged, content_digest, export_source, fingerprint
 from .pipeline import identity as source_ident
-from .warm import utc
+from .warm import image_stamp, utc
 
+log = logging.getLogger(__name__)
 
 def previous_entry(outdir: Path, out: Path) -> dict[str, Any] | None:
     return next((v for v in manifest.load(outdir)["volumes"] if v.get("output") == str(out.resolve())), None)
@@ -98,10 +106,11 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
     new: list[bytes] = [b""] * block_count(size)
     cur = list(car.digests)
     written = reread = 0
-    # a raw image is compared with the source in the source's one pass (--sync and warm delta passes)
-    one_pass = opts.verify and fmt == "raw"
     with OutDir(outdir) as od, od.work(out.name):  # the claim: no other run writes this output meanwhile
-        with _image_writer(od, out, size, fmt) as (write, image_fd):
+        with _image_writer(od, out, size, fmt) as (write, image_fd, opened):
+            verify = opts.verify or not trusted(entry, opened, out, src.id)
+            # a raw image is compared with the source in the source's one pass (--sync and warm delta passes)
+            one_pass = verify and fmt == "raw"
             against = _AgainstImage(source, image_fd, car.digests, algo) if one_pass and image_fd is not None else None
             try:  # against the image: compared, not hashed (the blocks that differ are hashed as read)
                 res = copy_blocks(against or source, None, workers=opts.workers, name=src.id, algorithm=algo,
@@ -131,8 +140,7 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                     cur[i] = d
                     written += write(i * DIGEST_BLOCK, view)
                     reread += got
-                    if (against is not None and image_fd is not None
-                            and not holds(image_fd, i * DIGEST_BLOCK, view, str(out))):
+                    if image_fd is not None and not holds(image_fd, i * DIGEST_BLOCK, view, str(out)):
                         manifest.record(outdir, {**entry, "consistent": False, "sync_in_progress": True})
                         raise VerifyError(f"{src.id}: block {i} of {out} does not read back as written; export "
                                           "it again with --overwrite")
@@ -142,7 +150,7 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
         if final and against is None and digest != res.digest:
             raise AssertionError("a final pass whose blocks all match folds to the source's digest")
         checked = time.time()
-        if opts.verify and (changed or final) and against is None:
+        if verify and (changed or final) and against is None:
             found = content_digest(out, fmt, digest, opts.workers, size)
             if found != digest:  # never left recorded as consistent
                 manifest.record(outdir, {**entry, "consistent": False, "sync_in_progress": True})
@@ -163,20 +171,34 @@ def delta_pass(src: Source, outdir: Path, out: Path, entry: dict[str, Any], opts
                            "seconds": round(ended - started, 3), "verify_seconds": round(ended - checked, 3)})
         if changed:
             done["blocks"] = sidecar.write(od, sidecar.name_for(out.name), car)
+        done["image"] = image_stamp(od, out)  # flushed and closed: what the next --no-verify pass must find
         if final:
             done["synced_at"] = utc(ended)
-            done["verified"] = opts.verify  # --sync --no-verify: the rewritten blocks were digested as written
+            done["verified"] = verify  # --sync --no-verify: the rewritten blocks were digested as written
         # flushed with the batch's manifest (manifest.flush) unless --fsync; the image and sidecar are already
         manifest.record(outdir, done, fsync=opts.fsync)
     return done
 
 
+def trusted(entry: dict[str, Any], found: os.stat_result, out: Path, name: str) -> bool:
+    """Whether the image is as the last pass left it (its recorded stamp), so that ``--no-verify`` may
+    trust the blocks it does not rewrite; if not, a warning that the image is verified instead."""
+    recorded = entry.get("image")
+    if recorded == safefs.stamp(found):
+        return True
+    why = ("its manifest entry has no stamp of it" if not isinstance(recorded, dict) else
+           "it was written since the last pass (its size, times or inode changed)")
+    log.warning("%s: %s: %s; verifying the whole image against the source (--no-verify trusts only an "
+                "image that nothing wrote since the last pass)", name, out, why)
+    return False
+
+
 @contextlib.contextmanager
 def _image_writer(od: OutDir, out: Path, size: int, fmt: str
-                  ) -> Iterator[tuple[Callable[[int, memoryview], int], int | None]]:
+                  ) -> Iterator[tuple[Callable[[int, memoryview], int], int | None, os.stat_result]]:
     """Writes of guest bytes into the published image: ``pwrite`` for raw, qemu-nbd for the rest;
-    flushed to the image before this returns; and the raw image's descriptor (to read it). The image
-    must be a regular file, never a link."""
+    flushed to the image before this returns; the raw image's descriptor (to read it) and the image's
+    status as opened. The image must be a regular file, never a link."""
     try:
         fd = os.open(out.name, (os.O_RDWR if fmt == "raw" else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC,
                      dir_fd=od.fd)
@@ -188,7 +210,7 @@ def _image_writer(od: OutDir, out: Path, size: int, fmt: str
             raise FormatError(f"not a regular {size}-byte image (size {st.st_size}); export it again with "
                               "--overwrite", str(out))
         if fmt == "raw":
-            yield (lambda at, view: pwrite_all(fd, view, at)), fd
+            yield (lambda at, view: pwrite_all(fd, view, at)), fd, st
             os.fdatasync(fd)
             return
         from .nbdwrite import writable
@@ -196,7 +218,7 @@ def _image_writer(od: OutDir, out: Path, size: int, fmt: str
         with writable(str(out), fmt) as nbd:
             if nbd.size < size:
                 raise FormatError(f"image holds {nbd.size} bytes, the disk {size}", str(out))
-            yield nbd.write, None
+            yield nbd.write, None, st
     finally:
         os.close(fd)
 

@@ -22,17 +22,28 @@ from __future__ import annotations
 
 import calendar
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import safefs
+from ..errors import IOFailure
 from ..outdir import OutDir
 from . import manifest, sidecar
 from .digest import DIGEST_BLOCK, Algorithm, block_count
 
 if TYPE_CHECKING:
     from .pipeline import ExportOptions
+
+
+def image_stamp(od: OutDir, out: Path) -> dict[str, int]:
+    """The published image's :func:`.safefs.stamp` (the name in OUTDIR, never through a link)."""
+    try:
+        return safefs.stamp(os.stat(out.name, dir_fd=od.fd, follow_symlinks=False))
+    except OSError as e:
+        raise IOFailure(f"cannot stat {out}: {e.strerror}") from e
 
 
 def utc(t: float) -> str:
@@ -80,7 +91,8 @@ class WarmPass:
         if entry.get("digest") is not None and car.folded() != entry["digest"]:
             raise AssertionError("the sidecar's digests do not fold to the export's digest")
 
-        def run() -> None:
+        def run() -> None:  # the image is in place under its name: its stamp is what a later pass must find
+            entry["image"] = image_stamp(od, od.path / image_name)
             entry["blocks"] = sidecar.write(od, sidecar.name_for(image_name), car)
             entry.update(self.fields(ended))
             entry.pop("sync_in_progress", None)
