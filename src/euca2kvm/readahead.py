@@ -32,14 +32,17 @@ in every run counts). Medians relative to plain buffered 4 MiB ``preadv`` in the
   only what was not cached then is dropped.
 - 1 MiB and 16 MiB requests were not reliably better or worse than 4 MiB.
 
-So: one reader per file (more workers may hash, not read), buffered :data:`READ_CHUNK` reads,
-:func:`advise` once on each source file, :func:`release` behind the reader of what
-:class:`CacheProbe` found uncached, where a source is read once. It imports nothing of euca2kvm but its
-units: any layer may use it.
+So: one reader per file (more workers may hash, not read), :data:`READ_CHUNK` reads, :func:`advise`
+once on each source file, :func:`release` behind the reader of what :class:`CacheProbe` found
+uncached, where a source is read once. Later measurements on this VM (:data:`DIRECT`) found the
+kernel's copy out of the page cache costing more than the disk itself, so whole aligned blocks that
+no one had cached are now read with ``O_DIRECT`` (:func:`open_direct`), the rest through the cache
+as above. It imports nothing of euca2kvm but its units: any layer may use it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import errno
 import os
@@ -102,6 +105,39 @@ def release(fd: int, offset: int, length: int) -> None:
     except OSError as e:
         if e.errno not in _NO_ADVICE:
             raise
+
+
+# Parts of a source that no one had cached are read with O_DIRECT: the disk's DMA lands in the reader's
+# own buffer and nothing is copied out of the page cache. On this VM that copy came to cost more than
+# the disk (it varies with the host: fresh page-cache pages fault on the host, and ``perf`` of a cold
+# verified sync put 77 % of its samples in the kernel's ``_copy_to_iter``). 8 GiB dense, cold, three
+# rounds each (``bench/bench_warm.py``'s fixture): ``export --sync`` 11.2-11.5 s (system 9.7-9.9 s)
+# buffered against 6.3-9.3 s (0.15 s) direct, ``--sync --no-verify`` 6.3-7.3 s (3.9-4.5 s) against
+# 3.0-5.0 s (0.1 s); ``dd bs=4M iflag=direct`` 5.1-5.7 s, ``dd iflag=nocache`` 12-15 s. (Earlier, on the
+# same kind of VM with the host's memory in another state, single-threaded O_DIRECT reads measured
+# up to 3.6x slower than readahead: the module docstring's table; that is why it is only taken where
+# whole aligned blocks are read, and EUCA2KVM_DIRECT=0 turns it off, to measure against.) What was
+# cached stays read through the cache: memory is faster than any disk.
+DIRECT = os.environ.get("EUCA2KVM_DIRECT", "1") != "0"
+# O_DIRECT needs the offset, the length and the buffer's address aligned to the device's logical block
+# (512 or 4096 bytes); 4096 fits both. A read that is not is done through the page cache.
+DIRECT_ALIGN = 4 * KiB
+
+
+def open_direct(fd: int) -> int | None:
+    """A second descriptor of the file open as ``fd``, read-only with ``O_DIRECT`` (the same inode:
+    reopened through ``/proc/self/fd``); None where O_DIRECT cannot be had (tmpfs, a FUSE file)."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def direct_aligned(offset: int, view: memoryview) -> bool:
+    """Whether ``view`` at ``offset`` can be read with O_DIRECT: offset, length and address aligned."""
+    if offset % DIRECT_ALIGN or len(view) % DIRECT_ALIGN or not len(view) or view.readonly:
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) % DIRECT_ALIGN == 0
 
 
 class DropBehind(enum.Enum):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import random
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from _env import missing, need_tools
+from euca2kvm import membuf, readahead
 from euca2kvm.lvm.source import DropBehind, LocalFile
 
 MiB = 1 << 20
@@ -107,3 +110,120 @@ def test_export_page_cache_options(tmp_path: Path, option: str | None) -> None:
     assert (out / "snap-0dd0b0b1.raw").read_bytes() == data
     pages = resident(src)
     assert pages == 0 if option == "--drop-behind" else pages >= len(data) // PAGE // 2
+
+
+def evicted_file(path: Path, size: int) -> bytes:
+    """A file of random bytes on the disk, none of it in the page cache."""
+    data = cached_file(path, size)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if resident(path):
+        missing("the page cache keeps this file after POSIX_FADV_DONTNEED")
+    return data
+
+
+class Reads:
+    """os.preadv calls of one LocalFile, by descriptor: (offset, length) each."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_direct: bool = False) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        real = os.preadv
+
+        def preadv(fd: int, bufs: list[memoryview], offset: int) -> int:
+            self.calls.append((fd, offset, sum(len(b) for b in bufs)))
+            if fail_direct and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real(fd, bufs, offset)
+
+        monkeypatch.setattr(os, "preadv", preadv)
+
+    def on(self, fd: int | None) -> list[tuple[int, int]]:
+        return [(off, n) for d, off, n in self.calls if d == fd]
+
+
+def read_aligned(f: LocalFile, size: int, shift: int = 0) -> bytes:
+    """The whole file read in 4 MiB requests into a page-aligned buffer (``shift`` bytes into it)."""
+    buf = membuf.aligned(4 * MiB + shift)
+    out = bytearray()
+    for off in range(0, size, 4 * MiB):
+        n = min(4 * MiB, size - off)
+        assert f.pread_into(off, buf[shift : shift + n]) == n
+        out += buf[shift : shift + n]
+    return bytes(out)
+
+
+def test_uncached_blocks_are_read_direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What no one had cached is read with O_DIRECT in whole requests, the tail past the last 4 KiB
+    block through the page cache (dropped behind); the bytes are the file's and none stay cached."""
+    path = tmp_path / "src.img"
+    data = evicted_file(path, 12 * MiB + 1000)
+    reads = Reads(monkeypatch)
+    f = LocalFile(str(path))
+    buffered = f.fd
+    try:
+        assert read_aligned(f, len(data)) == data
+        probed, direct = f._probing, f._dfd
+        assert direct is None or fcntl.fcntl(direct, fcntl.F_GETFL) & os.O_DIRECT
+    finally:
+        f.close()
+    if not probed:
+        missing("this kernel has no cachestat(2)")
+    assert direct is not None, "ext4 and xfs take O_DIRECT reads"
+    assert reads.on(direct) == [(0, 4 * MiB), (4 * MiB, 4 * MiB), (8 * MiB, 4 * MiB)], reads.calls
+    assert reads.on(buffered) == [(12 * MiB, 1000)] and resident(path) == 0
+
+
+def test_cached_blocks_and_unaligned_buffers_go_through_the_page_cache(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "src.img"
+    data = cached_file(path, 8 * MiB)
+    reads = Reads(monkeypatch)
+    f = LocalFile(str(path))
+    try:
+        assert read_aligned(f, len(data)) == data  # cached: read through the cache, left there
+        assert f._dfd is None
+    finally:
+        f.close()
+    assert resident(path) >= len(data) // PAGE // 2
+    data = evicted_file(path, 8 * MiB)
+    f = LocalFile(str(path))
+    try:
+        assert read_aligned(f, len(data), shift=512) == data  # a buffer 512 bytes into a page: not direct
+        assert f._dfd is None and len(reads.calls) == 2 * 2 * 8  # 512 KiB calls, both reads
+    finally:
+        f.close()
+
+
+def test_direct_reads_off_or_refused_read_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EUCA2KVM_DIRECT=0, a filesystem that cannot open O_DIRECT, and one that refuses the read (EINVAL):
+    the same bytes, read through the page cache (and dropped behind)."""
+    path = tmp_path / "src.img"
+    monkeypatch.setattr(readahead, "DIRECT", False)
+    data = evicted_file(path, 8 * MiB)
+    f = LocalFile(str(path))
+    try:
+        assert read_aligned(f, len(data)) == data and f._dfd is None
+    finally:
+        f.close()
+    monkeypatch.setattr(readahead, "DIRECT", True)
+    monkeypatch.setattr(readahead, "open_direct", lambda fd: None)
+    data = evicted_file(path, 8 * MiB)
+    f = LocalFile(str(path))
+    try:
+        assert read_aligned(f, len(data)) == data and f._dfd is None and not f._try_direct
+    finally:
+        f.close()
+    monkeypatch.undo()
+    data = evicted_file(path, 8 * MiB)
+    reads = Reads(monkeypatch, fail_direct=True)
+    f = LocalFile(str(path))
+    try:
+        assert read_aligned(f, len(data)) == data
+        assert not f._try_direct and len(reads.on(f._dfd)) == 1  # tried once
+    finally:
+        f.close()
+    assert resident(path) == 0
+

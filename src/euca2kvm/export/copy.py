@@ -7,8 +7,9 @@ read nor written: its digest is known. Other blocks are shared with the source b
 read only to be hashed, or read with ``read_into`` into a per-worker buffer, hashed and written
 from it with one ``pwritev`` per contiguous span, in system calls of at most
 ``readahead.SYSCALL_BYTES`` (the reason is measured there). Writes are buffered: ``O_DIRECT`` writes
-(and reads) cut the system time by 60-80 % but were 30-50 % slower on a cold source here, where the
-disk bounds the copy and writeback keeps its queue fuller (``bench/bench_direct.py``).
+cut the system time by 60-80 % but were 30-50 % slower on a cold source here, where the disk bounds
+the copy and writeback keeps its queue fuller (``bench/bench_direct.py``). A local source's blocks
+that no one had cached are read with ``O_DIRECT`` (``readahead.DIRECT``: the reasons and numbers).
 
 Sources are never mapped: a page of a mapping beyond the end of a file that shrank meanwhile
 raises SIGBUS, which kills the process (exit 135, the partial output left behind) and which

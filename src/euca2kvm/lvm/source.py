@@ -43,6 +43,10 @@ class LocalFile:
         self._probe: readahead.CacheProbe | None = None
         self._probing = self.drop_behind is DropBehind.UNCACHED
         self._probe_lock = threading.Lock()
+        # a second descriptor with O_DIRECT, for whole aligned blocks no one had cached (readahead.DIRECT):
+        # opened on first use; no more tries once the file or its filesystem refused it
+        self._try_direct = self._probing and readahead.DIRECT
+        self._dfd: int | None = None
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
         except OSError as e:
@@ -62,6 +66,13 @@ class LocalFile:
         """Read ``view`` at ``offset`` in calls of at most :data:`readahead.SYSCALL_BYTES`; short only at EOF."""
         if self._probing:
             self._probe_ahead(offset, len(view))
+        if self._try_direct and self._uncached(offset, len(view)) and readahead.direct_aligned(offset, view):
+            got = self._read_direct(offset, view)
+            if got is not None:
+                return got
+        return self._read_buffered(offset, view)
+
+    def _read_buffered(self, offset: int, view: memoryview) -> int:
         got = 0
         while got < len(view):
             piece = view[got : got + readahead.SYSCALL_BYTES]
@@ -98,6 +109,40 @@ class LocalFile:
                         self._probing, self._grains = False, bytearray()
                         return
                     self._grains[g] = 2 if cached else 1
+
+    def _uncached(self, offset: int, length: int) -> bool:
+        """Whether every grain of ``[offset, offset + length)`` was probed and found not cached."""
+        grain, grains = readahead.PROBE_GRAIN, self._grains
+        g0, g1 = offset // grain, (offset + length - 1) // grain
+        return self._probing and g1 < len(grains) and all(grains[g] == 1 for g in range(g0, g1 + 1))
+
+    def _read_direct(self, offset: int, view: memoryview) -> int | None:
+        """``view`` read with O_DIRECT; None (and no more direct reads of this file) if it is refused.
+        Short only at EOF, like :meth:`pread_into`: the tail past the last whole block is read buffered."""
+        if self._dfd is None:
+            with self._probe_lock:  # readers of one file (the NBD server's) open one descriptor
+                if self._dfd is None:
+                    self._dfd = readahead.open_direct(self.fd)
+                    self._try_direct = self._dfd is not None
+            if self._dfd is None:
+                return None
+        got = 0
+        try:
+            while got < len(view):
+                n = os.preadv(self._dfd, [view[got:]], offset + got)
+                if n <= 0 or n % readahead.DIRECT_ALIGN:  # EOF, or the file's last partial block
+                    got += max(n, 0)
+                    break
+                got += n
+        except OSError as e:
+            if e.errno != errno.EINVAL or got:
+                raise IOFailure(f"read of {len(view) - got} bytes at offset {offset + got} of {self.path} "
+                                f"failed: {e.strerror}") from e
+            self._try_direct = False  # a device or filesystem that takes no O_DIRECT reads of this shape
+            return None
+        if got < len(view) and got % readahead.DIRECT_ALIGN == 0:
+            got += self._read_buffered(offset + got, view[got:])  # past the last aligned block: EOF
+        return got
 
     def _release(self, offset: int, n: int) -> None:
         if self.drop_behind is DropBehind.ALL:
@@ -148,6 +193,9 @@ class LocalFile:
         return out
 
     def close(self) -> None:
+        if self._dfd is not None:
+            os.close(self._dfd)
+            self._dfd = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
