@@ -185,13 +185,15 @@ def case_coldread(work: Path, size: int, runs: int, cold: str, only: list[str]) 
         "4M + SEQUENTIAL + DONTNEED behind": {**four, "hint": "seq", "behind": True},
         "O_DIRECT 4M": {**four, "direct": True},
         "O_DIRECT 16M": {"chunk": 16 * MiB, "direct": True},
+        "O_DIRECT 4M x 2 threads": {**four, "direct": True, "threads": 2},
         "O_DIRECT 4M x 4 threads": {**four, "direct": True, "threads": 4},
         "4M x 2 threads": {**four, "threads": 2},
     }
     if only:
         variants = {k: v for k, v in variants.items() if k in only}
     # With the digest in the loop (what an export does): does a hint keep the disk busy while we hash?
-    hashed = [k for k in ("preadv 4M", "4M + FADV_SEQUENTIAL", "4M + SEQUENTIAL + DONTNEED behind") if k in variants]
+    hashed = [k for k in ("preadv 4M", "4M + FADV_SEQUENTIAL", "4M + SEQUENTIAL + DONTNEED behind", "O_DIRECT 4M",
+                         "O_DIRECT 4M x 2 threads") if k in variants]
     cmds = {**{k: (v, None) for k, v in variants.items()}, **{k + " +hash": (variants[k], hasher) for k in hashed}}
     times: dict[str, list[float]] = {k: [] for k in cmds}
     loads: list[str] = []

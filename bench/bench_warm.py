@@ -9,7 +9,9 @@ Builds a dense LVM2 container with tests/lvmwriter.py (no root needed), exports 
 then per run: changes ``--changed`` of its 4 MiB blocks (one 4 KiB write each), times ``cat`` of the
 container to /dev/null (and, before the sync without read-back, ``dd bs=1M iflag=nocache``: a plain
 read that drops its pages behind it, as euca2kvm's reader does; cat takes fresh pages, which cost a
-host fault each on this VM once the host has taken back freed memory, and varied 5-12 s), then
+host fault each on this VM once the host has taken back freed memory, and varied 5-12 s), ``dd bs=4M
+iflag=direct`` (the disk's own pace: no page cache at all, so it is cold even in a page-cached run) and
+the same of the container and the image at once (the least a verified sync must read), then
 ``export --sync`` (in a process that reports its ``/proc/self/io``), then
 ``export --sync --no-verify`` after as many changes again (no whole-image read back), then a full
 ``export --overwrite`` into another directory. All three read a page-cached source (it is
@@ -148,6 +150,10 @@ def main() -> int:
         warmed()
         changed = change(container, size, args.changed, rnd)
         cat = timed(["cat", str(container)])
+        direct = timed(["dd", f"if={container}", "of=/dev/null", "bs=4M", "iflag=direct", "status=none"])
+        both = timed(["sh", "-c", 'dd if="$1" of=/dev/null bs=4M iflag=direct status=none & '
+                      'dd if="$2" of=/dev/null bs=4M iflag=direct status=none; wait', "-", str(container),
+                      str(out / f"{VOL}.raw")])
         sync = timed([sys.executable, "-c", MEASURED, "export", VOL, "-s", str(vols), "-o", str(out), "--sync"],
                      env=env)
         counters = dict(ln.split(": ") for ln in io.read_text().splitlines())
@@ -168,7 +174,8 @@ def main() -> int:
         evict([full / f"{VOL}.raw"])  # its 8 GiB of pages would push the container out of a small page cache
         d = entry["delta"]
         assert d["blocks_changed"] == changed, (d, changed)
-        rows.append({**row("cat", cat), **row("dd_nocache", dd), **row("sync", sync), **row("sync_no_verify", sync_nv),
+        rows.append({**row("cat", cat), **row("dd_nocache", dd), **row("dd_direct", direct),
+                     **row("dd_direct_both", both), **row("sync", sync), **row("sync_no_verify", sync_nv),
                      **row("full_export", full_t), **base, "sync_verify_s": d["verify_seconds"],
                      "sync_delta_s": d["seconds"] - d["verify_seconds"], "changed_bytes": changed * BLOCK,
                      "bytes_written": d["bytes_written"], "write_bytes": int(counters["write_bytes"]),
@@ -182,15 +189,20 @@ def main() -> int:
            "sync_no_verify_over_cat": med["sync_no_verify_s"] / med["cat_s"],
            "sync_over_dd_nocache": med["sync_s"] / med["dd_nocache_s"],
            "sync_no_verify_over_dd_nocache": med["sync_no_verify_s"] / med["dd_nocache_s"],
+           "sync_over_dd_direct": med["sync_s"] / med["dd_direct_s"],
+           "sync_no_verify_over_dd_direct": med["sync_no_verify_s"] / med["dd_direct_s"],
+           "sync_over_dd_direct_both": med["sync_s"] / med["dd_direct_both_s"],
            "written_over_changed": med["write_bytes"] / med["changed_bytes"]}
     print(f"{size >> 20} MiB, {args.changed:.1%} of blocks changed, {args.runs} run(s), "
           f"{'cold (evicted)' if args.evict else 'page-cached'}, warm pass {warm_s:.2f} s, "
           f"load {res['load'][0]:.2f}")
-    print(f"  {'median seconds':22} {'wall':>8} {'user':>8} {'sys':>8} {'wall/cat':>9} {'wall/dd':>8}")
-    for name in ("cat", "dd_nocache", "sync", "sync_no_verify", "full_export", *(["base_sync", "base_sync_no_verify"]
-                                                                    if base_env is not None else [])):
+    print(f"  {'median seconds':22} {'wall':>8} {'user':>8} {'sys':>8} {'wall/cat':>9} {'wall/dd':>8} "
+          f"{'wall/direct':>11}")
+    names = ["cat", "dd_nocache", "dd_direct", "dd_direct_both", "sync", "sync_no_verify", "full_export"]
+    for name in names + (["base_sync", "base_sync_no_verify"] if base_env is not None else []):
         print(f"  {name:22} {med[name + '_s']:8.3f} {med[name + '_user_s']:8.3f} {med[name + '_sys_s']:8.3f} "
-              f"{med[name + '_s'] / med['cat_s']:9.2f} {med[name + '_s'] / med['dd_nocache_s']:8.2f}")
+              f"{med[name + '_s'] / med['cat_s']:9.2f} {med[name + '_s'] / med['dd_nocache_s']:8.2f} "
+              f"{med[name + '_s'] / med['dd_direct_s']:11.2f}")
     print(f"  sync's digest pass + rewrite {med['sync_delta_s']:.3f} s, separate verification "
           f"{med['sync_verify_s']:.3f} s (a raw image is verified within the digest pass)")
     print(f"  sync / full export     {res['sync_over_full_export']:.2f}")
