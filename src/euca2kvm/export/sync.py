@@ -67,6 +67,7 @@ from .warm import image_stamp, utc
 
 log = logging.getLogger(__name__)
 
+
 def previous_entry(outdir: Path, out: Path) -> dict[str, Any] | None:
     return next((v for v in manifest.load(outdir)["volumes"] if v.get("output") == str(out.resolve())), None)
 

@@ -63,7 +63,9 @@ class LocalFile:
         return os.lseek(self.fd, 0, os.SEEK_END)  # st_size is 0 for block devices
 
     def pread_into(self, offset: int, view: memoryview) -> int:
-        """Read ``view`` at ``offset`` in calls of at most :data:`readahead.SYSCALL_BYTES`; short only at EOF."""
+        """Read ``view`` at ``offset``; short only at EOF. With ``O_DIRECT`` when it is whole aligned
+        blocks no one had cached (:data:`readahead.DIRECT`), else through the page cache in calls of at
+        most :data:`readahead.SYSCALL_BYTES`, dropped behind as :attr:`drop_behind` says."""
         if self._probing:
             self._probe_ahead(offset, len(view))
         if self._try_direct and self._uncached(offset, len(view)) and readahead.direct_aligned(offset, view):
