@@ -42,7 +42,6 @@ as above. It imports nothing of euca2kvm but its units: any layer may use it.
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import errno
 import os
@@ -137,6 +136,8 @@ def direct_aligned(offset: int, view: memoryview) -> bool:
     """Whether ``view`` at ``offset`` can be read with O_DIRECT: offset, length and address aligned."""
     if offset % DIRECT_ALIGN or len(view) % DIRECT_ALIGN or not len(view) or view.readonly:
         return False
+    import ctypes  # on first use: the CLI's start-up loads no ctypes (tests/test_startup.py)
+
     return ctypes.addressof(ctypes.c_char.from_buffer(view)) % DIRECT_ALIGN == 0
 
 
