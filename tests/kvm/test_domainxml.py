@@ -16,7 +16,7 @@ import pytest
 
 from _env import need_tools
 from euca2kvm.errors import FormatError, UsageError
-from euca2kvm.kvm.domainqemu import qemu_args
+from euca2kvm.kvm.domainqemu import free_port, qemu_args
 from euca2kvm.kvm.domainxml import MAX_XML_BYTES, parse_domain
 
 MiB = 1 << 20
@@ -92,7 +92,8 @@ def test_faithful_domain_maps_to_qemu(tmp_path: Path) -> None:
     assert spec.nics[0].mac == "d0:0d:0a:00:00:05" and spec.nics[0].model == "e1000"
     work = tmp_path / "work"
     work.mkdir()
-    args = qemu_args(spec, "tcg", work, work / "serial.log", 40022)
+    port = free_port()  # a fixed port may be some connection's ephemeral port at this moment (it was once)
+    args = qemu_args(spec, "tcg", work, work / "serial.log", port)
     blockdevs = [json.loads(b) for b in arg_values(args, "-blockdev")]
     # writable disks: a fresh qcow2 overlay in the work dir over the read-only image; the seed as is
     for bd, image in zip(blockdevs[:2], (raw, q), strict=True):
@@ -105,7 +106,7 @@ def test_faithful_domain_maps_to_qemu(tmp_path: Path) -> None:
     assert "ahci,id=ahci0" in devices and any(d.startswith("ide-hd,drive=d1,bus=ahci0.1") for d in devices)
     assert any(d.startswith("ide-cd,drive=d2,bus=ide.1,unit=0") for d in devices)
     assert "e1000,netdev=n0,mac=d0:0d:0a:00:00:05" in devices and "virtio-rng-pci" in devices
-    assert arg_values(args, "-netdev") == ["user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"]
+    assert arg_values(args, "-netdev") == [f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"]
     assert arg_values(args, "-smp") == ["2"] and arg_values(args, "-m") == ["1024"]
     # QEMU itself accepts the command line and runs the guest (no image is written meanwhile)
     need_tools("qemu-system-x86_64")
