@@ -81,14 +81,16 @@ class LocalFile:
             try:
                 n = os.preadv(self.fd, [piece], offset + got)
             except OSError as e:
-                raise IOFailure(f"read of {len(piece)} bytes at offset {offset + got} of {self.path} failed: "
-                                f"{e.strerror}") from e
+                raise self._failed(len(piece), offset + got, e) from e
             if n == 0:
                 break
             got += n
         if got > 0 and self.drop_behind is not DropBehind.KEEP:
             self._release(offset, got)
         return got
+
+    def _failed(self, length: int, offset: int, e: OSError) -> IOFailure:
+        return IOFailure(f"read of {length} bytes at offset {offset} of {self.path} failed: {e.strerror}")
 
     def _probe_ahead(self, offset: int, length: int) -> None:
         """Take the cache state of the grains from ``offset`` to PROBE_AHEAD past this read that were
@@ -138,8 +140,7 @@ class LocalFile:
                 got += n
         except OSError as e:
             if e.errno != errno.EINVAL or got:
-                raise IOFailure(f"read of {len(view) - got} bytes at offset {offset + got} of {self.path} "
-                                f"failed: {e.strerror}") from e
+                raise self._failed(len(view) - got, offset + got, e) from e
             self._try_direct = False  # a device or filesystem that takes no O_DIRECT reads of this shape
             return None
         if got < len(view) and got % readahead.DIRECT_ALIGN == 0:
