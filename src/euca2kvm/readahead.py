@@ -109,10 +109,12 @@ def release(fd: int, offset: int, length: int) -> None:
 # Parts of a source that no one had cached are read with O_DIRECT: the disk's DMA lands in the reader's
 # own buffer and nothing is copied out of the page cache. On this VM that copy came to cost more than
 # the disk (it varies with the host: fresh page-cache pages fault on the host, and ``perf`` of a cold
-# verified sync put 77 % of its samples in the kernel's ``_copy_to_iter``). 8 GiB dense, cold, three
-# rounds each (``bench/bench_warm.py``'s fixture): ``export --sync`` 11.2-11.5 s (system 9.7-9.9 s)
-# buffered against 6.3-9.3 s (0.15 s) direct, ``--sync --no-verify`` 6.3-7.3 s (3.9-4.5 s) against
-# 3.0-5.0 s (0.1 s); ``dd bs=4M iflag=direct`` 5.1-5.7 s, ``dd iflag=nocache`` 12-15 s. (Earlier, on the
+# verified sync put 77 % of its samples in the kernel's ``_copy_to_iter``). 8 GiB dense, cold, 1 % of
+# the blocks changed, medians of 5 interleaved with the code before (``bench/bench_warm.py --size 8G
+# --changed 0.01 --runs 5 --evict --baseline-src``): ``export --sync`` 10.88 s (system 7.17 s) buffered
+# against 7.74 s (0.29 s) direct, ``--sync --no-verify`` 6.73 s (4.27 s) against 3.77 s (0.22 s);
+# ``dd bs=4M iflag=direct`` 4.90 s, ``cat`` 17.67 s; a full 4 GiB export 4.38-4.77 against 3.77-3.82 s
+# (``bench/bench_datapath.py --cases dense --size 4G --cold evict``, two rounds each way). (Earlier, on the
 # same kind of VM with the host's memory in another state, single-threaded O_DIRECT reads measured
 # up to 3.6x slower than readahead: the module docstring's table; that is why it is only taken where
 # whole aligned blocks are read, and EUCA2KVM_DIRECT=0 turns it off, to measure against.) What was
